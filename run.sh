@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# vla_accel: set everything up (idempotent), then run one job.
+#   ./run.sh demo      set up, then run the main job on the embedded default (CPU, reference model)
+#   ./run.sh test      set up, then run the test suite (what CI runs)
+#   ./run.sh setup     only set up;  ./run.sh bench [...] / ./run.sh vla-accel ARGS...
+# Set-up: apt packages (OpenCL ICD loader + PoCL CPU device) when root, a venv in .venv with pinned
+# wheels (torch==2.13.0 CPU build, ONNX Runtime, OpenVINO, LiteRT, pyopencl, rosbags, ROS 2 Kilted
+# rclpy wheels), then the ROS build of msg/ with those wheels when no ROS 2 is sourced.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=${VLA_ACCEL_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+log() { printf '\033[1m[vla_accel]\033[0m %s\n' "$*" >&2; }
+
+setup_apt() {
+  # OpenCL ICD loader + PoCL (a real CPU OpenCL device) for the opencl backend's CPU path.
+  if [ -e /etc/OpenCL/vendors/pocl.icd ] && ldconfig -p 2>/dev/null | grep -q libOpenCL.so.1; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing apt packages: pocl-opencl-icd ocl-icd-libopencl1"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pocl-opencl-icd ocl-icd-libopencl1 >/dev/null
+  else
+    log "not root: skipping apt packages (pocl-opencl-icd ocl-icd-libopencl1); the opencl backend will report them missing"
+  fi
+}
+
+setup_venv() {
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { log "Python 3.10+ is required"; exit 1; }
+  [ -x "$VENV/bin/python" ] || { log "creating venv $VENV"; "$PY" -m venv "$VENV"; }
+  local stamp="$VENV/.vla_accel_requirements"
+  local want; want=$(cat requirements/*.txt setup.cfg | sha256sum | cut -c1-16)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing Python packages into $VENV (first run takes a few minutes)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -r requirements/runtime.txt -r requirements/ros.txt -r requirements/test.txt
+    "$VENV/bin/python" -m pip install -q --no-deps -e .
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup_ros() {
+  # Builds msg/ (and installs launch/, config/, node executables) with the pip ROS 2 wheels.
+  bash scripts/build_ros.sh "$VENV"
+}
+
+setup() { setup_apt; setup_venv; setup_ros; }
+
+activate() {
+  # The ROS build's environment (PYTHONPATH with vla_accel.msg, AMENT_PREFIX_PATH, LD_LIBRARY_PATH).
+  # shellcheck disable=SC1091
+  [ -f "$ROOT/.ros_build/env.sh" ] && source "$ROOT/.ros_build/env.sh"
+  export PATH="$VENV/bin:$PATH"
+}
+
+cmd=${1:-demo}; shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; activate; exec vla-accel demo "$@" ;;
+  test)
+    setup; activate
+    set +e; python -m pytest "$@"; rc=$?; set -e
+    [ $rc -eq 5 ] && { log "pytest collected no tests"; exit 1; }
+    exit $rc ;;
+  bench|replay|doctor|export|info) setup; activate; exec vla-accel "$cmd" "$@" ;;
+  vla-accel) setup; activate; exec vla-accel "$@" ;;
+  *) echo "usage: ./run.sh {demo|test|setup|bench|replay|doctor|export|info|vla-accel ...}" >&2; exit 2 ;;
+esac

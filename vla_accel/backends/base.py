@@ -1,0 +1,231 @@
+"""The one interface every backend implements.
+
+A backend turns named input tensors (numpy, names and shapes from the ModelSpec) into named output
+tensors. Everything around that (image decoding, tokenising, un-normalising, scheduling, metrics)
+is shared code in ``vla_accel.core``, so backends only hold their runtime's quirks.
+
+Subclasses implement ``probe`` (cheap: is the runtime importable / the library present?),
+``_load``, ``_infer``, ``_device_info`` and optionally ``_close``. The heavy runtime is imported
+inside ``_load`` only, never at module import.
+
+Fault injection (for fallback tests and drills on a robot): the environment variable
+``VLA_ACCEL_FAULT`` holds comma-separated ``backend:load`` or ``backend:infer[:after=N]`` entries;
+a matching backend raises BackendError at load, or on every inference after N successful ones.
+The same can be passed per instance as ``BackendOptions.fault``.
+"""
+from __future__ import annotations
+
+import abc
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import numpy as np
+
+from vla_accel.errors import BackendError, BackendUnavailableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vla_accel.core.spec import ModelSpec
+    from vla_accel.models.bundle import ModelBundle
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+FAULT_ENV = "VLA_ACCEL_FAULT"
+
+
+@dataclass
+class BackendOptions:
+    """Options common to all backends; runtime-specific ones go in ``extra``.
+
+    device: runtime device string ("" = the backend's default: "CPU", "cuda:0", "NPU", ...)
+    precision: fp32 | fp16 | bf16 | int8 (a backend rejects the ones it cannot run)
+    threads: intra-op threads, 0 = runtime default
+    max_batch: the largest batch the backend must accept (static buffers are sized to it)
+    cache_dir: where exports and compiled engines are cached (default: ~/.cache/vla_accel)
+    extra: e.g. {"delegate_path": "/usr/lib/libedgetpu.so.1", "dla_core": 0}
+    fault: fault-injection spec as in VLA_ACCEL_FAULT, for this instance only
+    """
+
+    device: str = ""
+    precision: str = "fp32"
+    threads: int = 0
+    max_batch: int = 1
+    cache_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    fault: str = ""
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Result of a cheap probe: can this backend run here, and if not, what exactly is missing."""
+
+    ok: bool
+    missing: tuple[str, ...] = ()
+    hint: str = ""
+    detail: str = ""
+
+    def require(self, backend: str) -> None:
+        if not self.ok:
+            raise BackendUnavailableError(backend, self.missing, self.hint)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What actually runs. ``parallel_units`` is P in the parallel efficiency E = S / P
+    (CPU: threads used; GPU: streaming multiprocessors; OpenCL: compute units; TPU/NPU: cores)."""
+
+    backend: str
+    device: str
+    kind: str  # cpu | gpu | tpu | npu | dsp | fpga
+    parallel_units: int
+    precision: str
+    runtime_version: str = ""
+    memory_bytes: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def hardware_id(self) -> str:
+        return f"{self.backend}@{self.device}"
+
+
+def module_available(name: str) -> bool:
+    """True if ``name`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _Fault:
+    def __init__(self, backend: str, spec: str):
+        self.at_load = False
+        self.infer_after: int | None = None
+        for entry in filter(None, (e.strip() for e in spec.split(","))):
+            parts = entry.split(":")
+            if parts[0] != backend:
+                continue
+            if len(parts) >= 2 and parts[1] == "load":
+                self.at_load = True
+            elif len(parts) >= 2 and parts[1] == "infer":
+                after = 0
+                for p in parts[2:]:
+                    if p.startswith("after="):
+                        after = int(p.split("=", 1)[1])
+                self.infer_after = after
+
+
+class Backend(abc.ABC):
+    """Base class. Lifecycle: construct -> load() -> warmup() -> infer()* -> close()."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "cpu"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    description: ClassVar[str] = ""
+
+    def __init__(self, model: "ModelBundle", options: BackendOptions | None = None):
+        self.model = model
+        self.spec: "ModelSpec" = model.spec
+        self.options = options or BackendOptions()
+        if self.options.precision not in self.precisions:
+            raise BackendError(
+                f"backend '{self.name}' supports precision {', '.join(self.precisions)}; "
+                f"got '{self.options.precision}'",
+                reason="bad_precision",
+            )
+        self._loaded = False
+        self._fault = _Fault(self.name, ",".join(filter(None, [os.environ.get(FAULT_ENV, ""), self.options.fault])))
+        self._calls = 0
+
+    # --- to implement -------------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> Availability:
+        """Cheap check (find_spec, find_library, device nodes): never imports the runtime."""
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Import the runtime, load or build the model; raise BackendUnavailableError when absent."""
+
+    @abc.abstractmethod
+    def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: named numpy inputs -> named numpy outputs (float32 actions)."""
+
+    @abc.abstractmethod
+    def _device_info(self) -> DeviceInfo:
+        """Describe what actually runs (after load)."""
+
+    def _close(self) -> None:
+        """Release runtime resources."""
+
+    # --- public API ---------------------------------------------------------------------------
+    def load(self) -> "Backend":
+        if self._loaded:
+            return self
+        if self._fault.at_load:
+            raise BackendError(f"backend '{self.name}': injected load fault ({FAULT_ENV})", reason="injected_fault")
+        self.probe().require(self.name)
+        self._load()
+        self._loaded = True
+        return self
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._loaded:
+            raise BackendError(f"backend '{self.name}' used before load()", reason="not_loaded")
+        if self._fault.infer_after is not None and self._calls >= self._fault.infer_after:
+            raise BackendError(
+                f"backend '{self.name}': injected inference fault after {self._calls} calls ({FAULT_ENV})",
+                reason="injected_fault",
+            )
+        self._calls += 1
+        return self._infer(inputs)
+
+    def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
+        inputs = example_inputs(self.spec, batch_size, seed=0)
+        for _ in range(iterations):
+            self.infer(inputs)
+
+    def device_info(self) -> DeviceInfo:
+        if not self._loaded:
+            raise BackendError(f"backend '{self.name}' not loaded", reason="not_loaded")
+        return self._device_info()
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def __enter__(self) -> "Backend":
+        return self.load()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid model inputs for a spec (warm-up, parity tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for cam in spec.cameras:
+        shape = (batch, *cam.shape)
+        if cam.dtype == "uint8":
+            out[cam.input] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        else:
+            out[cam.input] = rng.standard_normal(shape).astype(cam.dtype)
+    ins = spec.instruction
+    n = ins.max_tokens
+    lengths = rng.integers(1, n + 1, size=batch)
+    tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
+    mask = np.zeros((batch, n), dtype=np.float32)
+    for b, length in enumerate(lengths):
+        tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
+        mask[b, :length] = 1.0
+    out[ins.input] = tokens
+    out[ins.mask_input] = mask
+    if spec.state is not None:
+        out[spec.state.input] = rng.standard_normal((batch, spec.state.dims)).astype(np.float32)
+    return out

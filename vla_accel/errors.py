@@ -1,0 +1,94 @@
+"""Every error vla_accel raises on purpose.
+
+Each one carries a short machine-readable ``reason`` (used as the drop-reason key in metrics and
+diagnostics) and a human message that says what is wrong and, where it applies, how to fix it.
+"""
+from __future__ import annotations
+
+
+class VlaAccelError(Exception):
+    """Base class: ``reason`` is a stable snake_case key, ``str(err)`` is the actionable message."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class SpecError(VlaAccelError):
+    """A model spec (YAML) is missing, malformed or inconsistent."""
+
+    reason = "bad_spec"
+
+
+class ModelFileError(VlaAccelError):
+    """A model or weights file is missing, unreadable, corrupt or does not match its spec."""
+
+    reason = "bad_model_file"
+
+
+class InputError(VlaAccelError):
+    """An observation cannot be turned into model inputs; the frame is dropped and counted."""
+
+    reason = "bad_input"
+
+
+class ImageError(InputError):
+    """A camera frame is malformed: reason is one of unknown_encoding, step_mismatch,
+    size_mismatch, truncated, corrupt_compressed, empty_image, missing_camera."""
+
+    reason = "bad_image"
+
+
+class InstructionError(InputError):
+    """An instruction is empty, too long or not valid UTF-8: reason is one of
+    empty_instruction, instruction_too_long, instruction_not_utf8, missing_instruction."""
+
+    reason = "bad_instruction"
+
+
+class StateError(InputError):
+    """A robot state vector has the wrong size or non-finite values."""
+
+    reason = "bad_state"
+
+
+class BackendError(VlaAccelError):
+    """A backend failed to load or failed while running."""
+
+    reason = "backend_error"
+
+
+class BackendUnavailableError(BackendError):
+    """The runtime library or the hardware a backend needs is not present.
+
+    ``missing`` names the absent pieces; the message says how to install them.
+    """
+
+    reason = "backend_unavailable"
+
+    def __init__(self, backend: str, missing: list[str] | tuple[str, ...], hint: str):
+        self.backend = backend
+        self.missing = tuple(missing)
+        self.hint = hint
+        super().__init__(
+            f"backend '{backend}' cannot run here: missing {', '.join(self.missing)}. {hint}"
+        )
+
+
+class UnknownBackendError(BackendError, KeyError):
+    """A backend name that the registry does not know; the message lists the valid names."""
+
+    reason = "unknown_backend"
+
+    def __init__(self, name: str, valid: list[str] | tuple[str, ...]):
+        self.name = name
+        self.valid = tuple(valid)
+        VlaAccelError.__init__(
+            self, f"unknown backend '{name}'; valid backends: {', '.join(self.valid)}"
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
