@@ -34,7 +34,9 @@ setup_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages into $VENV (first run takes a few minutes)"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -r requirements/runtime.txt -r requirements/ros.txt -r requirements/test.txt
+    # every requirements/*.txt (runtime, ros, test, and per-area extras); torch pinned to the CPU build
+    local reqs=(); for f in requirements/*.txt; do reqs+=(-r "$f"); done
+    "$VENV/bin/python" -m pip install -q "${reqs[@]}"
     "$VENV/bin/python" -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
   fi
