@@ -1,0 +1,295 @@
+"""End to end through real ROS 2 processes (marker ``ros``): the VLA node in one process, a synthetic
+camera in another, this test process as the robot's consumer and as a sender of malformed input.
+
+Checks: chunks carry the stamps of frames that were really sent; /vla/stats and /diagnostics arrive
+with the documented keys; malformed frames and instructions over the wire are dropped and counted
+per reason while the node keeps running; stale inputs and SIGINT publish the hold action; SIGINT
+ends the node in time with no hung threads. Each run uses its own ROS_DOMAIN_ID (from the pid).
+"""
+from __future__ import annotations
+
+import array
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+try:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    pytest.skip(f"missing: rclpy / ROS 2 message packages ({exc}); install with ./run.sh setup",
+                allow_module_level=True)
+try:
+    from vla_accel.msg import ActionChunk, InferenceStats
+except ImportError:  # pragma: no cover
+    pytest.skip("missing: the built vla_accel messages; run ./run.sh setup and source .ros_build/env.sh",
+                allow_module_level=True)
+
+from vla_accel.ros.conversions import stamp_to_ns  # noqa: E402
+
+DOMAIN_ID = 150 + os.getpid() % 80
+NODE_START_TIMEOUT_S = 90.0
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    env["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Listener:
+    """The consumer side, in this test process: collects everything the node publishes."""
+
+    def __init__(self):
+        # Own context and domain: nothing here changes the environment of other tests in this process.
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
+        self.node = rclpy.create_node("vla_test_listener", context=self.context)
+        self.lock = threading.Lock()
+        self.chunks: list = []
+        self.stats: list = []
+        self.diagnostics: list = []
+        self.actions: list = []
+        reliable = QoSProfile(depth=50)
+        self.node.create_subscription(ActionChunk, "/vla/action_chunk", lambda m: self._add(self.chunks, m), reliable)
+        self.node.create_subscription(InferenceStats, "/vla/stats", lambda m: self._add(self.stats, m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add(self.diagnostics, m),
+                                      reliable)
+        self.node.create_subscription(TwistStamped, "/vla/action", lambda m: self._add(self.actions, m), reliable)
+        self.image_pub = self.node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, "/camera/image_raw/compressed",
+                                                         qos_profile_sensor_data)
+        self.instruction_pub = self.node.create_publisher(String, "/vla/instruction", QoSProfile(depth=10))
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _add(self, bucket, msg):
+        with self.lock:
+            bucket.append((time.monotonic(), msg))
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate():
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def latest_status(self, name: str):
+        with self.lock:
+            for _, arr in reversed(self.diagnostics):
+                for status in arr.status:
+                    if status.name == name:
+                        return status
+        return None
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def _start_node(extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args",
+           "-p", "backend:=torch", "-p", "model:=tiny", "-p", "stale_image_timeout_s:=1.0",
+           "-p", "on_stale:=hold", "-p", "on_shutdown:=hold", "-p", "stats_period_s:=0.5", *extra]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _start_camera(seconds: float, stamps: Path, compressed: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", "30", "--width", "640",
+           "--height", "480", "--seconds", str(seconds), "--stamps-out", str(stamps),
+           "--instruction", "pick up the red block"]
+    if compressed:
+        cmd.append("--compressed")
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _node_ready(listener: Listener, proc: subprocess.Popen):
+    """The node publishes /diagnostics once configured and active."""
+    deadline = time.monotonic() + NODE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited during start-up:\n{proc.stdout.read()}")
+        if listener.latest_status("vla_accel: inference") is not None:
+            return
+        time.sleep(0.1)
+    raise AssertionError("node did not publish /diagnostics within the start-up timeout")
+
+
+def _image(encoding="rgb8", height=480, width=640, step=None, data_len=None, stamp_ns=1) -> Image:
+    msg = Image()
+    msg.height, msg.width, msg.encoding = height, width, encoding
+    msg.step = width * 3 if step is None else step
+    n = msg.step * height if data_len is None else data_len
+    data = array.array("B")
+    data.frombytes(bytes(n))
+    msg.data = data
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    return msg
+
+
+def _sigint_and_wait(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"node did not exit within {timeout} s of SIGINT:\n{out[-3000:]}")
+    return time.monotonic() - t0, out
+
+
+@pytest.fixture(scope="module")
+def listener():
+    lst = Listener()
+    yield lst
+    lst.close()
+
+
+def test_node_end_to_end_raw_stream(listener, tmp_path):
+    stamps_file = tmp_path / "stamps.txt"
+    node = _start_node(["-p", "target_latency_ms:=5000.0"])
+    camera = None
+    try:
+        _node_ready(listener, node)
+        camera = _start_camera(6.0, stamps_file)
+        listener.wait_for(lambda: len(listener.chunks) >= 5, 40, "5 action chunks")
+        # Malformed input over the wire, interleaved with the good stream.
+        for bad in (_image(encoding="yuv422"), _image(step=100), _image(data_len=1000),
+                    _image(width=0, step=0, data_len=10), _image(data_len=0)):
+            listener.image_pub.publish(bad)
+            time.sleep(0.03)
+        for text in ("", "   ", "x" * 5000):
+            listener.instruction_pub.publish(String(data=text))
+        camera.wait(30)
+        # Inputs went stale after the camera stopped: the node published its hold action.
+        listener.wait_for(lambda: listener.latest_status("vla_accel: inference").level == b"\x03", 10,
+                          "STALE diagnostics after the camera stopped")
+        listener.wait_for(lambda: len(listener.actions) > 0, 5, "actions")
+        elapsed, out = _sigint_and_wait(node)
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.kill()
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
+    assert node.returncode == 0, out[-3000:]
+    assert elapsed < 6.0, f"SIGINT -> exit took {elapsed:.1f} s"
+    assert "did not stop" not in out, out[-3000:]
+    listener.wait_for(lambda: listener.actions and "shutdown" in out, 3, "the shutdown hold action")
+    assert "shutdown: published a hold action" in out
+
+    sent = {int(line) for line in stamps_file.read_text().split()}
+    with listener.lock:
+        chunks = [m for _, m in listener.chunks]
+        stats = [m for _, m in listener.stats]
+        actions = [m for _, m in listener.actions]
+    assert len(sent) > 100  # ~6 s at 30 Hz
+    assert chunks and all(stamp_to_ns(c.header.stamp) in sent for c in chunks), "a chunk stamp is not a frame stamp"
+    first = chunks[0]
+    assert (first.model, first.backend, first.steps, first.dims, first.action_space) == ("tiny", "torch", 10, 7,
+                                                                                       "eef_delta")
+    assert len(first.values) == 70 and first.inference_latency_ms > 0 and first.total_latency_ms > 0
+    # The last two actions: the stale hold and the shutdown hold (eef_delta: motion zero, gripper kept).
+    for hold in actions[-2:]:
+        twist = hold.twist
+        assert (twist.linear.x, twist.linear.y, twist.linear.z, twist.angular.z) == (0.0, 0.0, 0.0, 0.0)
+
+    assert stats, "no InferenceStats"
+    last_stats = stats[-1]
+    assert last_stats.frames_received >= len(chunks) and last_stats.frames_processed >= len(chunks)
+    assert last_stats.latency_p50_ms > 0 and last_stats.throughput_hz >= 0 and last_stats.backend == "torch"
+    assert last_stats.speedup > 0  # measured torch CPU baseline vs torch: about 1
+
+    inference = listener.latest_status("vla_accel: inference")
+    values = {kv.key: kv.value for kv in inference.values}
+    assert inference.hardware_id.startswith("torch@")
+    for key in ("latency p50 (ms)", "latency p90 (ms)", "latency p99 (ms)", "latency max (ms)", "throughput (Hz)",
+                "speedup over CPU", "input rate (Hz)", "frames received", "frames processed", "frames dropped",
+                "backend", "device", "model", "backend switches"):
+        assert key in values, key
+    for reason in ("unknown_encoding", "step_mismatch", "truncated", "size_mismatch", "empty_image"):
+        assert int(values.get(f"dropped: {reason}", 0)) >= 1, (reason, values)
+    camera_status = listener.latest_status("vla_accel: input primary")
+    assert camera_status is not None and "dropped: truncated" in {kv.key for kv in camera_status.values}
+    instruction = {kv.key: kv.value for kv in listener.latest_status("vla_accel: input instruction").values}
+    assert int(instruction["dropped: empty_instruction"]) >= 2
+    assert int(instruction["dropped: instruction_too_long"]) >= 1
+    assert listener.latest_status("vla_accel: backend").level == b"\x00"
+
+
+def test_node_compressed_stream_and_corrupt_jpeg(listener, tmp_path):
+    with listener.lock:
+        listener.chunks.clear()
+        listener.diagnostics.clear()
+    node = _start_node(["-p", "camera_transports:=[compressed]", "-p", "speedup_baseline:=off",
+                        "-p", "first_action_type:=none", "-p", "on_shutdown:=none"])
+    camera = None
+    try:
+        _node_ready(listener, node)
+        camera = _start_camera(4.0, tmp_path / "stamps.txt", compressed=True)
+        listener.wait_for(lambda: len(listener.chunks) >= 3, 40, "3 action chunks from JPEG frames")
+        for data, fmt in ((b"\xff\xd8\xff\xe0 definitely not a jpeg", "jpeg"), (b"\x00\x01", "theora")):
+            msg = CompressedImage(format=fmt)
+            msg.data = array.array("B", data)
+            listener.compressed_pub.publish(msg)
+            time.sleep(0.03)
+        listener.wait_for(lambda: any(kv.key == "dropped: corrupt_compressed"
+                                      for kv in listener.latest_status("vla_accel: inference").values),
+                          5, "the corrupt JPEG counted in /diagnostics")
+        camera.wait(30)
+        elapsed, out = _sigint_and_wait(node)
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.kill()
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
+    assert node.returncode == 0 and elapsed < 6.0, out[-3000:]
+    values = {kv.key: kv.value for kv in listener.latest_status("vla_accel: inference").values}
+    assert int(values["dropped: unknown_encoding"]) >= 1
+    assert values["speedup over CPU"] == "n/a"  # speedup_baseline:=off
+
+
+def test_no_backend_loads_reports_error_and_stays_up(listener):
+    with listener.lock:
+        listener.diagnostics.clear()
+    node = _start_node(["-p", "backend:=tensorrt", "-p", "speedup_baseline:=off"])
+    try:
+        listener.wait_for(lambda: (s := listener.latest_status("vla_accel: backend")) is not None
+                          and s.level == b"\x02", NODE_START_TIMEOUT_S, "ERROR diagnostics for a missing backend")
+        status = listener.latest_status("vla_accel: backend")
+        assert "tensorrt" in status.message.lower()
+        assert node.poll() is None  # still up, reporting
+        elapsed, out = _sigint_and_wait(node)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
+    assert node.returncode == 0 and elapsed < 6.0, out[-3000:]

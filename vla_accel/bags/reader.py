@@ -1,0 +1,271 @@
+"""Read camera frames and instructions out of a rosbag2 bag (MCAP or sqlite3) without ROS.
+
+``BagSource`` opens a bag directory (or a bare ``.mcap`` / ``.db3`` file), picks the camera and
+instruction topics (from arguments, or by message type), and yields ``BagEvent``s in bag order:
+frames as ``RawImage`` views over the message bytes (no copy, the same conversion the live node
+does) and instructions as text. Messages that cannot even be deserialised are counted by reason
+and skipped; judging image content (encoding, size, JPEG integrity) is left to the core image
+decoder so the bag replay and the live node reject exactly the same frames for the same reasons.
+"""
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from vla_accel.bags import messages
+from vla_accel.bags.messages import BagError
+from vla_accel.core.types import RawImage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vla_accel.core.spec import ModelSpec
+
+FRAME = "frame"
+STATE = "state"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+# What rosbags raises on a truncated or corrupt CDR payload (struct.error, numpy and codec errors).
+_DESERIALISE_ERRORS = (ValueError, IndexError, KeyError, AssertionError, struct.error, UnicodeDecodeError)
+INSTRUCTION = "instruction"
+
+
+@dataclass
+class BagEvent:
+    """One useful message: a camera frame or an instruction, in bag (log) time order.
+
+    ``stamp_ns`` is the message's header stamp for frames (falls back to the log time when the
+    recorder left it zero); ``log_ns`` is when the bag recorded it (the timeline for replay).
+    """
+
+    kind: str
+    topic: str
+    log_ns: int
+    stamp_ns: int
+    camera: str = ""
+    image: RawImage | None = None
+    text: str = ""
+    state: np.ndarray | None = None  # JointState positions, in message order
+    joint_names: tuple[str, ...] = ()
+    frame_id: str = ""
+
+
+@dataclass
+class TopicSelection:
+    """Which topic feeds which model camera, and where instructions come from."""
+
+    cameras: dict[str, str]  # spec camera name -> topic
+    instruction: str | None
+    state: str | None = None  # sensor_msgs/JointState topic feeding the model's state input
+    types: dict[str, str] = field(default_factory=dict)  # topic -> message type
+
+    @property
+    def primary_camera(self) -> str:
+        return next(iter(self.cameras))
+
+
+def open_reader(path: str | Path):
+    """An opened rosbags reader; clear errors for missing paths and non-bags."""
+    from rosbags.rosbag2 import Reader, ReaderError
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag not found: {path}", reason="bag_not_found")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except (ReaderError, OSError, ValueError, KeyError) as exc:
+        raise BagError(
+            f"cannot open {path} as a rosbag2 bag (a directory with metadata.yaml, or a .mcap / .db3 "
+            f"file): {exc}",
+            reason="bad_bag",
+        ) from exc
+    return reader
+
+
+def raw_image_from_message(msg, typename: str) -> RawImage:
+    """sensor_msgs Image / CompressedImage (rosbags or rclpy object) -> RawImage over its bytes.
+
+    The live node's own conversion, so a bag frame and a live frame become the same RawImage.
+    """
+    from vla_accel.ros.conversions import compressed_msg_to_raw, image_msg_to_raw
+
+    if typename == messages.COMPRESSED_IMAGE:
+        return compressed_msg_to_raw(msg)
+    return image_msg_to_raw(msg)
+
+
+class BagSource:
+    """A bag opened for replay. Use as a context manager; ``events()`` may be iterated repeatedly."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._reader = open_reader(self.path)
+        self.topics: dict[str, str] = {c.topic: c.msgtype for c in self._reader.connections}
+        self.counts: dict[str, int] = collections.Counter(
+            {c.topic: c.msgcount for c in self._reader.connections}
+        )
+        self.skipped: collections.Counter[str] = collections.Counter()  # reason -> messages
+
+    # --- topics ------------------------------------------------------------------------------
+    def select_topics(
+        self,
+        spec: "ModelSpec",
+        camera_topics: Sequence[str] = (),
+        instruction_topic: str | None = None,
+        state_topic: str | None = None,
+    ) -> TopicSelection:
+        """Map the model's cameras to topics.
+
+        ``camera_topics`` entries are ``topic`` (assigned to the spec's cameras in order) or
+        ``camera=topic``; when none are given, image topics are found by message type (sorted by
+        name, raw and compressed alike) and assigned in order.
+        """
+        cameras: dict[str, str] = {}
+        names = [c.name for c in spec.cameras]
+        if camera_topics:
+            positional = iter(names)
+            for entry in camera_topics:
+                if "=" in entry:
+                    cam, topic = entry.split("=", 1)
+                    if cam not in names:
+                        raise BagError(
+                            f"--camera-topic {entry!r}: model '{spec.name}' has no camera '{cam}'; "
+                            f"cameras: {names}",
+                            reason="bad_topic",
+                        )
+                else:
+                    cam, topic = next(positional, None), entry
+                    if cam is None:
+                        raise BagError(
+                            f"more camera topics than model '{spec.name}' has cameras ({names})",
+                            reason="bad_topic",
+                        )
+                if topic not in self.topics:
+                    raise BagError(
+                        f"camera topic {topic!r} is not in {self.path}; topics: {self._describe_topics()}",
+                        reason="missing_topic",
+                    )
+                if self.topics[topic] not in messages.IMAGE_TYPES:
+                    raise BagError(
+                        f"camera topic {topic!r} has type {self.topics[topic]}, expected "
+                        f"{' or '.join(messages.IMAGE_TYPES)}",
+                        reason="bad_topic",
+                    )
+                cameras[cam] = topic
+        else:
+            found = sorted(t for t, ty in self.topics.items() if ty in messages.IMAGE_TYPES)
+            for cam, topic in zip(names, found):
+                cameras[cam] = topic
+        missing = [n for n in names if n not in cameras]
+        if missing:
+            raise BagError(
+                f"no image topic for camera(s) {missing} of model '{spec.name}' in {self.path}; "
+                f"topics: {self._describe_topics()}. Pass --camera-topic CAMERA=TOPIC.",
+                reason="missing_topic",
+            )
+        # Keep the spec's camera order: the first camera's frames drive inference.
+        cameras = {n: cameras[n] for n in names}
+
+        if instruction_topic is not None:
+            if self.topics.get(instruction_topic) != messages.STRING:
+                raise BagError(
+                    f"instruction topic {instruction_topic!r} is not a std_msgs/msg/String topic of "
+                    f"{self.path}; topics: {self._describe_topics()}",
+                    reason="missing_topic",
+                )
+        else:
+            strings = sorted(t for t, ty in self.topics.items() if ty == messages.STRING)
+            preferred = [t for t in strings if "instruction" in t]
+            instruction_topic = (preferred or strings or [None])[0]
+        if spec.state is None:
+            state_topic = None
+        elif state_topic is not None:
+            if self.topics.get(state_topic) != JOINT_STATE:
+                raise BagError(
+                    f"state topic {state_topic!r} is not a {JOINT_STATE} topic of {self.path}; "
+                    f"topics: {self._describe_topics()}",
+                    reason="missing_topic",
+                )
+        else:
+            joints = sorted(t for t, ty in self.topics.items() if ty == JOINT_STATE)
+            state_topic = joints[0] if joints else None
+        chosen = list(cameras.values()) + [t for t in (instruction_topic, state_topic) if t]
+        return TopicSelection(
+            cameras,
+            instruction_topic,
+            state_topic,
+            {t: self.topics[t] for t in chosen},
+        )
+
+    def _describe_topics(self) -> str:
+        return ", ".join(f"{t} ({ty})" for t, ty in sorted(self.topics.items())) or "(none)"
+
+    # --- messages ----------------------------------------------------------------------------
+    def events(self, selection: TopicSelection) -> Iterator[BagEvent]:
+        """Frames and instructions in bag order. Undecodable messages are counted in ``skipped``."""
+        from rosbags.serde import SerdeError
+
+        undecodable = (*_DESERIALISE_ERRORS, SerdeError)
+        store = messages.typestore()
+        camera_of = {topic: cam for cam, topic in selection.cameras.items()}
+        wanted = [c for c in self._reader.connections if c.topic in selection.types]
+        self.skipped.clear()
+        for connection, log_ns, raw in self._reader.messages(connections=wanted):
+            typename = connection.msgtype
+            try:
+                msg = store.deserialize_cdr(raw, typename)
+            except undecodable:
+                # A truncated or corrupt CDR payload: skip it, count it, carry on.
+                self.skipped["undecodable_message"] += 1
+                continue
+            if connection.topic in camera_of:
+                stamp_ns = messages.stamp_to_ns(msg.header.stamp) or int(log_ns)
+                yield BagEvent(
+                    kind=FRAME,
+                    topic=connection.topic,
+                    log_ns=int(log_ns),
+                    stamp_ns=stamp_ns,
+                    camera=camera_of[connection.topic],
+                    image=raw_image_from_message(msg, typename),
+                    frame_id=str(msg.header.frame_id),
+                )
+            elif connection.topic == selection.state:
+                yield BagEvent(
+                    kind=STATE,
+                    topic=connection.topic,
+                    log_ns=int(log_ns),
+                    stamp_ns=messages.stamp_to_ns(msg.header.stamp) or int(log_ns),
+                    state=np.asarray(msg.position, dtype=np.float64),
+                    joint_names=tuple(msg.name),
+                )
+            else:
+                yield BagEvent(
+                    kind=INSTRUCTION,
+                    topic=connection.topic,
+                    log_ns=int(log_ns),
+                    stamp_ns=int(log_ns),
+                    text=str(msg.data),
+                )
+
+    @property
+    def start_ns(self) -> int:
+        return int(self._reader.start_time)
+
+    @property
+    def duration_ns(self) -> int:
+        return int(self._reader.duration)
+
+    def message_count(self, selection: TopicSelection) -> int:
+        return sum(self.counts[t] for t in selection.types)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> "BagSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,468 @@
+"""Offline replay: a bag's frames through one or more backends, side by side, deterministically.
+
+For each backend the bag is read again from disk (so each measurement includes reading,
+deserialising and decoding, as a robot replaying a log would), observations are assembled like the
+live node does (``observations.py``), inferred through the shared ``Engine`` (same pre- and
+post-processing for every backend) and the chunks are written to the output bag with the source
+frame stamp. Every latency and rate goes through ``vla_accel.core.metrics``.
+
+Besides the replay itself, each backend gets a bare benchmark (``backend.infer`` on ready input
+tensors, no bag, no decoding) so the report can say what reading and decoding the bag costs on
+top of pure inference.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vla_accel.bags.observations import ObservationBuilder, RateMode, TimedObservation
+from vla_accel.bags.reader import BagEvent, BagSource, TopicSelection
+from vla_accel.core import metrics as metrics_lib
+from vla_accel.core.types import ActionChunk
+from vla_accel.errors import BackendError, VlaAccelError
+
+log = logging.getLogger(__name__)
+BASELINE_BACKEND = "torch"
+
+
+@dataclass
+class ReplayOptions:
+    model: str = "tiny"
+    backends: tuple[str, ...] = ("torch",)
+    rate: RateMode = field(default_factory=lambda: RateMode("every"))
+    camera_topics: tuple[str, ...] = ()
+    instruction_topic: str | None = None
+    state_topic: str | None = None
+    precision: str = "fp32"
+    threads: int = 0
+    batch_size: int = 1
+    bare_iterations: int = 30
+    live_speed: float = 1.0  # live mode: 1.0 = recorded timing, 0.5 = half speed
+    progress: bool = True
+
+
+@dataclass
+class ChunkTiming:
+    """One chunk's place on the timeline and how long it took."""
+
+    log_ns: int  # bag time of its source frame
+    stamp_ns: int
+    infer_ms: float
+    total_ms: float
+
+
+@dataclass
+class BackendRun:
+    """Everything one backend produced during the replay."""
+
+    requested: str
+    backend: str = ""  # what actually ran
+    device: str = ""
+    precision: str = "fp32"
+    parallel_units: int = 0
+    chunks: list[ActionChunk] = field(default_factory=list)
+    timings: list[ChunkTiming] = field(default_factory=list)
+    observations: int = 0  # observations handed to the engine
+    dropped: dict[str, int] = field(default_factory=dict)  # frames rejected by the engine, by reason
+    snapshot: dict = field(default_factory=dict)  # InferenceMetrics.as_dict() at the end
+    wall_s: float = 0.0  # reading + decoding + inference + post-processing (not bag writing)
+    read_s: float = 0.0  # reading + deserialising bag messages
+    write_s: float = 0.0  # writing the output bag (reported, not part of the overhead figure)
+    infer_s: float = 0.0  # sum of the backend's inference stage
+    bare_infer_ms: dict[str, float] = field(default_factory=dict)  # percentiles of bare backend.infer
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def stage(self, name: str) -> dict[str, float]:
+        if name == "infer":
+            return metrics_lib.percentiles([t.infer_ms for t in self.timings])
+        if name == "total":
+            return metrics_lib.percentiles([t.total_ms for t in self.timings])
+        return metrics_lib.percentiles(
+            [c.timings_ms.get(name, np.nan) for c in self.chunks if name in c.timings_ms]
+        )
+
+    @property
+    def replay_fps(self) -> float:
+        return metrics_lib.throughput(len(self.chunks), self.wall_s)
+
+    @property
+    def bare_fps(self) -> float:
+        mean = self.bare_infer_ms.get("mean", 0.0)
+        return metrics_lib.throughput(1000.0, mean) if mean > 0 else 0.0
+
+    @property
+    def overhead_pct(self) -> float:
+        """Replay cost per chunk above the bare backend's mean inference time, in percent."""
+        if not self.chunks or self.bare_infer_ms.get("mean", 0.0) <= 0:
+            return float("nan")
+        per_chunk_ms = self.wall_s * 1000.0 / len(self.chunks)
+        return (per_chunk_ms / self.bare_infer_ms["mean"] - 1.0) * 100.0
+
+    @property
+    def pipeline_overhead_pct(self) -> float:
+        """Everything but inference (bag reading, decoding, preprocessing, postprocessing) as a
+        percentage of the inference time of this same replay: immune to the machine's load changing
+        between the bare benchmark and the replay."""
+        if self.infer_s <= 0:
+            return float("nan")
+        return (self.wall_s - self.infer_s) / self.infer_s * 100.0
+
+
+@dataclass
+class ReplayResult:
+    bag: Path
+    model: str
+    rate: str
+    selection: TopicSelection
+    input_messages: dict[str, int]  # topic -> messages in the bag
+    primary_frames: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # messages that never became observations
+    runs: list[BackendRun] = field(default_factory=list)
+    output_bag: Path | None = None
+    action_names: tuple[str, ...] = ()
+    machine: str = ""
+
+    @property
+    def baseline(self) -> BackendRun | None:
+        ok = [r for r in self.runs if r.ok]
+        for run in ok:
+            if run.backend == BASELINE_BACKEND:
+                return run
+        return ok[0] if ok else None
+
+
+class Progress:
+    """A single progress line on stderr (redrawn on a terminal, every ~10 % otherwise)."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
+        self.label, self.total = label, max(int(total), 1)
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_t = 0.0
+        self._last_decile = -1
+
+    def update(self, done: int, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        frac = min(done / self.total, 1.0)
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last_t < 0.2 and done < self.total:
+                return
+            self._last_t = now
+            self.stream.write(f"\r{self.label}: {done}/{self.total} messages ({frac:4.0%}) {extra}   ")
+        else:
+            decile = int(frac * 10)
+            if decile == self._last_decile:
+                return
+            self._last_decile = decile
+            self.stream.write(f"{self.label}: {done}/{self.total} messages ({frac:4.0%}) {extra}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def machine_description() -> str:
+    import os
+    import platform
+
+    return f"{platform.node() or 'host'}: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
+
+
+def _timed_events(source: BagSource, selection: TopicSelection, run: BackendRun, progress: Progress) -> Iterator[BagEvent]:
+    """Bag events, adding the time spent reading/deserialising them to ``run.read_s``."""
+    iterator = source.events(selection)
+    done = 0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            event = next(iterator)
+        except StopIteration:
+            run.read_s += time.perf_counter() - t0
+            return
+        run.read_s += time.perf_counter() - t0
+        done += 1
+        if done % 8 == 0:
+            progress.update(done, f"{len(run.chunks)} chunks")
+        yield event
+
+
+def bare_benchmark(backend, spec, batch_size: int, iterations: int) -> dict[str, float]:
+    """Percentiles (ms) of ``backend.infer`` on ready tensors: the backend alone, no bag, no decode."""
+    from vla_accel.backends.base import example_inputs
+
+    inputs = example_inputs(spec, batch_size, seed=1)
+    samples = []
+    for _ in range(max(int(iterations), 1)):
+        t0 = time.perf_counter()
+        backend.infer(inputs)
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return metrics_lib.percentiles(samples)
+
+
+def _load_backend(name: str, bundle, options: ReplayOptions):
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.backends.registry import create_backend
+
+    backend = create_backend(
+        name,
+        bundle,
+        BackendOptions(precision=options.precision, threads=options.threads, max_batch=options.batch_size),
+    )
+    backend.load()
+    backend.warmup(batch_size=options.batch_size, iterations=2)
+    return backend
+
+
+def _record_chunks(run: BackendRun, chunks: Sequence[ActionChunk], log_of: dict[int, int], writer, device: str, batch: int) -> None:
+    for chunk in chunks:
+        infer_ms = float(chunk.timings_ms.get("infer", 0.0))
+        total_ms = float(chunk.timings_ms.get("total", 0.0))
+        log_ns = log_of.get(chunk.stamp_ns, chunk.stamp_ns)
+        run.chunks.append(chunk)
+        run.timings.append(ChunkTiming(log_ns, chunk.stamp_ns, infer_ms, total_ms))
+        run.infer_s += infer_ms / 1000.0 / max(batch, 1)
+        if writer is not None:
+            t0 = time.perf_counter()
+            writer.write_chunk(chunk, log_ns, device=device, batch_size=batch)
+            run.write_s += time.perf_counter() - t0
+
+
+def _write_stats(run: BackendRun, engine, writer, log_ns: int, model: str) -> None:
+    from vla_accel.bags.writer import stats_fields
+
+    snapshot = engine.metrics.snapshot()
+    t0 = time.perf_counter()
+    writer.write_stats(stats_fields(snapshot), log_ns, backend=run.backend, device=run.device, model=model)
+    run.write_s += time.perf_counter() - t0
+
+
+def replay_backend(
+    bag: Path,
+    bundle,
+    name: str,
+    options: ReplayOptions,
+    writer=None,
+    *,
+    result: ReplayResult | None = None,
+) -> BackendRun:
+    """Replay ``bag`` through one backend. Backend failures are reported in ``run.error``."""
+    from vla_accel.core.engine import Engine
+
+    run = BackendRun(requested=name, precision=options.precision)
+    try:
+        backend = _load_backend(name, bundle, options)
+    except VlaAccelError as exc:
+        run.error = str(exc)
+        log.warning("replay: backend %s cannot run: %s", name, exc)
+        return run
+    except ImportError as exc:  # a backend module missing from this install: report it, replay the rest
+        run.error = f"backend '{name}' is not installed in this build of vla_accel: {exc}"
+        log.warning("replay: %s", run.error)
+        return run
+    try:
+        info = backend.device_info()
+        run.backend, run.device, run.parallel_units = info.backend, info.device, info.parallel_units
+        run.precision = info.precision
+        run.bare_infer_ms = bare_benchmark(backend, bundle.spec, options.batch_size, options.bare_iterations)
+        engine = Engine(bundle, backend, max_batch=options.batch_size)
+        engine.metrics.set_device(info)
+        with BagSource(bag) as source:
+            selection = source.select_topics(
+                bundle.spec, options.camera_topics, options.instruction_topic, options.state_topic
+            )
+            builder = ObservationBuilder(bundle.spec, selection, options.rate, engine.metrics)
+            progress = Progress(f"replay {name}", source.message_count(selection), options.progress)
+            events = _timed_events(source, selection, run, progress)
+            t_start = time.perf_counter()
+            if options.rate.kind == "live":
+                last_log_ns = _replay_live(engine, builder.observations(events), run, writer, options)
+            else:
+                last_log_ns = _replay_offline(engine, builder.observations(events), run, writer, options)
+            run.wall_s = time.perf_counter() - t_start - run.write_s
+            progress.update(progress.total, f"{len(run.chunks)} chunks")
+            progress.close()
+            snapshot = engine.metrics.snapshot()
+            run.snapshot = snapshot.as_dict()
+            run.dropped = dict(snapshot.dropped)
+            if writer is not None and last_log_ns is not None:
+                _write_stats(run, engine, writer, last_log_ns, bundle.spec.name)
+            if result is not None:
+                result.primary_frames = builder.frames
+                skipped = collections.Counter(source.skipped)
+                skipped.update(builder.skipped)
+                result.skipped = dict(skipped)
+    except BackendError as exc:
+        run.error = f"failed during replay: {exc}"
+        log.warning("replay: backend %s failed: %s", name, exc)
+    finally:
+        backend.close()
+    return run
+
+
+def _replay_offline(engine, observations: Iterator[TimedObservation], run: BackendRun, writer, options: ReplayOptions) -> int | None:
+    """Every observation in bag order, in batches of ``batch_size``; stats once per bag second."""
+    batch: list[TimedObservation] = []
+    last_log_ns: int | None = None
+    next_stats_ns: int | None = None
+
+    def flush() -> None:
+        if not batch:
+            return
+        log_of = {t.observation.stamp_ns: t.log_ns for t in batch}
+        run.observations += len(batch)
+        chunks = engine.infer([t.observation for t in batch])
+        _record_chunks(run, chunks, log_of, writer, run.device, len(batch))
+        batch.clear()
+
+    for timed in observations:
+        batch.append(timed)
+        last_log_ns = timed.log_ns
+        if len(batch) >= options.batch_size:
+            flush()
+        if writer is not None:
+            if next_stats_ns is None:
+                next_stats_ns = timed.log_ns + 1_000_000_000
+            elif timed.log_ns >= next_stats_ns:
+                _write_stats(run, engine, writer, timed.log_ns, engine.model_name)
+                next_stats_ns = timed.log_ns + 1_000_000_000
+    flush()
+    return last_log_ns
+
+
+def _replay_live(engine, observations: Iterator[TimedObservation], run: BackendRun, writer, options: ReplayOptions) -> int | None:
+    """Observations submitted at their recorded times through the latest-frame InferenceLoop."""
+    import threading
+
+    from vla_accel.core.scheduling import InferenceLoop
+
+    log_of: dict[int, int] = {}
+    collected: list[ActionChunk] = []
+    errors: list[Exception] = []
+    lock = threading.Lock()
+
+    def on_chunks(chunks) -> None:
+        with lock:
+            collected.extend(chunks)
+
+    def on_error(exc: Exception) -> None:
+        with lock:
+            errors.append(exc)
+
+    loop = InferenceLoop(engine, batch_size=options.batch_size, on_chunks=on_chunks, on_error=on_error)
+    speed = options.live_speed if options.live_speed > 0 else 1.0
+    first_log_ns: int | None = None
+    t0 = time.monotonic_ns()
+    last_log_ns: int | None = None
+    loop.start()
+    try:
+        for timed in observations:
+            if first_log_ns is None:
+                first_log_ns = timed.log_ns
+            due_ns = t0 + int((timed.log_ns - first_log_ns) / speed)
+            wait_s = (due_ns - time.monotonic_ns()) / 1e9
+            if wait_s > 0:
+                time.sleep(wait_s)
+            log_of[timed.observation.stamp_ns] = timed.log_ns
+            timed.observation.received_ns = time.monotonic_ns()
+            run.observations += 1
+            last_log_ns = timed.log_ns
+            loop.submit(timed.observation)
+        _drain(engine, run, collected, lock)
+    finally:
+        loop.stop()
+    with lock:
+        chunks = sorted(collected, key=lambda c: c.stamp_ns)
+    _record_chunks(run, chunks, log_of, writer, run.device, options.batch_size)
+    backend_errors = [e for e in errors if isinstance(e, BackendError)]
+    if backend_errors:
+        # input errors are counted drops (engine.metrics); a failing backend fails the run
+        raise BackendError(f"live replay: {backend_errors[0]}", reason="backend_error")
+    return last_log_ns
+
+
+def _drain(engine, run: BackendRun, collected: list, lock, timeout_s: float = 10.0) -> None:
+    """Wait until every received frame is accounted for: a delivered chunk or a counted drop."""
+    metrics = engine.metrics
+    deadline = time.monotonic() + timeout_s
+    pending = 0
+    while time.monotonic() < deadline:
+        with lock:
+            delivered = len(collected)
+        processed = metrics.frames_processed
+        pending = metrics.frames_received - processed - metrics.frames_dropped
+        if pending <= 0 and delivered >= processed:
+            return
+        time.sleep(0.01)
+    log.warning("live replay: %d frames still unaccounted for after %.0f s", pending, timeout_s)
+
+
+def run_replay(bag: str | Path, options: ReplayOptions, out_dir: str | Path | None = None) -> ReplayResult:
+    """Replay through every backend in ``options.backends``; writes ``out_dir/actions.mcap`` when given."""
+    from vla_accel.bags.writer import ReplayBagWriter
+    from vla_accel.models import load_model
+
+    bag = Path(bag)
+    bundle = load_model(options.model)
+    with BagSource(bag) as source:
+        selection = source.select_topics(
+            bundle.spec, options.camera_topics, options.instruction_topic, options.state_topic
+        )
+        input_messages = {t: int(source.counts[t]) for t in sorted(source.topics)}
+    result = ReplayResult(
+        bag=bag,
+        model=bundle.spec.name,
+        rate=str(options.rate),
+        selection=selection,
+        input_messages=input_messages,
+        action_names=tuple(bundle.spec.action.names),
+        machine=machine_description(),
+    )
+    writer = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.output_bag = out_dir / "actions"
+        if result.output_bag.exists():
+            raise VlaAccelError(
+                f"output bag {result.output_bag} exists already; choose another --out folder or remove it",
+                reason="bag_exists",
+            )
+        writer = ReplayBagWriter(result.output_bag)
+    try:
+        for name in options.backends:
+            result.runs.append(replay_backend(bag, bundle, name, options, writer, result=result))
+    finally:
+        if writer is not None:
+            writer.close()
+    return result
+
+
+def deviations(result: ReplayResult):
+    """Each backend's action deviation from the baseline backend (see compare.compare_chunks)."""
+    from vla_accel.bags.compare import compare_chunks
+
+    base = result.baseline
+    out = {}
+    if base is None:
+        return out
+    for run in result.runs:
+        if run.ok and run is not base:
+            out[run.backend] = compare_chunks(run.chunks, base.chunks, result.action_names)
+    return out
+

@@ -1,0 +1,369 @@
+"""``vla-accel bench [MODE]``: benchmarks. The default mode, ``backends``, compares inference backends
+side by side in one process on one model:
+
+    vla-accel bench --model tiny --backends torch,onnxruntime,openvino --batch 1,8 --json out.json
+
+For each batch size every backend gets the same inputs; after a warm-up, timed calls are interleaved
+(one call per backend per round, rotating who goes first) so that load from other processes on a
+noisy machine falls on every backend alike. Interleaving needs idle runtimes to leave the cores
+alone: ONNX Runtime's intra-op threads busy-wait between runs by default, which made torch 10-25x
+slower in this benchmark on 2 cores, so interleaved runs turn that spinning off
+(``allow_spinning``). ``--schedule blocked`` instead times each backend alone, one after the other,
+with every runtime at its own defaults. Per (backend, batch) it reports latency percentiles of
+the backend call, throughput (samples/s), speedup over torch eager fp32 CPU at the same batch
+(S = T_torch / T_backend on p50), parallel efficiency E = S / P (P = threads in use) and the largest
+absolute difference from torch's output on the same inputs. Every statistic comes from
+``vla_accel.core.metrics``. OpenVINO also gets a row at its default precision (bf16 on CPUs with
+AVX512-BF16 / AMX), reported separately from its fp32 row.
+
+Other modes (pipeline, batching, memory, realtime, node, gpu, ...) live in
+``vla_accel.benchmarks.<mode>`` modules with ``add_arguments(parser)`` and ``run(args)``; this
+command adds the common options (--model, --backends/--backend, --batch, --warmup, --iters,
+--seconds, --threads, --json; --batch and --backends parse to lists) and lets each mode module add
+its own.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import pkgutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_accel.errors import VlaAccelError
+
+DEFAULT_MODE = "backends"
+KNOWN_MODES = ("backends", "pipeline", "batching", "memory", "realtime", "node")
+BASELINE = "torch"
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def int_list(text: str) -> list[int]:
+    """"1,8,16" -> [1, 8, 16] (positive integers)."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def name_list(text: str) -> list[str]:
+    """"torch, onnxruntime" -> ["torch", "onnxruntime"]."""
+    values = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return values
+
+
+def available_modes() -> list[str]:
+    """The known modes plus any module present in vla_accel.benchmarks (found without importing it)."""
+    modes = list(KNOWN_MODES)
+    try:
+        package = importlib.import_module("vla_accel.benchmarks")
+    except ImportError:
+        return modes
+    for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+        if not info.name.startswith("_") and info.name not in modes:
+            modes.append(info.name)
+    return modes
+
+
+class _FirstDefinitionWins:
+    """Parser proxy for mode modules: an option string already defined (the common ones here, or
+    another mode's) is skipped instead of raising argparse's conflict error."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self._parser = parser
+
+    def add_argument(self, *names: str, **kwargs: Any):
+        if any(name in self._parser._option_string_actions for name in names if name.startswith("-")):  # noqa: SLF001
+            return None
+        return self._parser.add_argument(*names, **kwargs)
+
+    def __getattr__(self, attribute: str):
+        return getattr(self._parser, attribute)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    parser.add_argument("mode", nargs="?", default=DEFAULT_MODE, choices=available_modes(),
+                        help=f"what to benchmark (default: {DEFAULT_MODE})")
+    parser.add_argument("--model", default="tiny", help="built-in model name or spec YAML path (default: tiny)")
+    parser.add_argument("--backends", "--backend", dest="backends", type=name_list, default=list(DEFAULT_BACKENDS),
+                        help="comma-separated backends (default: torch,onnxruntime,openvino); torch, the "
+                             "baseline, is always added")
+    parser.add_argument("--batch", type=int_list, default=[1, 8], help="comma-separated batch sizes (default: 1,8)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per backend and batch (default: 5)")
+    parser.add_argument("--iters", type=int, default=0,
+                        help="timed calls per backend and batch (default: run for --seconds instead)")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="timed seconds per backend and batch when --iters is not given (default: 2)")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads for every backend (0 = runtime default)")
+    parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--no-openvino-default", action="store_true",
+                        help="skip the extra openvino row at OpenVINO's default precision")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the example inputs (default: 7)")
+    parser.add_argument("--schedule", choices=("interleaved", "blocked"), default="interleaved",
+                        help="interleaved (default): one call per backend per round; blocked: each backend's "
+                             "timed calls in one block, runtimes at their defaults (ORT threads spin)")
+    proxy = _FirstDefinitionWins(parser)
+    for mode in available_modes():
+        if mode == DEFAULT_MODE:
+            continue
+        try:
+            module = importlib.import_module(f"vla_accel.benchmarks.{mode}")
+        except ImportError:
+            continue  # that mode's module is not there (yet): its name still parses, run() explains
+        extend = getattr(module, "add_arguments", None)
+        if extend is not None:
+            extend(proxy)
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = getattr(args, "mode", DEFAULT_MODE) or DEFAULT_MODE
+    if mode != DEFAULT_MODE:
+        try:
+            module = importlib.import_module(f"vla_accel.benchmarks.{mode}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"vla_accel.benchmarks.{mode}" and exc.name != "vla_accel.benchmarks":
+                raise
+            raise VlaAccelError(
+                f"bench mode '{mode}' is not available in this build (module vla_accel.benchmarks.{mode} "
+                "is missing)", reason="unknown_mode"
+            ) from exc
+        return int(module.run(args) or 0)
+    report = run_backends(
+        model=args.model,
+        backends=args.backends,
+        batches=args.batch,
+        warmup=args.warmup,
+        iters=args.iters,
+        seconds=args.seconds,
+        threads=args.threads,
+        openvino_default=not args.no_openvino_default,
+        seed=args.seed,
+        schedule=args.schedule,
+    )
+    print(format_table(report))
+    if args.json_path is not None:
+        args.json_path.parent.mkdir(parents=True, exist_ok=True)
+        args.json_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        print(f"wrote {args.json_path}", file=sys.stderr)
+    return 0
+
+
+# --- the backends benchmark ---------------------------------------------------------------------
+@dataclass
+class Variant:
+    """One row group: a backend at one precision."""
+
+    label: str
+    backend_name: str
+    precision: str
+    backend: Any = None
+    device: Any = None
+    error: str = ""
+    samples_ms: dict[int, list[float]] = field(default_factory=dict)
+    max_abs_diff: dict[int, float] = field(default_factory=dict)
+
+
+def _variants(backends: list[str], openvino_default: bool) -> list[Variant]:
+    from vla_accel.backends.registry import canonical_name
+
+    names = [canonical_name(n) for n in backends]
+    if BASELINE not in names:
+        names.insert(0, BASELINE)  # speedup needs the baseline in the same run
+    out: list[Variant] = []
+    for name in dict.fromkeys(names):
+        out.append(Variant(name, name, "fp32"))
+        if name == "openvino" and openvino_default:
+            out.append(Variant("openvino-default", name, "default"))
+    return out
+
+
+def run_backends(*, model: str, backends: list[str], batches: list[int], warmup: int = 5, iters: int = 0,
+                 seconds: float = 2.0, threads: int = 0, openvino_default: bool = True, seed: int = 7,
+                 schedule: str = "interleaved", log=None) -> dict[str, Any]:
+    """Run the side-by-side benchmark and return the report (what ``--json`` writes)."""
+    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.backends.torch_backend import cpu_model_name
+    from vla_accel.core import metrics
+    from vla_accel.errors import BackendError
+    from vla_accel.models import load_model
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if warmup < 0 or iters < 0 or seconds <= 0:
+        raise VlaAccelError("--warmup and --iters must be >= 0 and --seconds > 0", reason="bad_option")
+    if schedule not in ("interleaved", "blocked"):
+        raise VlaAccelError(f"schedule must be interleaved or blocked, got {schedule!r}", reason="bad_option")
+    interleaved = schedule == "interleaved"
+    bundle = load_model(model)
+    variants = _variants(backends, openvino_default)
+    max_batch = max(batches)
+    for variant in variants:
+        extra = {"allow_spinning": False} if interleaved and variant.backend_name == "onnxruntime" else {}
+        options = BackendOptions(precision=variant.precision, threads=threads, max_batch=max_batch, extra=extra)
+        started = time.perf_counter()
+        try:
+            variant.backend = create_backend(variant.backend_name, bundle, options).load()
+            variant.device = variant.backend.device_info()
+        except BackendError as exc:  # includes BackendUnavailableError: the row says why
+            variant.error = str(exc)
+            if variant.backend_name == BASELINE:
+                raise
+            log(f"[bench] {variant.label}: not run: {exc}")
+            continue
+        log(f"[bench] loaded {variant.label} ({variant.device.runtime_version}, precision "
+            f"{variant.device.precision}, {variant.device.parallel_units} threads) in "
+            f"{time.perf_counter() - started:.1f}s")
+    runnable = [v for v in variants if v.backend is not None]
+    baseline = runnable[0]
+    for batch in batches:
+        inputs = example_inputs(bundle.spec, batch, seed=seed)
+        output_name = bundle.spec.action.output
+        reference = baseline.backend.infer(inputs)[output_name]
+        for variant in runnable:
+            result = None
+            for _ in range(max(warmup, 1)):
+                result = variant.backend.infer(inputs)[output_name]
+            variant.max_abs_diff[batch] = float(np.max(np.abs(result - reference)))
+            variant.samples_ms[batch] = []
+        log(f"[bench] batch {batch}: timing {len(runnable)} backends "
+            f"({'%d calls' % iters if iters else '%.1fs' % seconds} each, {schedule})")
+        if interleaved:
+            _time_interleaved(runnable, inputs, batch, iters, seconds)
+        else:
+            for variant in runnable:
+                _time_interleaved([variant], inputs, batch, iters, seconds)
+    rows = []
+    for batch in batches:
+        torch_p50 = metrics.percentiles(baseline.samples_ms[batch])["p50"]
+        for variant in variants:
+            row: dict[str, Any] = {"backend": variant.backend_name, "variant": variant.label, "batch": batch}
+            if variant.backend is None:
+                row.update({"precision": variant.precision, "error": variant.error})
+                rows.append(row)
+                continue
+            samples = variant.samples_ms[batch]
+            stats = metrics.percentiles(samples)
+            s = metrics.speedup(torch_p50, stats["p50"])
+            row.update(
+                {
+                    "precision": variant.device.precision,
+                    "requested_precision": variant.precision,
+                    "device": variant.device.device,
+                    "parallel_units": variant.device.parallel_units,
+                    "runtime_version": variant.device.runtime_version,
+                    "iterations": len(samples),
+                    "latency_ms": {k: v for k, v in stats.items() if k != "count"},
+                    "throughput_sps": metrics.throughput(batch * len(samples), sum(samples) / 1e3),
+                    "speedup_vs_torch": s,
+                    "parallel_efficiency": metrics.parallel_efficiency(s, variant.device.parallel_units),
+                    "max_abs_diff_vs_torch": variant.max_abs_diff[batch],
+                    "gflops_per_s": (bundle.flops(batch) / (stats["p50"] / 1e3) / 1e9
+                                     if bundle.has_torch_network and stats["p50"] > 0 else 0.0),
+                }
+            )
+            rows.append(row)
+    for variant in runnable:
+        variant.backend.close()
+    info = bundle.info()
+    return {
+        "benchmark": "backends",
+        "model": bundle.name,
+        "model_info": {k: info[k] for k in ("parameters", "gflops_batch1", "tokens") if k in info},
+        "machine": {
+            "cpu": cpu_model_name(),
+            "logical_cpus": os.cpu_count() or 0,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "batches": list(batches),
+            "warmup": warmup,
+            "iters": iters,
+            "seconds": seconds,
+            "threads": threads,
+            "seed": seed,
+            "schedule": schedule,
+            "onnxruntime_spinning": not interleaved,
+            "baseline": f"{BASELINE} fp32 eager CPU",
+            "speedup": "T_torch_p50 / T_backend_p50 at the same batch",
+        },
+        "results": rows,
+    }
+
+
+def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: int, seconds: float) -> None:
+    """Round-robin timed calls (first backend rotates each round) until ``iters`` rounds or
+    ``seconds`` per backend have passed (at least 3 rounds)."""
+    budget_s = seconds * len(variants)
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        shift = rounds % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            t0 = time.perf_counter()
+            variant.backend.infer(inputs)
+            variant.samples_ms[batch].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+        if iters:
+            if rounds >= iters:
+                return
+        elif time.perf_counter() - started >= budget_s and rounds >= 3:
+            return
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The human-readable table of a ``run_backends`` report."""
+    header = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "samples/s",
+              "speedup", "eff", "GFLOP/s", "max|diff|", "n")
+    lines = []
+    for row in report["results"]:
+        if "error" in row:
+            lines.append((row["variant"], row["precision"], str(row["batch"]), "not run: " + row["error"][:80]))
+            continue
+        lat = row["latency_ms"]
+        lines.append(
+            (
+                row["variant"],
+                row["precision"],
+                str(row["batch"]),
+                f"{lat['p50']:.2f}",
+                f"{lat['p90']:.2f}",
+                f"{lat['p99']:.2f}",
+                f"{lat['max']:.2f}",
+                f"{row['throughput_sps']:.1f}",
+                f"{row['speedup_vs_torch']:.2f}x",
+                f"{row['parallel_efficiency']:.2f}",
+                f"{row['gflops_per_s']:.1f}",
+                f"{row['max_abs_diff_vs_torch']:.1e}",
+                str(row["iterations"]),
+            )
+        )
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines if len(line) == len(header))) for i in range(len(header))]
+    out = [
+        f"model {report['model']} ({report['model_info'].get('parameters', 0) / 1e6:.1f}M params, "
+        f"{report['model_info'].get('gflops_batch1', 0):.2f} GFLOP/inference) on {report['machine']['cpu']} "
+        f"({report['machine']['logical_cpus']} logical CPUs); speedup = T_torch / T_backend (p50, same batch), "
+        "eff = speedup / threads",
+        "  ".join(h.ljust(w) for h, w in zip(header, widths)),
+    ]
+    for line in lines:
+        if len(line) == len(header):
+            out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+        else:
+            out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths)) + "  " + line[3])
+    return "\n".join(out)

@@ -1,0 +1,159 @@
+"""``vla-accel replay``: replay a rosbag2 bag through backends, write an output bag and a report.
+
+Examples::
+
+    vla-accel replay --make-sample /tmp/sample_bag
+    vla-accel replay /tmp/sample_bag --model tiny --backends torch,onnxruntime --out /tmp/replay
+    vla-accel replay /tmp/sample_bag --golden /tmp/replay/actions --tolerance-profile fp32
+    vla-accel replay /tmp/sample_bag --live --out /tmp/live     # player + real node + recorder
+
+Exit status: 0 success; 1 an error (bad bag, no backend could run, ...); 3 a regression or live
+comparison failed (drift beyond tolerance, missing or extra chunks).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from vla_accel.errors import VlaAccelError
+
+EXIT_DRIFT = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", nargs="?", help="rosbag2 bag: a directory with metadata.yaml, or a .mcap / .db3 file")
+    parser.add_argument("--make-sample", metavar="PATH", help="write the synthetic sample bag to PATH and exit")
+    parser.add_argument("--sample-frames", type=int, default=24, help="frames in the sample bag (default 24)")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of the sample bag")
+    parser.add_argument("--model", default="tiny", help="built-in model name or spec YAML (default tiny)")
+    parser.add_argument("--backends", default="torch", help="comma-separated backends (default torch); torch is the speedup baseline")
+    parser.add_argument("--camera-topic", action="append", default=[], metavar="[CAMERA=]TOPIC",
+                        help="camera topic, in the model's camera order or as CAMERA=TOPIC (repeatable); default: found by type")
+    parser.add_argument("--instruction-topic", help="std_msgs/String instruction topic (default: found by type)")
+    parser.add_argument("--state-topic", help="sensor_msgs/JointState topic for the model's state (default: found by type)")
+    parser.add_argument("--rate-mode", default="every", help="every | rate:HZ | live (default every)")
+    parser.add_argument("--live-speed", type=float, default=1.0, help="live mode: playback speed factor (default 1.0)")
+    parser.add_argument("--precision", default="fp32", help="backend precision (default fp32)")
+    parser.add_argument("--threads", type=int, default=0, help="backend intra-op threads (0 = runtime default)")
+    parser.add_argument("--batch-size", type=int, default=1, help="observations per inference (default 1)")
+    parser.add_argument("--bare-iterations", type=int, default=30, help="iterations of the bare backend benchmark")
+    parser.add_argument("--out", help="output folder (default: ./replay_reports/<bag>_<time>)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tolerance-profile", choices=("fp32", "fp16", "int8"), help="regression tolerance (default fp32)")
+    group.add_argument("--atol", type=float, help="regression tolerance as an absolute value")
+    parser.add_argument("--golden", help="golden output bag: compare this replay's chunks with it (exit 3 on drift)")
+    parser.add_argument("--golden-topic", help="ActionChunk topic of the golden bag to compare with (default: the one "
+                        "from the same backend, else the first)")
+    parser.add_argument("--live", action="store_true",
+                        help="also drive the real ROS node with the bag (player + node + recorder) and compare with the offline replay")
+    parser.add_argument("--live-node-speed", type=float, default=0.5,
+                        help="--live: bag playback speed for the node (default 0.5, so a CPU node keeps up)")
+    parser.add_argument("--live-backend", default=None, help="backend for the live node (default: the first of --backends)")
+
+
+def _make_sample(args) -> int:
+    from vla_accel.bags.sample import make_sample_bag
+
+    manifest = make_sample_bag(args.make_sample, frames=args.sample_frames, storage=args.storage)
+    print(f"sample bag written: {manifest.path} ({args.storage})")
+    for topic, count in sorted(manifest.counts.items()):
+        print(f"  {topic}: {count} messages")
+    broken = {**manifest.broken_frames, **manifest.broken_messages}
+    if broken:
+        print("  broken on purpose: " + ", ".join(f"{k} {v}" for k, v in sorted(broken.items())))
+    return 0
+
+
+def _out_dir(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    stem = Path(args.bag).name or "bag"
+    return Path("replay_reports") / f"{stem}_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
+
+
+def run(args) -> int:
+    if args.make_sample:
+        return _make_sample(args)
+    if not args.bag:
+        raise VlaAccelError("give a BAG to replay (or --make-sample PATH to write the sample bag)", reason="bad_argument")
+    if args.batch_size < 1:
+        raise VlaAccelError(f"--batch-size must be >= 1, got {args.batch_size}", reason="bad_argument")
+
+    from vla_accel.bags import compare
+    from vla_accel.bags.observations import RateMode
+    from vla_accel.bags.replay import ReplayOptions, deviations, run_replay
+    from vla_accel.bags.report import write_report
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends:
+        raise VlaAccelError("--backends needs at least one backend name", reason="bad_argument")
+    try:
+        tolerance = compare.tolerance_for(args.tolerance_profile, args.atol)
+    except ValueError as exc:
+        raise VlaAccelError(str(exc), reason="bad_argument") from exc
+    options = ReplayOptions(
+        model=args.model,
+        backends=backends,
+        rate=RateMode.parse(args.rate_mode),
+        camera_topics=tuple(args.camera_topic),
+        instruction_topic=args.instruction_topic,
+        state_topic=args.state_topic,
+        precision=args.precision,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        bare_iterations=args.bare_iterations,
+        live_speed=args.live_speed,
+        progress=not args.no_progress,
+    )
+    out_dir = _out_dir(args)
+    result = run_replay(args.bag, options, out_dir)
+    devs = deviations(result)
+
+    regressions = []
+    if args.golden:
+        from vla_accel.bags.writer import read_action_chunks
+
+        golden = read_action_chunks(args.golden)
+        if not any(golden.values()):
+            raise VlaAccelError(f"golden bag {args.golden} holds no vla_accel/msg/ActionChunk messages", reason="bad_golden")
+        for run_ in result.runs:
+            if not run_.ok:
+                continue
+            topic = args.golden_topic or compare.pick_golden_topic(golden, run_.backend)
+            if topic not in golden:
+                raise VlaAccelError(
+                    f"golden bag {args.golden} has no ActionChunk topic {topic!r}; topics: {sorted(golden)}",
+                    reason="bad_golden",
+                )
+            dev = compare.compare_chunks(run_.chunks, golden[topic], result.action_names)
+            regressions.append(compare.RegressionResult(run_.backend, topic, tolerance, dev))
+
+    live_outcome = None
+    if args.live:
+        from vla_accel.bags.live import run_live_comparison
+
+        live_outcome = run_live_comparison(args.bag, result, options, out_dir, backend=args.live_backend,
+                                            tolerance=tolerance, speed=args.live_node_speed)
+        print(f"live node: published {sum(live_outcome.published.values())} bag messages, recorded "
+              f"{live_outcome.recorded} into {live_outcome.recorded_bag} (node log {live_outcome.node_log})")
+        regressions.append(live_outcome.regression)
+
+    paths = write_report(result, out_dir, devs, regressions, plots=not args.no_plots)
+    print((out_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {paths['markdown']} (also {paths['html'].name}, {paths['json'].name}); output bag: {result.output_bag}")
+
+    failed_backends = [r for r in result.runs if not r.ok]
+    for run_ in failed_backends:
+        print(f"backend {run_.requested} did not run: {run_.error}", file=sys.stderr)
+    drift = [r for r in regressions if not r.passed]
+    for reg in drift:
+        print(reg.describe(), file=sys.stderr)
+    if drift:
+        return EXIT_DRIFT
+    if failed_backends:
+        return 1
+    return 0

@@ -1,0 +1,277 @@
+"""Camera frame decoding: ``RawImage`` (or an array) -> HxWx3 uint8 RGB array.
+
+Raw frames are returned as numpy VIEWS over the message buffer, never copies: the row padding of
+``step`` becomes the row stride, bgr8 becomes a view with a negative channel stride, rgba8/bgra8
+slice the alpha channel away, mono8 is broadcast over three channels with a zero stride. The
+preprocessor gathers pixels from whatever strides it gets, so no frame is ever copied whole.
+Compressed frames (JPEG, PNG) are decoded (simplejpeg for JPEG when importable, else Pillow;
+Pillow for PNG); decoders are imported lazily, on the first compressed frame. Given ``min_size``,
+a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still has at least that many
+pixels: libjpeg-turbo then skips most of the work (1920x1080 -> 480x270 took 5.2 ms instead of
+9.6 ms here) and the DCT scaling averages pixels, so the later bilinear resize aliases less.
+
+Every malformed frame raises ``ImageError`` with a ``reason``: unknown_encoding, step_mismatch,
+size_mismatch, truncated, corrupt_compressed, empty_image (missing_camera is raised by the
+preprocessor). The view shares memory with the input: the caller must keep the input alive and
+unchanged until the frame has been preprocessed (the ROS message object does this naturally).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from vla_accel.core.types import RawImage
+from vla_accel.errors import ImageError
+
+# Raw encodings (sensor_msgs/image_encodings names) and compressed formats accepted.
+RAW_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+COMPRESSED_ENCODINGS = ("jpeg", "png")
+SUPPORTED_ENCODINGS = RAW_ENCODINGS + COMPRESSED_ENCODINGS
+# Larger sides than this are rejected as corrupt headers rather than attempted (memory safety).
+MAX_IMAGE_SIDE = 16384
+
+# encoding -> (bytes per pixel, channel indices producing R, G, B as a slice, or None for mono)
+_RAW_LAYOUT: dict[str, tuple[int, slice | None]] = {
+    "rgb8": (3, slice(0, 3, 1)),
+    "bgr8": (3, slice(2, None, -1)),
+    "rgba8": (4, slice(0, 3, 1)),
+    "bgra8": (4, slice(2, None, -1)),
+    "mono8": (1, None),
+}
+
+
+def _supported_message() -> str:
+    return f"supported encodings: {', '.join(SUPPORTED_ENCODINGS)}"
+
+
+def normalize_encoding(encoding: str) -> str:
+    """Map an encoding or a sensor_msgs/CompressedImage ``format`` string to a canonical name.
+
+    CompressedImage formats look like ``"jpeg"``, ``"png"`` or ``"rgb8; jpeg compressed bgr8"``
+    (image_transport); the codec word decides. Raw encodings are case-insensitive here.
+    """
+    text = str(encoding).strip().lower()
+    if text in _RAW_LAYOUT:
+        return text
+    if ";" in text or " " in text:
+        words = text.replace(";", " ").split()
+        for word in words:
+            if word in ("jpeg", "jpg"):
+                return "jpeg"
+            if word == "png":
+                return "png"
+    if text in ("jpeg", "jpg"):
+        return "jpeg"
+    return text
+
+
+def _byte_view(data: object) -> np.ndarray:
+    """A 1-D uint8 view over any buffer (bytes, bytearray, memoryview, array.array, ndarray)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise ImageError(
+                f"image data array must be uint8, got {data.dtype}; {_supported_message()}",
+                reason="unknown_encoding",
+            )
+        if not data.flags.c_contiguous:
+            # A non-contiguous raw buffer has no meaningful 'step'; copying is the honest answer.
+            data = np.ascontiguousarray(data)
+        return data.reshape(-1)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise ImageError(
+            f"image data must be a bytes-like buffer, got {type(data).__name__}: {exc}",
+            reason="empty_image" if _is_empty(data) else "corrupt_compressed",
+        ) from exc
+
+
+def _is_empty(data: object) -> bool:
+    try:
+        return len(data) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return data is None
+
+
+def _check_side(height: int, width: int, what: str) -> None:
+    if not (0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE):
+        raise ImageError(
+            f"{what} size {width}x{height} is invalid: width and height must be between 1 and "
+            f"{MAX_IMAGE_SIDE}",
+            reason="size_mismatch",
+        )
+
+
+def check_array(image: np.ndarray) -> np.ndarray:
+    """Validate an already-decoded image: HxWx3 uint8 RGB (any strides) or HxW uint8 (mono).
+
+    Mono arrays are broadcast to three channels (a view). Returns the HxWx3 view.
+    """
+    if image.dtype != np.uint8:
+        raise ImageError(
+            f"decoded image arrays must be uint8 RGB, got dtype {image.dtype}", reason="unknown_encoding"
+        )
+    if image.size == 0:
+        raise ImageError(f"image array is empty (shape {image.shape})", reason="empty_image")
+    if image.ndim == 2:
+        _check_side(image.shape[0], image.shape[1], "image array")
+        return np.broadcast_to(image[:, :, None], (image.shape[0], image.shape[1], 3))
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(
+            f"decoded image arrays must be HxWx3 (RGB) or HxW (mono), got shape {image.shape}",
+            reason="size_mismatch",
+        )
+    _check_side(image.shape[0], image.shape[1], "image array")
+    return image
+
+
+def decode_raw(image: RawImage) -> np.ndarray:
+    """Raw (uncompressed) frame -> HxWx3 uint8 RGB view over ``image.data`` (no copy)."""
+    encoding = normalize_encoding(image.encoding)
+    layout = _RAW_LAYOUT.get(encoding)
+    if layout is None:
+        raise ImageError(
+            f"unsupported image encoding '{image.encoding}'"
+            + (" (big-endian)" if image.is_bigendian else "")
+            + f"; {_supported_message()}",
+            reason="unknown_encoding",
+        )
+    if _is_empty(image.data):
+        raise ImageError(
+            f"{encoding} image {image.width}x{image.height} has no data", reason="empty_image"
+        )
+    height, width, step = int(image.height), int(image.width), int(image.step)
+    _check_side(height, width, f"{encoding} image")
+    channels, rgb = layout
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ImageError(
+            f"{encoding} image {width}x{height}: step {step} is smaller than width*channels "
+            f"= {row_bytes}",
+            reason="step_mismatch",
+        )
+    buf = _byte_view(image.data)
+    needed = step * height
+    if buf.size < needed:
+        raise ImageError(
+            f"{encoding} image {width}x{height} step {step}: data has {buf.size} bytes, needs "
+            f"step*height = {needed}",
+            reason="truncated",
+        )
+    # The view: rows `step` bytes apart, pixels `channels` bytes apart, channels 1 byte apart.
+    pixels = np.ndarray(
+        (height, width, channels), dtype=np.uint8, buffer=buf, offset=0, strides=(step, channels, 1)
+    )
+    if rgb is None:
+        return np.broadcast_to(pixels, (height, width, 3))
+    return pixels[:, :, rgb]
+
+
+def decode_compressed(data: object, encoding: str, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """JPEG or PNG bytes -> HxWx3 uint8 RGB array (a fresh array: decoding always allocates).
+
+    ``min_size`` = (min_height, min_width): a JPEG may be decoded downscaled by 2, 4 or 8 as long
+    as the result keeps at least that size (PNG is always decoded at full size).
+    """
+    encoding = normalize_encoding(encoding)
+    if encoding not in COMPRESSED_ENCODINGS:
+        raise ImageError(
+            f"unsupported compressed format '{encoding}'; {_supported_message()}", reason="unknown_encoding"
+        )
+    if _is_empty(data):
+        raise ImageError(f"{encoding} image has no data", reason="empty_image")
+    if encoding == "jpeg":
+        decoded = _decode_jpeg_simplejpeg(data, min_size)
+        if decoded is not None:
+            return decoded
+    return _decode_pillow(data, encoding, min_size)
+
+
+def _decode_jpeg_simplejpeg(data: object, min_size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """Decode with simplejpeg; None when simplejpeg is not installed (Pillow is used instead)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    buf = data if isinstance(data, (bytes, bytearray, memoryview, np.ndarray)) else _byte_view(data)
+    try:
+        height, width, _colorspace, _subsampling = simplejpeg.decode_jpeg_header(buf)
+        _check_side(height, width, "jpeg image")
+        if min_size:
+            return simplejpeg.decode_jpeg(buf, colorspace="RGB", min_height=min_size[0], min_width=min_size[1])
+        return simplejpeg.decode_jpeg(buf, colorspace="RGB")
+    except ValueError as exc:
+        raise ImageError(f"jpeg image does not decode: {exc}", reason="corrupt_compressed") from exc
+
+
+def _decode_pillow(data: object, encoding: str, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImageError(
+            f"decoding {encoding} needs Pillow{' or simplejpeg' if encoding == 'jpeg' else ''}: "
+            f"pip install pillow{' simplejpeg' if encoding == 'jpeg' else ''}",
+            reason="unknown_encoding",
+        ) from exc
+    raw = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            expected = "JPEG" if encoding == "jpeg" else "PNG"
+            if img.format != expected:
+                raise ImageError(
+                    f"data declared as {encoding} is {img.format or 'unknown'}", reason="corrupt_compressed"
+                )
+            width, height = img.size
+            _check_side(height, width, f"{encoding} image")
+            if min_size and encoding == "jpeg":
+                img.draft("RGB", (min_size[1], min_size[0]))  # DCT scaling, result >= the size
+            rgb = img.convert("RGB")
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # UnidentifiedImageError and truncated-file errors are OSError subclasses.
+        raise ImageError(f"{encoding} image does not decode: {exc}", reason="corrupt_compressed") from exc
+
+
+def decode_image(image: RawImage | np.ndarray, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one camera frame into an HxWx3 uint8 RGB array (a view for raw frames).
+
+    Accepts a ``RawImage`` (raw encodings of RAW_ENCODINGS, or ``jpeg`` / ``png`` data, also
+    CompressedImage-style format strings) or an already decoded HxWx3 uint8 RGB array.
+    ``min_size`` (height, width) lets a JPEG be decoded at a reduced DCT scale (see above); raw
+    frames and arrays are never rescaled here. Raises ImageError (see the module docstring).
+    """
+    if isinstance(image, np.ndarray):
+        return check_array(image)
+    if not isinstance(image, RawImage):
+        raise ImageError(
+            f"camera frame must be a RawImage or an HxWx3 uint8 array, got {type(image).__name__}",
+            reason="unknown_encoding",
+        )
+    encoding = normalize_encoding(image.encoding)
+    if encoding in COMPRESSED_ENCODINGS:
+        return decode_compressed(image.data, encoding, min_size)
+    return decode_raw(image)
+
+
+def encode_raw(rgb: np.ndarray, encoding: str = "rgb8", row_padding: int = 0) -> RawImage:
+    """Build a RawImage from an HxWx3 RGB uint8 array (synthetic cameras, tests, bag writers)."""
+    rgb = check_array(np.asarray(rgb))
+    height, width = rgb.shape[:2]
+    encoding = normalize_encoding(encoding)
+    if encoding not in _RAW_LAYOUT:
+        raise ImageError(f"cannot encode to '{encoding}'; {_supported_message()}", reason="unknown_encoding")
+    if encoding == "mono8":
+        # ITU-R BT.601 luma, the usual rgb -> mono conversion.
+        luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        pixels = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, :, None]
+    else:
+        order = [2, 1, 0] if encoding.startswith("bgr") else [0, 1, 2]
+        pixels = rgb[:, :, order]
+        if encoding.endswith("a8"):
+            pixels = np.concatenate([pixels, np.full((height, width, 1), 255, np.uint8)], axis=2)
+    channels = pixels.shape[2]
+    step = width * channels + int(row_padding)
+    buf = np.zeros((height, step), dtype=np.uint8)
+    buf[:, : width * channels] = pixels.reshape(height, width * channels)
+    return RawImage(data=buf.tobytes(), encoding=encoding, height=height, width=width, step=step)

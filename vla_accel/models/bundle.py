@@ -1,0 +1,379 @@
+"""``ModelBundle``: a model spec plus its weights or model file, and the exports made from it.
+
+A bundle is cheap to construct; weights are generated / verified on first use. Exports are cached
+under ``<cache_dir>/exports/<content_hash>/<format>-<precision>/`` and written into a temporary
+folder that is renamed into place only when complete, so a killed export never leaves a half-written
+model that a later run would pick up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vla_accel.errors import ModelFileError, SpecError
+from vla_accel.models.architecture import NetworkConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+    from vla_accel.core.spec import ModelSpec
+
+CACHE_ENV = "VLA_ACCEL_CACHE"
+MODEL_FORMATS = ("safetensors", "onnx", "tflite", "openvino", "engine")
+EXPORT_FORMATS = ("onnx", "openvino", "tflite")
+# What each export format can be asked for; a request outside this fails before any work is done.
+EXPORT_PRECISIONS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16")}
+# The file a model-file format must end with.
+FORMAT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml", "engine": ".engine"}
+ONNX_OPSET = 18
+
+
+def default_cache_dir() -> Path:
+    """$VLA_ACCEL_CACHE, else ~/.cache/vla_accel."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vla_accel"
+
+
+class ExportProgress:
+    """Stage messages with elapsed seconds on stderr (silent when disabled)."""
+
+    def __init__(self, label: str, enabled: bool = True):
+        self.label = label
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def stage(self, message: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.start
+            print(f"[vla-accel export {self.label}] {elapsed:6.1f}s  {message}", file=sys.stderr, flush=True)
+
+
+def _sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    h = h or hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def publish_directory(tmp_dir: Path, final_dir: Path) -> Path:
+    """Atomically move a completed export folder into place. If another process finished the same
+    export first, keep theirs (identical content) and discard ours."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError:
+        if not final_dir.is_dir():
+            raise
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return final_dir
+
+
+class ModelBundle:
+    """A VLA model: ``spec`` (ModelSpec), weights (reference network) or a ready model file."""
+
+    def __init__(self, spec: "ModelSpec", *, name: str | None = None, cache_dir: str | Path | None = None,
+                 builtin: bool = False):
+        if spec.format not in MODEL_FORMATS:
+            raise SpecError(
+                f"model '{spec.name}': format must be one of {', '.join(MODEL_FORMATS)}, got {spec.format!r}"
+            )
+        self.spec = spec
+        self.name = name or spec.name
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.builtin = builtin
+        self._lock = threading.RLock()
+        self._config: NetworkConfig | None = None
+        self._weights: dict[str, "np.ndarray"] | None = None
+        self._weights_digest: str | None = None
+        self._content_hash: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ModelBundle(name={self.name!r}, format={self.spec.format!r}, cache_dir={str(self.cache_dir)!r})"
+
+    # --- what the bundle is made of -----------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self.spec.format
+
+    @property
+    def has_torch_network(self) -> bool:
+        """True when the model is the reference network with safetensors weights."""
+        return self.spec.format == "safetensors"
+
+    @property
+    def network_config(self) -> NetworkConfig:
+        if self._config is None:
+            if not self.has_torch_network:
+                raise ModelFileError(
+                    f"model '{self.name}' is a ready {self.spec.format} file ({self.model_file}); it has no "
+                    "reference torch network (use a backend that runs that format)",
+                    reason="no_torch_network",
+                )
+            self._config = NetworkConfig.from_spec(self.spec)
+        return self._config
+
+    @property
+    def generated_weights(self) -> bool:
+        """Weights come from the architecture seed (builtins, or a user spec without ``weights``)."""
+        return self.has_torch_network and not self.spec.weights
+
+    @property
+    def weights_file(self) -> Path:
+        """The safetensors file: the spec's ``weights``, or the generated file in the cache."""
+        config = self.network_config  # raises for ready model files, which have no torch network
+        if self.spec.weights:
+            return self.spec.weights_path()
+        return self.cache_dir / "weights" / f"{self.name}-{config.digest()}.safetensors"
+
+    @property
+    def model_file(self) -> Path | None:
+        """A ready model file (onnx / tflite / OpenVINO .xml / TensorRT .engine) named by the spec,
+        checked to exist; None for the reference network (use ``export``)."""
+        if self.has_torch_network:
+            return None
+        path = self.spec.weights_path()
+        if path is None:
+            raise ModelFileError(
+                f"model '{self.name}': format {self.spec.format} needs 'weights' naming the model file "
+                f"(a {FORMAT_SUFFIXES[self.spec.format]} file)",
+                reason="missing_model_file",
+            )
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: {path} (named by {self.spec.source})",
+                                 reason="missing_model_file")
+        if path.suffix.lower() != FORMAT_SUFFIXES[self.spec.format]:
+            raise ModelFileError(
+                f"model file {path} does not look like a {self.spec.format} model (expected a "
+                f"{FORMAT_SUFFIXES[self.spec.format]} file)",
+                reason="bad_model_file",
+            )
+        if self.spec.format == "openvino" and not path.with_suffix(".bin").is_file():
+            raise ModelFileError(f"OpenVINO model {path} has no weights file {path.with_suffix('.bin')}",
+                                 reason="missing_model_file")
+        if path.stat().st_size == 0:
+            raise ModelFileError(f"model file {path} is empty", reason="bad_model_file")
+        return path
+
+    def _regenerate_hint(self) -> str:
+        if self.generated_weights:
+            return f"Delete {self.weights_file} and it will be regenerated from the seed on next use."
+        return "Re-export or re-download the weights named by the spec."
+
+    # --- weights ------------------------------------------------------------------------------
+    def ensure_weights(self) -> Path:
+        """Generate the weights file if it is a generated one and absent; return its path."""
+        path = self.weights_file
+        if self.generated_weights and not path.is_file():
+            from vla_accel.models.weights import generate_weights, save_weights
+
+            with self._lock:
+                if not path.is_file():
+                    tensors = generate_weights(self.network_config)
+                    save_weights(path, tensors, self.network_config)
+        if not path.is_file():
+            raise ModelFileError(f"weights file not found: {path}. {self._regenerate_hint()}",
+                                 reason="missing_weights")
+        return path
+
+    def load_weights(self) -> dict[str, "np.ndarray"]:
+        """Verified weights (name -> float32 array); read once and kept (read-only) in the bundle."""
+        with self._lock:
+            if self._weights is None:
+                from vla_accel.models.weights import load_weights
+
+                path = self.ensure_weights()
+                tensors, digest = load_weights(path, self.network_config, regenerate_hint=self._regenerate_hint())
+                for arr in tensors.values():
+                    arr.flags.writeable = False
+                self._weights, self._weights_digest = tensors, digest
+            return self._weights
+
+    def content_hash(self) -> str:
+        """Hash of the spec and the weights / model file: the key of every cached export."""
+        with self._lock:
+            if self._content_hash is None:
+                h = hashlib.sha256()
+                spec_dict = self.spec.to_dict()
+                h.update(json.dumps(spec_dict, sort_keys=True, default=str).encode())
+                if self.has_torch_network:
+                    h.update(self._weights_identity().encode())
+                else:
+                    path = self.model_file
+                    _sha256_file(path, h)
+                    if self.spec.format == "openvino":
+                        _sha256_file(path.with_suffix(".bin"), h)
+                self._content_hash = h.hexdigest()[:20]
+            return self._content_hash
+
+    def _weights_identity(self) -> str:
+        if self._weights_digest is not None:
+            return self._weights_digest
+        from vla_accel.models.weights import read_metadata
+
+        path = self.ensure_weights()
+        recorded = read_metadata(path).get("tensor_digest")
+        if recorded:
+            return recorded
+        return _sha256_file(path).hexdigest()
+
+    # --- torch ----------------------------------------------------------------------------------
+    def torch_module(self, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "torch.nn.Module":
+        """The reference network in eval mode: forward(*inputs in spec.input_names order) ->
+        normalised actions (B, steps, dims) float32. ``dtype`` (e.g. torch.float16) sets the
+        compute precision; inputs are cast inside and the output is always float32."""
+        import torch
+
+        from vla_accel.models.network import ReferenceVLA
+
+        weights = self.load_weights()
+        with torch.device("meta"):
+            module = ReferenceVLA(self.network_config)
+        state = {name: torch.tensor(arr) for name, arr in weights.items()}
+        module.load_state_dict(state, strict=True, assign=True)
+        module = module.to(device=device, dtype=dtype) if dtype is not None else module.to(device=device)
+        module.eval()
+        module.requires_grad_(False)
+        return module
+
+    def parameter_count(self) -> int:
+        from vla_accel.models.architecture import count_parameters
+
+        return count_parameters(self.network_config)
+
+    def flops(self, batch: int = 1) -> int:
+        from vla_accel.models.architecture import flops_per_inference
+
+        return flops_per_inference(self.network_config, batch)
+
+    # --- export ---------------------------------------------------------------------------------
+    def export_dir(self, fmt: str, precision: str) -> Path:
+        return self.cache_dir / "exports" / self.content_hash() / f"{fmt}-{precision}"
+
+    def export(self, fmt: str, *, precision: str = "fp32", progress: bool = True, force: bool = False) -> Path:
+        """Export to ``fmt`` (onnx | openvino | tflite) and return the model file path (cached).
+
+        A user model that already is in ``fmt`` is returned as is; ONNX converts to OpenVINO;
+        other conversions raise ModelFileError saying what is unavailable."""
+        fmt = fmt.lower()
+        if fmt not in EXPORT_FORMATS and fmt != self.spec.format:
+            raise ModelFileError(
+                f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}", reason="bad_export_format"
+            )
+        if not self.has_torch_network:
+            if fmt == self.spec.format:
+                return self.model_file
+            if not (fmt == "openvino" and self.spec.format == "onnx"):
+                raise ModelFileError(
+                    f"model '{self.name}' is a {self.spec.format} file ({self.spec.weights_path()}); conversion "
+                    f"{self.spec.format} -> {fmt} is not available here (only onnx -> openvino is). Provide a "
+                    f"{fmt} model in the spec or use a backend that runs {self.spec.format}.",
+                    reason="conversion_unavailable",
+                )
+        if fmt == "tflite":
+            from vla_accel.models.export_tflite import export_tflite  # another engineer's module; heavy deps
+
+            return export_tflite(self, precision, progress, force)
+        allowed = EXPORT_PRECISIONS[fmt]
+        if precision not in allowed:
+            raise ModelFileError(
+                f"{fmt} export supports precision {', '.join(allowed)}; got {precision!r}", reason="bad_precision"
+            )
+        final_dir = self.export_dir(fmt, precision)
+        filename = "model.onnx" if fmt == "onnx" else "model.xml"
+        target = final_dir / filename
+        with self._lock:
+            if target.is_file() and not force:
+                return target
+            report = ExportProgress(f"{self.name} {fmt} {precision}", progress)
+            final_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{fmt}-{precision}.", dir=final_dir.parent))
+            try:
+                if fmt == "onnx":
+                    self._export_onnx(tmp_dir / filename, report)
+                else:
+                    self._export_openvino(tmp_dir / filename, precision, report)
+                os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0700
+                if force and final_dir.exists():
+                    shutil.rmtree(final_dir)
+                publish_directory(tmp_dir, final_dir)
+            finally:
+                if tmp_dir.exists():
+                    shutil.rmtree(tmp_dir, ignore_errors=True)
+            report.stage(f"done: {target}")
+            return target
+
+    def _export_onnx(self, path: Path, report: ExportProgress) -> None:
+        import torch
+
+        from vla_accel.backends.base import example_inputs
+
+        report.stage("loading weights into the torch network")
+        module = self.torch_module()
+        sample = example_inputs(self.spec, batch=2, seed=0)
+        args = tuple(torch.from_numpy(sample[name]) for name in self.spec.input_names)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        # forward(*inputs): torch.export sees one argument, the tuple of inputs.
+        dynamic_shapes = (tuple({0: batch} for _ in args),)
+        report.stage(f"exporting to ONNX (opset {ONNX_OPSET}, torch.export)")
+        # The exporter's notes about torchvision ops and pytree deprecations are not actionable here.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg).*")
+            warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
+            program = torch.onnx.export(
+                module,
+                args,
+                input_names=list(self.spec.input_names),
+                output_names=[self.spec.action.output],
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
+        report.stage("saving ONNX model")
+        program.save(str(path), external_data=False)
+        import onnx
+
+        onnx.checker.check_model(str(path))
+        report.stage(f"checked ONNX model ({path.stat().st_size / 1e6:.1f} MB)")
+
+    def _export_openvino(self, path: Path, precision: str, report: ExportProgress) -> None:
+        import openvino as ov
+
+        source = self.model_file if not self.has_torch_network else self.export("onnx", progress=report.enabled)
+        report.stage(f"converting {source.name} to OpenVINO IR")
+        model = ov.convert_model(str(source))
+        # Weights stay fp32 unless fp16 is asked for: ov.save_model compresses to fp16 by default.
+        ov.save_model(model, str(path), compress_to_fp16=(precision == "fp16"))
+        report.stage(f"saved OpenVINO IR ({path.with_suffix('.bin').stat().st_size / 1e6:.1f} MB weights)")
+
+    def info(self) -> dict[str, Any]:
+        """Summary for ``vla-accel info`` and benchmark reports."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "format": self.spec.format,
+            "inputs": list(self.spec.input_names),
+            "outputs": list(self.spec.output_names),
+            "cache_dir": str(self.cache_dir),
+        }
+        if self.has_torch_network:
+            from vla_accel.models.architecture import describe
+
+            out.update(describe(self.network_config))
+            out["weights_file"] = str(self.weights_file)
+        else:
+            out["model_file"] = str(self.spec.weights_path())
+        return out

@@ -1,0 +1,323 @@
+"""torch -> LiteRT (.tflite) export of the reference network, in fp32, fp16 and full-integer int8.
+
+Converter choice (measured on the project machine, see docs/backends.md):
+* ``litert-torch`` lowers ``torch.export`` graphs straight to a .tflite flatbuffer and keeps
+  torch==2.13.0; the alternatives (onnx2tf, onnx-tf) go through TensorFlow, a larger install that
+  converts ONNX graphs op by op with its own layout guesses.
+* ``ai-edge-quantizer`` (installed with litert-torch) then rewrites that fp32 file: ``fp16`` casts the
+  weights to float16 (the classic TFLite "float16 quantisation": the GPU delegates run it in fp16,
+  XNNPACK dequantises once at load); ``int8`` is static full-integer quantisation (int8 weights and
+  activations, int8 model inputs and outputs) calibrated on representative frames, the form the
+  Edge TPU compiler and most NPU delegates require. The backend quantises inputs and dequantises
+  outputs with the scale / zero point stored in the file.
+
+Shapes are static: litert-torch cannot lower the embedding lookup with a symbolic batch, so each
+export is made for one batch size (``model_b<batch>.tflite``); the backend pads smaller batches.
+Inputs are named exactly as the spec's tensor names (``serving_default`` signature), so backends
+match them by name, never by position.
+
+Everything is cached under ``<cache_dir>/exports/<content_hash>/tflite-<precision>/`` and written
+to a temporary file first, then renamed into place, so an interrupted export is never picked up.
+"""
+from __future__ import annotations
+
+import json
+import keyword
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from vla_accel.errors import BackendUnavailableError, ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vla_accel.core.spec import ModelSpec
+    from vla_accel.models.bundle import ModelBundle
+
+TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
+SIGNATURE_KEY = "serving_default"
+CONVERTER_HINT = (
+    "Install the LiteRT converter: pip install -r requirements/litert.txt "
+    "(litert-torch + ai-edge-quantizer; keep torch==2.13.0 with `-c` a constraints file)."
+)
+# Calibration frames for int8: enough to see the activation ranges of varied scenes and
+# instructions, few enough that calibration stays a few seconds on two cores.
+DEFAULT_CALIBRATION_SAMPLES = 32
+CALIBRATION_INSTRUCTIONS = (
+    "pick up the red block",
+    "put the cup on the plate",
+    "open the top drawer",
+    "push the green button",
+    "move the sponge to the left",
+    "close the gripper",
+    "stack the blue cube on the yellow cube",
+    "wipe the table with the towel",
+)
+
+_export_lock = threading.Lock()  # one conversion at a time per process (they use every core)
+
+
+def tflite_path(bundle: "ModelBundle", precision: str, batch: int = 1) -> Path:
+    """Where the export for (precision, batch) is cached."""
+    return bundle.export_dir("tflite", precision) / f"model_b{int(batch)}.tflite"
+
+
+def converter_available() -> bool:
+    from vla_accel.backends.base import module_available
+
+    return module_available("litert_torch") and module_available("ai_edge_quantizer")
+
+
+def export_tflite(
+    bundle: "ModelBundle",
+    precision: str = "fp32",
+    progress: bool = True,
+    force: bool = False,
+    *,
+    batch: int = 1,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+) -> Path:
+    """Export ``bundle`` to .tflite at ``precision`` for a fixed ``batch``; returns the cached file."""
+    if precision not in TFLITE_PRECISIONS:
+        raise ModelFileError(
+            f"tflite export supports precision {', '.join(TFLITE_PRECISIONS)}; got {precision!r}",
+            reason="bad_precision",
+        )
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 256:
+        raise ModelFileError(f"tflite export batch must be an integer in 1..256, got {batch!r}", reason="bad_batch")
+    if not bundle.has_torch_network:
+        if bundle.spec.format == "tflite":
+            return bundle.model_file
+        raise ModelFileError(
+            f"model '{bundle.name}' is a {bundle.spec.format} file; only the reference network (safetensors) "
+            "can be converted to tflite here. Provide a .tflite model in the spec (format: tflite).",
+            reason="conversion_unavailable",
+        )
+    target = tflite_path(bundle, precision, batch)
+    if target.is_file() and not force:
+        return target
+    if not converter_available():
+        missing = [m for m, mod in (("litert-torch", "litert_torch"), ("ai-edge-quantizer", "ai_edge_quantizer"))
+                   if not _importable(mod)]
+        raise BackendUnavailableError("tflite", missing, CONVERTER_HINT)
+
+    from vla_accel.models.bundle import ExportProgress
+
+    source = None
+    if precision != "fp32":  # quantised variants are rewritten from the fp32 file
+        source = export_tflite(bundle, "fp32", progress, force, batch=batch)
+    report = ExportProgress(f"{bundle.name} tflite {precision} b{batch}", progress)
+    with _export_lock:
+        if target.is_file() and not force:  # another thread finished it while we waited
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        if source is None:
+            meta = _convert_fp32(bundle, batch, target, report, progress)
+        else:
+            meta = _quantize(bundle, source, precision, batch, target, calibration_samples, report)
+        meta.update(
+            model=bundle.name,
+            content_hash=bundle.content_hash(),
+            precision=precision,
+            batch=batch,
+            seconds=round(time.perf_counter() - started, 2),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        _atomic_write_text(target.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
+    report.stage(f"done: {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def _importable(module: str) -> bool:
+    from vla_accel.backends.base import module_available
+
+    return module_available(module)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def named_input_module(module, input_names: tuple[str, ...], output_name: str):
+    """Wrap ``module`` (positional inputs) in a module whose forward has one parameter per spec
+    input name and returns ``{output_name: actions}``.
+
+    Why generated code: torch.export / litert-torch name the .tflite signature's inputs after the
+    forward's parameter names (``*args`` gives ``args_0``...), and the dynamic-shape and kwargs
+    plumbing in both rejects ``**kwargs`` wrappers. The names are checked to be plain identifiers
+    before they are used.
+    """
+    import torch
+
+    for name in (*input_names, output_name):
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ModelFileError(
+                f"tensor name {name!r} is not a valid Python identifier; the tflite export names its "
+                "signature inputs after the spec's tensor names (use letters, digits and '_')",
+                reason="bad_tensor_name",
+            )
+    params = ", ".join(input_names)
+    source = f"def forward(self, {params}):\n    return {{{output_name!r}: self.inner({params})}}\n"
+    namespace: dict = {}
+    exec(compile(source, "<vla_accel named_input_module>", "exec"), namespace)  # noqa: S102 (names checked)
+    wrapper_type = type("NamedInputVLA", (torch.nn.Module,), {"forward": namespace["forward"]})
+    wrapper = wrapper_type()
+    wrapper.inner = module
+    return wrapper.eval()
+
+
+def _convert_fp32(bundle: "ModelBundle", batch: int, target: Path, report, progress: bool) -> dict:
+    import torch
+
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "y" if progress else "n")
+    import litert_torch
+
+    from vla_accel.backends.base import example_inputs
+
+    spec = bundle.spec
+    report.stage("loading weights into the torch network")
+    module = named_input_module(bundle.torch_module("cpu"), spec.input_names, spec.action.output)
+    sample = example_inputs(spec, batch=batch, seed=0)
+    kwargs = {name: torch.from_numpy(sample[name]) for name in spec.input_names}
+    report.stage(f"converting with litert-torch {litert_torch.__version__} (batch {batch})")
+    with torch.no_grad():
+        edge_model = litert_torch.convert(module, sample_kwargs=kwargs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tflite", dir=target.parent)
+    os.close(fd)
+    try:
+        edge_model.export(tmp)
+        _check_signature(Path(tmp), spec)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"converter": f"litert-torch {litert_torch.__version__}", "source": "torch"}
+
+
+def _check_signature(path: Path, spec: "ModelSpec") -> None:
+    """The converted file must expose the spec's tensor names; fail now rather than at run time."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
+    found = signatures.get(SIGNATURE_KEY, {})
+    missing = [n for n in spec.input_names if n not in found.get("inputs", [])]
+    if missing or spec.action.output not in found.get("outputs", []):
+        raise ModelFileError(
+            f"converted tflite signature {found} does not carry the spec's tensor names "
+            f"(inputs {list(spec.input_names)}, output {spec.action.output!r})",
+            reason="bad_model_file",
+        )
+
+
+def _quantize(bundle: "ModelBundle", source: Path, precision: str, batch: int, target: Path,
+              calibration_samples: int, report) -> dict:
+    import ai_edge_quantizer
+    from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    version = getattr(ai_edge_quantizer, "__version__", "") or _dist_version("ai-edge-quantizer")
+    quant = quantizer.Quantizer(str(source))
+    meta: dict = {"converter": f"litert-torch + ai-edge-quantizer {version}", "source": source.name}
+    if precision == "fp16":
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=AlgorithmName.FLOAT_CASTING,
+        )
+        quant.load_quantization_recipe(manager.get_quantization_recipe())
+        report.stage("casting weights to float16")
+        result = quant.quantize(enable_progress_report=False)
+        meta["scheme"] = "fp16 weights, fp32 activations"
+    else:
+        quant.load_quantization_recipe(recipe.static_wi8_ai8())
+        samples = list(representative_inputs(bundle.spec, calibration_samples, batch=batch, seed=7))
+        report.stage(f"calibrating int8 ranges on {len(samples)} representative batches")
+        calibration = quant.calibrate({SIGNATURE_KEY: samples}, num_threads=os.cpu_count() or 1)
+        report.stage("quantising to full-integer int8")
+        result = quant.quantize(calibration, enable_progress_report=False)
+        meta["scheme"] = "full-integer int8 (weights, activations, inputs and outputs)"
+        meta["calibration_samples"] = len(samples) * batch
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tflite", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)  # export_model refuses to overwrite
+    try:
+        result.export_model(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return meta
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- representative data (int8 calibration here, TensorRT int8 calibration) ---------------------
+def synthetic_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """An HxWx3 uint8 RGB tabletop-like scene: a lit gradient, a table edge and a few coloured
+    objects, with sensor noise, so activation ranges resemble a camera's rather than noise's."""
+    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
+    base = rng.uniform(40, 200, size=3).astype(np.float32)
+    tilt = rng.uniform(-60, 60, size=(2, 3)).astype(np.float32)
+    img = base + tilt[0] * xs + tilt[1] * ys
+    edge = int(rng.uniform(0.3, 0.7) * height)
+    img[edge:] *= rng.uniform(0.5, 0.9)
+    for _ in range(int(rng.integers(1, 5))):
+        h = int(rng.integers(max(2, height // 12), max(3, height // 3)))
+        w = int(rng.integers(max(2, width // 12), max(3, width // 3)))
+        y = int(rng.integers(0, max(1, height - h)))
+        x = int(rng.integers(0, max(1, width - w)))
+        img[y : y + h, x : x + w] = rng.uniform(0, 255, size=3)
+    img += rng.normal(0.0, 4.0, size=img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def representative_inputs(spec: "ModelSpec", count: int, batch: int = 1, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """``count`` input batches made the way the node makes them: synthetic scenes and instructions
+    through the shared Preprocessor (resize, normalise, tokenise), plus plausible robot states."""
+    from vla_accel.core.preprocess import Preprocessor
+    from vla_accel.core.types import Observation
+
+    rng = np.random.default_rng(seed)
+    pre = Preprocessor(spec, max_batch=batch, memory="dynamic")
+    for index in range(int(count)):
+        observations = []
+        for row in range(batch):
+            images = {cam.name: synthetic_scene(cam.height, cam.width, rng) for cam in spec.cameras}
+            state = None
+            if spec.state is not None:
+                state = rng.normal(0.0, 0.5, size=spec.state.dims).astype(np.float32)
+            instruction = CALIBRATION_INSTRUCTIONS[(index * batch + row) % len(CALIBRATION_INSTRUCTIONS)]
+            observations.append(Observation(images=images, instruction=instruction, stamp_ns=index, state=state))
+        prepared = pre.prepare(observations)
+        try:
+            if prepared.rejected:
+                raise ModelFileError(f"representative frame rejected: {prepared.rejected[0][1]}", reason="bad_calibration")
+            yield {name: np.array(prepared.inputs[name], copy=True) for name in spec.input_names}
+        finally:
+            prepared.release()

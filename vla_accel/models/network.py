@@ -1,0 +1,167 @@
+"""The reference VLA network in torch (see ``architecture.py`` for the design and the weights contract).
+
+Export notes, since every backend runs this same function:
+* attention is written with explicit matmuls + softmax (no fused SDPA) so ONNX, OpenVINO and
+  LiteRT converters see plain MatMul / Softmax and the OpenCL kernels can mirror it one to one;
+* tensors stay at most 4-D (q, k, v come from one GEMM split in three, not a 5-D reshape), which
+  keeps TFLite and Edge TPU converters happy;
+* padded instruction tokens are masked as keys with a finite additive bias (``MASK_BIAS``), not
+  -inf, so fp16 builds cannot produce NaN;
+* GELU uses the tanh form (a handful of element-wise ops everywhere; exact erf is missing on some
+  NPUs and in int8 TFLite kernels).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vla_accel.models.architecture import (
+    MASK_BIAS,
+    NetworkConfig,
+    count_parameters as count_config_parameters,
+    flops_per_inference,
+)
+
+__all__ = ["ReferenceVLA", "count_parameters", "flops_per_inference"]
+
+
+def count_parameters(model: "nn.Module | NetworkConfig") -> int:
+    """Scalar parameter count of a torch module or (analytically) of a NetworkConfig."""
+    if isinstance(model, NetworkConfig):
+        return count_config_parameters(model)
+    return sum(p.numel() for p in model.parameters())
+
+
+class CameraEncoder(nn.Module):
+    """Conv patch embedding (a GEMM over non-overlapping patches) plus learned positions."""
+
+    def __init__(self, config: NetworkConfig, index: int):
+        super().__init__()
+        cam = config.cameras[index]
+        self.patch = nn.Conv2d(cam.channels, config.hidden_dim, kernel_size=cam.patch_size, stride=cam.patch_size)
+        self.position = nn.Parameter(torch.zeros(1, cam.num_patches, config.hidden_dim))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.patch(image)  # (B, D, rows, cols)
+        return x.flatten(2).transpose(1, 2) + self.position  # (B, patches, D)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(config.vocab_size, config.hidden_dim)
+        self.position = nn.Parameter(torch.zeros(1, config.max_tokens, config.hidden_dim))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Padded positions are zeroed so they carry nothing even as queries; as keys they are
+        # excluded by the attention bias.
+        return (self.embedding(tokens) + self.position) * mask.unsqueeze(-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.heads = config.heads
+        self.head_dim = config.head_dim
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+        self.qkv = nn.Linear(config.hidden_dim, 3 * config.hidden_dim)
+        self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q = q.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2) * self.scale
+        k = k.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-2, -1)) + key_bias  # (B, H, N, N)
+        weights = torch.softmax(scores, dim=-1)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(batch, tokens, width)
+        return self.proj(out)
+
+
+class Mlp(nn.Module):
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_dim, config.mlp_dim)
+        self.fc2 = nn.Linear(config.mlp_dim, config.hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_bias)
+        return x + self.mlp(self.norm2(x))
+
+
+class ReferenceVLA(nn.Module):
+    """forward(*inputs) with inputs positionally in ``spec.input_names`` order:
+    images (B, 3, H, W) float32 per camera, tokens (B, T) int32, token_mask (B, T) float32,
+    [state (B, S) float32] -> normalised actions (B, steps, dims) float32 in [-1, 1]."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        self.cameras = nn.ModuleList(CameraEncoder(config, i) for i in range(len(config.cameras)))
+        self.text = TextEncoder(config)
+        self.state_proj = nn.Linear(config.state_dims, config.hidden_dim) if config.state_dims else None
+        self.action_queries = nn.Parameter(torch.zeros(1, config.action_steps, config.hidden_dim))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.head = nn.Linear(config.hidden_dim, config.action_dims)
+        # Tokens before / after the instruction in the sequence: always attended to.
+        self._keys_before_text = config.num_image_tokens
+        self._keys_after_text = (1 if config.state_dims else 0) + config.action_steps
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.config.cameras) + 2 + (1 if self.config.state_dims else 0)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != self.num_inputs:
+            raise TypeError(f"ReferenceVLA expects {self.num_inputs} inputs, got {len(inputs)}")
+        compute_dtype = self.head.weight.dtype
+        n_cams = len(self.cameras)
+        images = inputs[:n_cams]
+        tokens = inputs[n_cams]
+        mask = inputs[n_cams + 1]
+        if mask.dtype != compute_dtype:
+            mask = mask.to(compute_dtype)
+        parts = []
+        for encoder, image in zip(self.cameras, images):
+            if image.dtype != compute_dtype:
+                image = image.to(compute_dtype)
+            parts.append(encoder(image))
+        parts.append(self.text(tokens, mask))
+        batch = tokens.shape[0]
+        if self.state_proj is not None:
+            state = inputs[n_cams + 2]
+            if state.dtype != compute_dtype:
+                state = state.to(compute_dtype)
+            parts.append(self.state_proj(state).unsqueeze(1))
+        parts.append(self.action_queries.expand(batch, -1, -1))
+        x = torch.cat(parts, dim=1)
+
+        # Key padding: 1 for every image / state / query token, token_mask for the instruction.
+        key_valid = F.pad(mask, (self._keys_before_text, self._keys_after_text), value=1.0)
+        key_bias = ((1.0 - key_valid) * MASK_BIAS).unsqueeze(1).unsqueeze(1)  # (B, 1, 1, N): 0 or MASK_BIAS
+        for block in self.blocks:
+            x = block(x, key_bias)
+        queries = x[:, -self.config.action_steps :]
+        actions = torch.tanh(self.head(self.norm(queries)))
+        if actions.dtype != torch.float32:
+            actions = actions.float()
+        return actions

@@ -1,0 +1,105 @@
+"""Committed reference outputs for parity checks of every backend against the torch network.
+
+``scripts/make_reference.py`` writes ``test/data/reference/<model>_fp32.npz`` holding the torch
+fp32 actions for ``example_inputs(spec, batch=REFERENCE_BATCH, seed=REFERENCE_SEED)``. Camera
+tensors are too large to commit (a 224x224 image pair is over 1 MB), so the file stores the seed and
+a SHA-256 of the full input set, plus the small inputs verbatim; ``load_reference`` regenerates the
+inputs and fails loudly if they no longer hash the same (e.g. a numpy RNG change) or if the model's
+content hash moved (weights generation changed), naming the script that regenerates the files.
+
+Tolerances are per precision (max absolute difference of the normalised actions, which lie in
+[-1, 1]): a backend running in a given precision must match the fp32 reference within them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_accel.errors import ModelFileError
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "test" / "data" / "reference"
+REFERENCE_SEED = 20240917
+REFERENCE_BATCH = 2
+# Max |a - a_ref| on normalised actions. fp32: reordered float sums only. bf16 has an 8-bit mantissa
+# (~4e-3 relative per op, measured ~8e-3 after 4-12 layers); fp16 10 bits; int8 is quantised.
+TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1.5e-1}
+REGENERATE_HINT = "regenerate with: .venv/bin/python scripts/make_reference.py"
+
+
+def inputs_digest(inputs: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(inputs):
+        arr = np.ascontiguousarray(inputs[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def reference_path(model_name: str, precision: str = "fp32", directory: Path | None = None) -> Path:
+    return (directory or REFERENCE_DIR) / f"{model_name}_{precision}.npz"
+
+
+@dataclass
+class ReferenceCase:
+    model: str
+    precision: str
+    inputs: dict[str, np.ndarray]
+    actions: np.ndarray  # (batch, steps, dims) normalised actions from the torch network
+    content_hash: str
+
+    def tolerance(self, precision: str) -> float:
+        return TOLERANCES[precision]
+
+
+def build_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_BATCH) -> dict[str, np.ndarray]:
+    """Run the torch network on the seeded example inputs; returns the arrays to store."""
+    import torch
+
+    from vla_accel.backends.base import example_inputs
+
+    inputs = example_inputs(bundle.spec, batch=batch, seed=seed)
+    module = bundle.torch_module()
+    with torch.inference_mode():
+        actions = module(*[torch.from_numpy(inputs[name]) for name in bundle.spec.input_names]).numpy()
+    small = {f"input:{name}": arr for name, arr in inputs.items() if arr.nbytes <= 16384}
+    return {
+        "actions": actions.astype(np.float32),
+        "seed": np.array(seed, dtype=np.int64),
+        "batch": np.array(batch, dtype=np.int64),
+        "inputs_digest": np.array(inputs_digest(inputs)),
+        "content_hash": np.array(bundle.content_hash()),
+        **small,
+    }
+
+
+def load_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ReferenceCase:
+    """The committed reference for ``bundle`` with its inputs regenerated and verified."""
+    from vla_accel.backends.base import example_inputs
+
+    path = reference_path(bundle.name, precision, directory)
+    if not path.is_file():
+        raise ModelFileError(f"no reference outputs {path}; {REGENERATE_HINT}", reason="missing_reference")
+    with np.load(path, allow_pickle=False) as data:
+        stored = {key: data[key] for key in data.files}
+    content_hash = str(stored["content_hash"])
+    if content_hash != bundle.content_hash():
+        raise ModelFileError(
+            f"reference {path} was made for model content {content_hash}, the model is now "
+            f"{bundle.content_hash()} (spec or weights changed); {REGENERATE_HINT}",
+            reason="stale_reference",
+        )
+    inputs = example_inputs(bundle.spec, batch=int(stored["batch"]), seed=int(stored["seed"]))
+    if inputs_digest(inputs) != str(stored["inputs_digest"]):
+        raise ModelFileError(
+            f"example inputs for {path} no longer regenerate identically (numpy RNG or example_inputs "
+            f"changed); {REGENERATE_HINT}",
+            reason="stale_reference",
+        )
+    for key, arr in stored.items():
+        if key.startswith("input:") and not np.array_equal(arr, inputs[key[len("input:"):]]):
+            raise ModelFileError(f"stored input {key} in {path} differs from the regenerated one; {REGENERATE_HINT}",
+                                 reason="stale_reference")
+    return ReferenceCase(bundle.name, precision, inputs, stored["actions"], content_hash)

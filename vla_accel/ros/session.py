@@ -1,0 +1,248 @@
+"""Everything the VLA node runs that is not ROS: model, backend chain, CPU baseline, engine, loop.
+
+``InferenceSession(values)`` takes the node's parameter dict (vla_accel.ros.params) and
+* ``load()``: loads the model, builds the backend candidates (``backend`` + ``fallback``, or
+  ``auto``) behind core.selection.FallbackChain, warms it up, measures or reads the torch-CPU
+  baseline for the speedup figure, and builds the core Engine and InferenceLoop;
+* ``start()`` / ``submit(observation)`` / ``stop()``: run the loop; chunks go to ``on_chunks``.
+``vla-accel demo --no-ros`` drives the same class in-process, so both paths run the same code.
+Chosen backends import their runtime on load only (lazy registry).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.core.metrics import InferenceMetrics, percentiles
+from vla_accel.errors import BackendError, VlaAccelError
+from vla_accel.ros.diagnostics import BackendState
+from vla_accel.ros.params import parse_backend_extra
+
+log = logging.getLogger(__name__)
+
+BASELINE_BACKEND = "torch"
+BASELINE_ITERATIONS = 20
+
+
+def candidate_backends(values: dict[str, Any]) -> list[str]:
+    """The ordered backends to try: backend (or auto's choice) then fallback, canonical, no repeats."""
+    from vla_accel.backends.registry import canonical_name
+
+    fallback = [canonical_name(n) for n in values.get("fallback") or []]
+    if values["backend"] == "auto":
+        from vla_accel.core.selection import resolve_backends
+
+        names = resolve_backends("auto", requirement="latency", fallback=fallback)
+    else:
+        names = [canonical_name(values["backend"])] + fallback
+    out: list[str] = []
+    for name in names:
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
+    """BackendOptions for one candidate. A fallback that cannot run the requested precision runs
+    fp32 (a CPU fallback of an int8 Edge TPU model must still work); the primary keeps it."""
+    from vla_accel.backends.registry import backend_class
+
+    extra = parse_backend_extra(values.get("backend_extra", ""))
+    if values.get("delegate_path"):
+        extra.setdefault("delegate_path", values["delegate_path"])
+    precision = values["precision"]
+    supported = getattr(backend_class(name), "precisions", ("fp32",))
+    if precision not in supported:
+        precision = "fp32" if "fp32" in supported else supported[0]
+    cache = values.get("cache_dir") or None
+    return BackendOptions(
+        device=values.get("device", ""),
+        precision=precision,
+        threads=int(values.get("threads", 0)),
+        max_batch=int(values.get("batch_size", 1)),
+        cache_dir=Path(cache) if cache else None,
+        extra=extra,
+    )
+
+
+def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, iterations: int = BASELINE_ITERATIONS) -> float:
+    """p50 latency (ms) of the torch CPU backend on this model at this batch size: T_cpu in S = T_cpu / T_hw."""
+    from vla_accel.backends.registry import create_backend
+
+    backend = create_backend(BASELINE_BACKEND, bundle, BackendOptions(threads=threads, max_batch=batch_size))
+    with backend:
+        inputs = example_inputs(bundle.spec, batch_size, seed=0)
+        backend.warmup(batch_size, iterations=2)
+        samples = []
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            backend.infer(inputs)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return percentiles(samples)["p50"]
+
+
+def baseline_cache_file(bundle: Any, batch_size: int, threads: int) -> Path:
+    base = Path(os.environ.get("VLA_ACCEL_CACHE") or Path.home() / ".cache" / "vla_accel")
+    return base / "baselines" / f"{bundle.content_hash()[:16]}-b{batch_size}-t{threads}.json"
+
+
+def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int) -> float:
+    """``measure``: now; ``cache``: from the calibration file, measured and written once; ``off``: 0."""
+    if mode == "off":
+        return 0.0
+    if mode == "measure":
+        return measure_baseline_ms(bundle, batch_size, threads)
+    path = baseline_cache_file(bundle, batch_size, threads)
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["p50_ms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no (valid) calibration yet: measure once and store it below
+    value = measure_baseline_ms(bundle, batch_size, threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"p50_ms": value, "backend": BASELINE_BACKEND, "batch": batch_size,
+                               "threads": threads, "measured_at": time.time()}), encoding="utf-8")
+    tmp.replace(path)
+    return value
+
+
+class InferenceSession:
+    """Model + FallbackChain + Engine + InferenceLoop, configured from the node's parameter values."""
+
+    def __init__(self, values: dict[str, Any], *, on_chunks: Callable[[list], None],
+                 on_error: Callable[[BaseException], None] | None = None,
+                 on_switch: Callable[[str, str, BaseException], None] | None = None):
+        self.values = dict(values)
+        self._on_chunks = on_chunks
+        self._on_error = on_error
+        self._on_switch = on_switch
+        self.bundle = None
+        self.spec = None
+        self.chain = None
+        self.engine = None
+        self.loop = None
+        self.metrics = InferenceMetrics()
+        self.candidates: list[str] = []
+        self.state = BackendState(status="loading", precision=values.get("precision", ""))
+        self.load_times_ms: dict[str, float] = {}
+
+    # --- setup ----------------------------------------------------------------------------------
+    def load_model(self) -> None:
+        """The model alone (cheap: spec + weights), so callers can set up inputs before the backend."""
+        from vla_accel.models import load_model
+
+        t0 = time.perf_counter()
+        self.bundle = load_model(self.values["model"], cache_dir=self.values.get("cache_dir") or None)
+        self.spec = self.bundle.spec
+        self.metrics.model = self.bundle.name
+        self.load_times_ms["model"] = (time.perf_counter() - t0) * 1e3
+
+    def load(self) -> None:
+        """Load the backend chain, baseline, engine and loop. Raises BackendError when no candidate
+        can run (``state`` then says why) or VlaAccelError for a bad model / parameters."""
+        from vla_accel.core.engine import Engine
+        from vla_accel.core.scheduling import InferenceLoop
+        from vla_accel.core.selection import FallbackChain
+
+        if self.bundle is None:
+            self.load_model()
+        values = self.values
+        self.candidates = candidate_backends(values)
+        self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=values["precision"])
+        options = {name: backend_options(values, name) for name in self.candidates}
+        t0 = time.perf_counter()
+        chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched)
+        try:
+            chain.load()
+            chain.warmup(int(values["batch_size"]), iterations=max(1, int(values["warmup_iterations"])))
+        except VlaAccelError as exc:
+            self.state = replace(self.state, status="failed", error=str(exc))
+            raise
+        self.chain = chain
+        self.load_times_ms["backend"] = (time.perf_counter() - t0) * 1e3
+        info = chain.device_info()
+        self.state = replace(self.state, status="running", active=chain.active_name, device=info.device,
+                             precision=info.precision)
+        t0 = time.perf_counter()
+        try:
+            baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, int(values["batch_size"]),
+                                       int(values["threads"]))
+        except VlaAccelError as exc:  # the speedup figure is optional; inference must still start
+            log.warning("could not measure the torch CPU baseline (speedup will read n/a): %s", exc)
+            baseline = 0.0
+        self.load_times_ms["baseline"] = (time.perf_counter() - t0) * 1e3
+        self.metrics.set_baseline_ms(baseline)
+        memory = values["memory"]
+        if values["pipeline"] and memory == "static":
+            memory = "pool"  # overlapping batches cannot share one static buffer set
+        self.engine = Engine(self.bundle, chain, max_batch=int(values["batch_size"]), memory=memory,
+                             metrics=self.metrics)
+        self.apply_clip(values.get("action_clip_low") or [], values.get("action_clip_high") or [])
+        target = float(values["target_latency_ms"]) or None
+        self.loop = InferenceLoop(
+            self.engine, batch_size=int(values["batch_size"]), max_batch_delay_ms=float(values["max_batch_delay_ms"]),
+            adaptive_batch=bool(values["adaptive_batch"]) and target is not None, target_latency_ms=target,
+            pipeline=bool(values["pipeline"]), on_chunks=self._on_chunks, on_error=self._on_error, name="vla_node",
+        )
+
+    def apply_clip(self, low: list[float], high: list[float]) -> None:
+        """Replace the spec's clip bounds (both empty: back to the spec's). Takes effect on the next batch."""
+        if self.engine is None:
+            return
+        post = self.engine.postprocessor
+        action = self.spec.action
+        if low and high:
+            if len(low) != action.dims or len(high) != action.dims:
+                raise VlaAccelError(f"action clip bounds need {action.dims} values each (the model's action dims), "
+                                    f"got {len(low)} and {len(high)}", reason="bad_parameter")
+            post.clip_low = np.asarray(low, dtype=np.float32)
+            post.clip_high = np.asarray(high, dtype=np.float32)
+        else:
+            post.clip_low = np.asarray(action.clip_low, dtype=np.float32) if action.clip_low else None
+            post.clip_high = np.asarray(action.clip_high, dtype=np.float32) if action.clip_high else None
+
+    def _switched(self, old: str, new: str, error: BaseException) -> None:
+        self.metrics.record_switch(new)
+        info = None
+        try:
+            info = self.chain.device_info() if self.chain is not None else None
+        except BackendError as exc:
+            log.warning("device info of %s unavailable after the switch: %s", new, exc)
+        if info is not None:
+            self.metrics.set_device(info)
+        self.state = replace(self.state, active=new, device=info.device if info else "",
+                             last_switch=f"{old} -> {new}: {error}", error=str(error))
+        log.warning("backend %s failed (%s); switched to %s", old, error, new)
+        if self._on_switch is not None:
+            self._on_switch(old, new, error)
+
+    # --- running --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.loop.start()
+
+    def submit(self, observation) -> None:
+        self.loop.submit(observation)
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop the loop (joins its threads within ``timeout``) and close the backend."""
+        clean = True
+        if self.loop is not None:
+            clean = self.loop.stop(timeout)
+        if self.chain is not None:
+            try:
+                self.chain.close()
+            except BackendError as exc:
+                log.warning("closing the backend failed: %s", exc)
+        return clean
+
+    @property
+    def device(self) -> str:
+        return self.metrics.device or self.state.device

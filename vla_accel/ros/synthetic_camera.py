@@ -1,0 +1,163 @@
+"""A synthetic robot for demos, tests and benchmarks: a moving scene on a camera topic, an instruction
+and joint states, published from its own process like a real camera driver would.
+
+    python -m vla_accel.ros.synthetic_camera --rate 30 --width 640 --height 480 --seconds 20
+
+The scene (``SyntheticScene``, numpy only) is a gradient table with a coloured block moving on a
+circle, so consecutive frames differ and the model's actions change over time. ``--stamps-out``
+writes every published header stamp (ns), one per line, so a test can check that each action chunk
+carries the stamp of a frame that was really sent.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import math
+import sys
+import time
+
+import numpy as np
+
+
+class SyntheticScene:
+    """Frames of a moving block, rendered into one preallocated HxWx3 uint8 RGB buffer."""
+
+    def __init__(self, width: int = 640, height: int = 480):
+        self.width, self.height = width, height
+        ys = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+        xs = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+        background = np.empty((height, width, 3), dtype=np.uint8)
+        background[..., 0] = (60 + 80 * xs).astype(np.uint8)
+        background[..., 1] = (90 + 60 * ys).astype(np.uint8)
+        background[..., 2] = 120
+        self.background = background
+        self.frame = background.copy()
+        self.block = max(8, min(width, height) // 8)
+
+    def render(self, t: float) -> np.ndarray:
+        """The frame at time ``t`` seconds (the same buffer, overwritten)."""
+        self.frame[...] = self.background
+        cx = int((0.5 + 0.3 * math.cos(t)) * (self.width - self.block))
+        cy = int((0.5 + 0.3 * math.sin(1.3 * t)) * (self.height - self.block))
+        self.frame[cy : cy + self.block, cx : cx + self.block] = (220, 40, 40)
+        return self.frame
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    """JPEG bytes of an RGB frame (simplejpeg when importable, else Pillow)."""
+    try:
+        import simplejpeg
+
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB")
+    except ImportError:
+        import io
+
+        from PIL import Image as PilImage
+
+        out = io.BytesIO()
+        PilImage.fromarray(rgb).save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=30.0, help="frames per second")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C)")
+    p.add_argument("--topic", default="/camera/image_raw")
+    p.add_argument("--compressed", action="store_true", help="publish JPEG CompressedImage on <topic>/compressed")
+    p.add_argument("--instruction", default="pick up the red block and put it in the bowl")
+    p.add_argument("--instruction-topic", default="/vla/instruction")
+    p.add_argument("--joint-states-topic", default="/joint_states")
+    p.add_argument("--joints", type=int, default=8, help="joint positions published (0 = no joint states)")
+    p.add_argument("--reliable", action="store_true", help="reliable QoS (default: sensor data, best effort)")
+    p.add_argument("--stamps-out", default="", help="write each published frame stamp (ns) to this file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import rclpy
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image, JointState
+    from std_msgs.msg import String
+
+    rclpy.init()
+    node = rclpy.create_node("synthetic_camera")
+    qos = QoSProfile(depth=5) if args.reliable else qos_profile_sensor_data
+    if args.compressed:
+        topic = args.topic if args.topic.endswith("/compressed") else args.topic + "/compressed"
+        image_pub = node.create_publisher(CompressedImage, topic, qos)
+    else:
+        image_pub = node.create_publisher(Image, args.topic, qos)
+    # Latched-like instruction: reliable + transient local, so a node started later still gets it.
+    from rclpy.qos import DurabilityPolicy
+
+    ins_qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    ins_pub = node.create_publisher(String, args.instruction_topic, ins_qos)
+    joint_pub = node.create_publisher(JointState, args.joint_states_topic, qos) if args.joints else None
+    # Like a driver that starts before its consumers, but a demo or test wants its first frames
+    # seen: wait (bounded) until the image topic has a subscriber, then send the instruction first.
+    wait_until = time.monotonic() + 15.0
+    while image_pub.get_subscription_count() == 0 and time.monotonic() < wait_until and rclpy.ok():
+        time.sleep(0.05)
+    ins_pub.publish(String(data=args.instruction))
+    time.sleep(0.2)  # let the instruction arrive before the first frame
+    scene = SyntheticScene(args.width, args.height)
+    stamps: list[int] = []
+    period = 1.0 / args.rate
+    start = time.monotonic()
+    next_t = start
+    sent = 0
+    instruction_sent_at = time.monotonic()
+    try:
+        while rclpy.ok() and (args.seconds <= 0 or time.monotonic() - start < args.seconds):
+            now = time.monotonic()
+            if now - instruction_sent_at > 1.0:  # repeat: subscribers without transient local join late
+                ins_pub.publish(String(data=args.instruction))
+                instruction_sent_at = now
+            rgb = scene.render(now - start)
+            stamp = node.get_clock().now().to_msg()
+            if args.compressed:
+                msg = CompressedImage()
+                msg.format = "jpeg"
+                msg.data = array.array("B", encode_jpeg(rgb))
+            else:
+                msg = Image()
+                msg.height, msg.width, msg.step, msg.encoding = args.height, args.width, args.width * 3, "rgb8"
+                data = array.array("B")
+                data.frombytes(rgb.tobytes())
+                msg.data = data
+            msg.header.stamp = stamp
+            msg.header.frame_id = "camera_color_optical_frame"
+            if joint_pub is not None:
+                joints = JointState()
+                joints.header.stamp = stamp
+                joints.name = [f"joint{i + 1}" for i in range(args.joints - 1)] + ["gripper"]
+                joints.position = [0.1 * math.sin(now - start + i) for i in range(args.joints)]
+                joint_pub.publish(joints)
+            image_pub.publish(msg)
+            stamps.append(stamp.sec * 1_000_000_000 + stamp.nanosec)
+            sent += 1
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_t = time.monotonic()  # running late: do not burst to catch up
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends the stream; the stamps are still written below
+    finally:
+        if args.stamps_out:
+            with open(args.stamps_out, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(str(s) for s in stamps) + ("\n" if stamps else ""))
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    print(f"synthetic_camera: sent {sent} frames in {time.monotonic() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""The VLA inference node: camera frames + instruction (+ joint states) -> action chunks.
+
+    python -m vla_accel.ros.vla_node --ros-args -p backend:=onnxruntime -p model:=tiny
+    ros2 run vla_accel vla_node --ros-args --params-file config/cpu.yaml
+
+Topics (defaults; see vla_accel/ros/params.py): subscribes /camera/image_raw (sensor_msgs/Image, or
+CompressedImage on <topic>/compressed), /vla/instruction (std_msgs/String), /joint_states; publishes
+/vla/action_chunk (vla_accel/ActionChunk, header.stamp = the source frame's stamp), /vla/action
+(TwistStamped or Float64MultiArray), /vla/stats (vla_accel/InferenceStats) and /diagnostics.
+
+Lifecycle: not a managed (rclpy.lifecycle) node. There is no lifecycle manager where the package must
+run (no launch_ros / ros2 CLI in the pip-wheel environment) and the node must come up on its own, so
+it runs the same phases itself: declare parameters -> configure (load model and backend; on failure
+it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the loop) -> shutdown
+(publish the on_shutdown action, stop the loop, join threads). Each phase is a method, ready to be
+mapped onto on_configure / on_activate / on_shutdown.
+
+The logic lives in tested modules without a graph: params, inputs, conversions, diagnostics, session.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+
+from vla_accel.core.ratelimit import RateLimitedLogger
+from vla_accel.errors import VlaAccelError
+from vla_accel.msg import ActionChunk as ActionChunkMsg
+from vla_accel.msg import InferenceStats
+from vla_accel.ros import conversions, diagnostics, params
+from vla_accel.ros.inputs import ObservationAssembler
+
+log = logging.getLogger("vla_accel.vla_node")
+# Parameters that may change while running (all others are read_only in their descriptors).
+LIVE_PARAMETERS = {p.name for p in params.PARAMETERS if not p.read_only}
+
+
+class VlaNode(Node):
+    def __init__(self, overrides: dict[str, Any] | None = None, node_name: str = "vla_node"):
+        super().__init__(node_name)
+        self.values = params.declare_all(self, overrides)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.drop_log = RateLimitedLogger(log, 5.0)
+        self.session = None
+        self.assembler: ObservationAssembler | None = None
+        self.cameras: list[diagnostics.CameraInput] = []
+        self.streamer = None
+        self._stream_lock = threading.Lock()
+        self._last_action: np.ndarray | None = None
+        self._stale = False
+        self._diag_key: tuple = ()
+        self._force_diagnostics = threading.Event()
+        # Node overhead per chunk: image callback entry -> chunk published, minus inference; recorded as
+        # the metrics stage "node_overhead" (see _on_chunks).
+        self._overhead_lock = threading.Lock()
+        self._entry_ns: dict[int, int] = {}  # source stamp -> callback entry (monotonic ns)
+        self._make_publishers()
+
+    # --- phases ---------------------------------------------------------------------------------
+    def configure(self) -> bool:
+        """Load model and backend. False (node stays up, diagnostics ERROR) when nothing can run."""
+        from vla_accel.ros.session import InferenceSession
+
+        self.session = InferenceSession(self.values, on_chunks=self._on_chunks, on_error=self._on_loop_error,
+                                        on_switch=self._on_switch)
+        try:
+            self.session.load_model()
+            self._make_inputs()
+            self.session.load()
+        except VlaAccelError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            if self.session.state.status != "failed":
+                from dataclasses import replace
+                self.session.state = replace(self.session.state, status="failed", error=str(exc))
+            self._publish_diagnostics()
+            return False
+        s = self.session
+        self.get_logger().info(
+            f"model {s.bundle.name} on {s.chain.active_name}@{s.device} (candidates {s.candidates}); "
+            f"CPU baseline {s.metrics.baseline_ms:.2f} ms; load times (ms) "
+            + ", ".join(f"{k} {v:.0f}" for k, v in s.load_times_ms.items()))
+        return True
+
+    def activate(self) -> None:
+        """Subscribe and start inference."""
+        values, spec = self.values, self.session.spec
+        qos = qos_profile_sensor_data if values["input_qos"] == "sensor_data" else QoSProfile(depth=5)
+        for cam in self.cameras:
+            if cam.transport == "compressed":
+                self.create_subscription(CompressedImage, cam.topic,
+                                         lambda m, c=cam.name: self._on_image(c, m, compressed=True), qos)
+            else:
+                self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), qos)
+        self.create_subscription(String, values["instruction_topic"], self._on_instruction, QoSProfile(depth=10))
+        if spec.state is not None:
+            self.create_subscription(JointState, values["joint_states_topic"], self._on_joint_state, qos)
+        if values["stream_actions"]:
+            from vla_accel.core.streaming import ActionStreamer
+
+            self.streamer = ActionStreamer(spec.action, mode=values["streaming_mode"])
+            rate = values["control_rate_hz"] or 1.0 / spec.action.dt
+            self.create_timer(1.0 / rate, self._on_control_tick)
+        self.session.start()
+        self.get_logger().info(
+            "listening: " + ", ".join(f"{c.name}={c.topic} ({c.transport})" for c in self.cameras)
+            + f"; instruction {values['instruction_topic']}")
+
+    def shutdown(self) -> None:
+        """Publish the on_shutdown action (robot stops or holds), stop the loop, join its threads."""
+        try:
+            self._publish_stop(self.values["on_shutdown"], "shutdown")
+        finally:
+            if self.session is not None and not self.session.stop(timeout=2.0):
+                self.get_logger().error("inference threads did not stop within 2 s")
+
+    # --- set-up helpers -------------------------------------------------------------------------
+    def _make_publishers(self) -> None:
+        values = self.values
+        reliable = QoSProfile(depth=10)
+        self.chunk_pub = self.create_publisher(ActionChunkMsg, values["action_chunk_topic"], reliable)
+        self.stats_pub = self.create_publisher(InferenceStats, values["stats_topic"], reliable)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self.action_pub = None
+        self.create_timer(values["stats_period_s"], self._on_stats_tick)
+        self.create_timer(0.1, self._on_watchdog_tick)
+
+    def _make_inputs(self) -> None:
+        values, spec = self.values, self.session.spec
+        topics, transports = values["camera_topics"], values["camera_transports"]
+        if len(topics) < len(spec.cameras):
+            raise VlaAccelError(
+                f"model {spec.name} has cameras {[c.name for c in spec.cameras]} but camera_topics has "
+                f"{len(topics)} entr{'y' if len(topics) == 1 else 'ies'}: give one topic per camera",
+                reason="bad_parameter")
+        if len(transports) not in (1, len(spec.cameras)):
+            raise VlaAccelError("camera_transports needs one entry, or one per camera", reason="bad_parameter")
+        for i, cam in enumerate(spec.cameras):
+            transport = transports[i] if len(transports) > 1 else transports[0]
+            topic = topics[i]
+            if transport == "compressed" and not topic.endswith("/compressed"):
+                topic += "/compressed"  # image_transport's naming
+            self.cameras.append(diagnostics.CameraInput(cam.name, topic, transport))
+        self.assembler = ObservationAssembler(spec, self.cameras, self.session.metrics, values["instruction_topic"],
+                                              values["instruction"], on_drop=self._on_drop)
+        kind = conversions.resolve_first_action_type(values["first_action_type"], spec.action.space)
+        self.action_kind = kind
+        if kind == "twist":
+            from geometry_msgs.msg import TwistStamped
+
+            self.action_pub = self.create_publisher(TwistStamped, values["action_topic"], QoSProfile(depth=10))
+        elif kind == "float64_array":
+            self.action_pub = self.create_publisher(Float64MultiArray, values["action_topic"], QoSProfile(depth=10))
+
+    # --- callbacks: inputs ----------------------------------------------------------------------
+    def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
+        entry_ns = time.monotonic_ns()
+        raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_raw(msg)
+        obs = self.assembler.on_frame(camera, raw, conversions.stamp_to_ns(msg.header.stamp), msg.header.frame_id)
+        if obs is not None:
+            with self._overhead_lock:
+                self._entry_ns[obs.stamp_ns] = entry_ns
+                if len(self._entry_ns) > 64:  # superseded frames never come back: bound the map
+                    self._entry_ns.pop(next(iter(self._entry_ns)))
+            self.session.submit(obs)
+
+    def _on_instruction(self, msg: String) -> None:
+        if self.assembler is None:
+            return
+        previous = self.assembler.instruction_view().text
+        if self.assembler.set_instruction(msg.data) and msg.data != previous:
+            self.get_logger().info(f"instruction: {msg.data[:200]!r}")
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        if self.assembler is not None:
+            self.assembler.set_joint_state(list(msg.name), msg.position)
+
+    def _on_drop(self, drop) -> None:
+        self.drop_log.warning(f"{drop.source}:{drop.reason}", "dropped %s input [%s]: %s",
+                              drop.source, drop.reason, drop.message)
+
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        staged = dict(self.values)
+        for change in changes:
+            value = change.value
+            if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
+                value = list(value)
+            if change.name in params.BY_NAME and change.name not in LIVE_PARAMETERS and self.session is not None:
+                return SetParametersResult(successful=False, reason=f"'{change.name}' is read-only while running")
+            reason = params.validate(change.name, value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            staged[change.name] = value
+        problems = params.cross_check(staged)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        if self.session is not None and self.session.engine is not None:
+            try:
+                self.session.apply_clip(staged["action_clip_low"], staged["action_clip_high"])
+            except VlaAccelError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        if staged["instruction"] != self.values["instruction"] and staged["instruction"] and self.assembler:
+            self.assembler.set_instruction(staged["instruction"])
+        self.values = staged
+        return SetParametersResult(successful=True)
+
+    # --- callbacks: outputs (the loop's worker thread) ------------------------------------------
+    def _on_chunks(self, chunks) -> None:
+        device = self.session.device
+        for chunk in chunks:
+            t = chunk.timings_ms
+            msg = conversions.fill_chunk_msg(
+                ActionChunkMsg(), chunk, device=device, inference_latency_ms=t.get("infer", 0.0),
+                total_latency_ms=t.get("total", 0.0), batch_size=int(t.get("batch_size", 1)))
+            self.chunk_pub.publish(msg)
+            if self.streamer is not None:
+                with self._stream_lock:
+                    self.streamer.push(chunk)
+            elif not self.values["dry_run"]:
+                self._publish_action(chunk.values[0], chunk.stamp_ns, chunk.frame_id, chunk.dt)
+            with self._overhead_lock:
+                entry_ns = self._entry_ns.pop(chunk.stamp_ns, None)
+            if entry_ns is not None:
+                # into the metrics too, so /diagnostics shows it and `vla-accel bench node` reads it there
+                # = callback + preprocess + postprocess + publish: entry -> published minus inference and
+                # minus waiting for the worker (total = frame received -> chunk ready, which holds both).
+                elapsed_ms = (time.monotonic_ns() - entry_ns) / 1e6
+                self.session.metrics.record_stage(
+                    diagnostics.NODE_OVERHEAD,
+                    elapsed_ms - t.get("total", 0.0) + t.get("preprocess", 0.0) + t.get("postprocess", 0.0))
+        self.session.metrics.record_published(chunks)
+
+    def _publish_action(self, action: np.ndarray, stamp_ns: int, frame_id: str, dt: float) -> None:
+        if self.action_pub is None:
+            return
+        spec = self.session.spec.action
+        if self.action_kind == "twist":
+            from geometry_msgs.msg import TwistStamped
+
+            msg = conversions.fill_twist(TwistStamped(), action, spec.names, spec.space, dt, stamp_ns, frame_id)
+        else:
+            msg = conversions.fill_float64_array(Float64MultiArray(), action, spec.names, MultiArrayDimension)
+        self.action_pub.publish(msg)
+        self._last_action = np.array(action, dtype=np.float32)
+
+    def _publish_stop(self, policy: str, why: str) -> None:
+        if self.session is None or self.session.spec is None or self.values["dry_run"]:
+            return
+        spec = self.session.spec.action
+        action = conversions.stop_action(policy, spec.space, spec.names, self._last_action, spec.dims)
+        if action is None or self.action_pub is None:
+            return
+        self._publish_action(action, self.get_clock().now().nanoseconds, "", spec.dt)
+        self.get_logger().info(f"{why}: published a {policy} action on {self.values['action_topic']}")
+        try:
+            self.action_pub.wait_for_all_acked(Duration(seconds=0.5))
+        except (AttributeError, RuntimeError) as exc:  # best effort: the message is already sent
+            log.debug("wait_for_all_acked: %s", exc)
+
+    def _on_loop_error(self, exc: BaseException) -> None:
+        self.drop_log.error(f"loop:{getattr(exc, 'reason', type(exc).__name__)}", "inference error: %s", exc)
+
+    def _on_switch(self, old: str, new: str, error: BaseException) -> None:
+        self._force_diagnostics.set()
+
+    # --- timers ---------------------------------------------------------------------------------
+    def _on_control_tick(self) -> None:
+        if self.values["dry_run"]:
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        with self._stream_lock:
+            action = self.streamer.sample(now_ns)
+        if action is not None:
+            self._publish_action(action, now_ns, "", self.session.spec.action.dt)
+
+    def _on_watchdog_tick(self) -> None:
+        if self.assembler is None or self.session is None or self.session.state.status != "running":
+            return
+        now = time.monotonic_ns()
+        ages = [c.view(now).age_s for c in self.cameras[:1]]
+        ins = self.assembler.instruction_view(now)
+        stale = ages[0] is None or ages[0] > self.values["stale_image_timeout_s"] or (
+            self.values["stale_instruction_timeout_s"] > 0 and ins.age_s is not None
+            and ins.age_s > self.values["stale_instruction_timeout_s"])
+        if stale and not self._stale and ages[0] is not None:
+            self._publish_stop(self.values["on_stale"], "inputs stale")
+        if stale != self._stale:
+            self._force_diagnostics.set()
+        self._stale = stale
+        if self._force_diagnostics.is_set():
+            self._publish_diagnostics()
+
+    def _on_stats_tick(self) -> None:
+        if self.session is not None and self.session.state.status == "running":
+            snap = self.session.metrics.snapshot()
+            self.stats_pub.publish(diagnostics.fill_stats_msg(InferenceStats(), snap,
+                                                              self.get_clock().now().nanoseconds))
+        self._publish_diagnostics()
+
+    def diagnostic_reports(self) -> list:
+        session = self.session
+        config = diagnostics.DiagnosticsConfig(
+            node_name="vla_accel", target_latency_ms=self.values["target_latency_ms"],
+            min_input_rate_hz=self.values["min_input_rate_hz"],
+            stale_image_timeout_s=self.values["stale_image_timeout_s"],
+            stale_instruction_timeout_s=self.values["stale_instruction_timeout_s"])
+        metrics = session.metrics if session is not None else None
+        if metrics is None:
+            from vla_accel.core.metrics import InferenceMetrics
+            metrics = InferenceMetrics(model=self.values["model"])
+        state = session.state if session is not None else diagnostics.BackendState(status="loading")
+        cameras = [c.view() for c in self.cameras]
+        instruction = self.assembler.instruction_view() if self.assembler is not None else None
+        return diagnostics.build_reports(metrics.snapshot(), state, cameras, instruction, config)
+
+    def _publish_diagnostics(self) -> None:
+        self._force_diagnostics.clear()
+        reports = self.diagnostic_reports()
+        key = diagnostics.state_key(reports)
+        if self._diag_key and key != self._diag_key:
+            changed = [r.name + "=" + diagnostics.LEVEL_NAMES[r.level] for r in reports]
+            self.get_logger().info("diagnostics changed: " + ", ".join(changed))
+        self._diag_key = key
+        self.diag_pub.publish(diagnostics.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT / SIGTERM; publishes the on_shutdown action on the way out."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    # Our own signal handling: rclpy's handler would shut the context down before the `finally`
+    # below could publish the stop action (teleop_twist_keyboard's lesson).
+    rclpy.init(args=sys.argv if args is None else args,
+               signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    node = None
+    executor = SingleThreadedExecutor()
+    try:
+        node = VlaNode()
+        executor.add_node(node)
+        if node.configure():
+            node.activate()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # shutting down below
+    except VlaAccelError as exc:
+        print(f"vla_node: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
