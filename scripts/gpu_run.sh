@@ -60,7 +60,7 @@ fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base}" --gpu-batches "${GPU_BATCHES:-1,32}" \
     --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-compile,opencl}" \
-    --gpu-seconds "${GPU_SECONDS:-2}" --gpu-cpu-threads "${GPU_CPU_THREADS:-16}" --gpu-parity \
+    --gpu-seconds "${GPU_SECONDS:-2}" --gpu-cpu-threads "${GPU_CPU_THREADS:-16}" --gpu-parity --gpu-opencl-profile \
     --gpu-json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
   brc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] && rc=$brc

@@ -203,3 +203,25 @@ def test_jpeg_min_size_decodes_at_a_reduced_dct_scale():
     # PNG ignores it
     png = _pil_bytes(smooth, "PNG")
     assert decode_image(RawImage(data=png, encoding="png"), min_size=(64, 100)).shape == smooth.shape
+
+
+def test_non_integer_geometry_is_a_size_mismatch():
+    assert _reason(RawImage(data=bytes(12), encoding="rgb8", height="two", width=2, step=6)) == "size_mismatch"
+    assert _reason(RawImage(data=bytes(12), encoding="rgb8", height=None, width=2, step=6)) == "size_mismatch"
+
+
+def test_random_malformed_frames_raise_image_error_or_decode():
+    rng = np.random.default_rng(11)
+    encodings = list(SUPPORTED_ENCODINGS) + ["rgb16", "", "BGR8"]
+    for _ in range(400):
+        height, width = (int(v) for v in rng.integers(-2, 20, size=2))
+        step = int(rng.integers(-1, 80))
+        data = rng.integers(0, 256, size=int(rng.integers(0, 1500)), dtype=np.uint8).tobytes()
+        image = RawImage(data=data, encoding=str(rng.choice(encodings)), height=height, width=width, step=step)
+        try:
+            out = decode_image(image)
+        except ImageError as err:
+            assert err.reason in ("unknown_encoding", "step_mismatch", "size_mismatch", "truncated",
+                                  "corrupt_compressed", "empty_image")
+            continue
+        assert out.shape == (height, width, 3) and out.dtype == np.uint8

@@ -66,9 +66,15 @@ def _read(backend, buffer, shape, dtype=np.float32):
 
 
 # --- kernels -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m,n,k", [(1, 7, 5), (37, 45, 70), (16, 32, 16)])
+def _linear_global_size(backend, kernel_name, m, n):
+    block = backend.tile * (backend.wpt if kernel_name == "linear_blocked" else 1)
+    return (-(-n // block) * backend.tile, -(-m // block) * backend.tile)
+
+
+@pytest.mark.parametrize("kernel_name", ["linear", "linear_blocked"])
+@pytest.mark.parametrize("m,n,k", [(1, 7, 5), (37, 45, 70), (16, 32, 16), (130, 70, 33)])
 @pytest.mark.parametrize("activation", [0, 1, 2])
-def test_linear_kernel_matches_numpy(tiny_opencl, m, n, k, activation):
+def test_linear_kernel_matches_numpy(tiny_opencl, kernel_name, m, n, k, activation):
     rng = np.random.default_rng(m * 1000 + n + activation)
     a = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.2
@@ -77,8 +83,7 @@ def test_linear_kernel_matches_numpy(tiny_opencl, m, n, k, activation):
     c_buf = _buffer(tiny_opencl, residual)
     i32 = np.int32
     be = tiny_opencl
-    gsize = (-(-n // be.tile) * be.tile, -(-m // be.tile) * be.tile)
-    _run_kernel(be, "linear", gsize, (be.tile, be.tile),
+    _run_kernel(be, kernel_name, _linear_global_size(be, kernel_name, m, n), (be.tile, be.tile),
                 _buffer(be, a), i32(m), i32(0), i32(0), i32(k), _buffer(be, w), _buffer(be, bias),
                 c_buf, i32(m), i32(0), i32(0), i32(n), i32(m), i32(n), i32(k), i32(activation), i32(1))
     got = _read(be, c_buf, (m, n))
@@ -90,7 +95,8 @@ def test_linear_kernel_matches_numpy(tiny_opencl, m, n, k, activation):
     np.testing.assert_allclose(got, x + residual, atol=2e-5, rtol=1e-5)
 
 
-def test_linear_kernel_row_mapping_writes_only_its_rows(tiny_opencl):
+@pytest.mark.parametrize("kernel_name", ["linear", "linear_blocked"])
+def test_linear_kernel_row_mapping_writes_only_its_rows(tiny_opencl, kernel_name):
     """The patch GEMM writes rows (b, offset..offset+P) of a (B, T, D) buffer and nothing else."""
     be, i32 = tiny_opencl, np.int32
     batch, seq, width, patches, offset, k = 2, 9, 5, 3, 4, 6
@@ -101,8 +107,7 @@ def test_linear_kernel_row_mapping_writes_only_its_rows(tiny_opencl):
     poison = np.full((batch * seq, width), 777.0, np.float32)
     c_buf = _buffer(be, poison)
     rows = batch * patches
-    gsize = (-(-width // be.tile) * be.tile, -(-rows // be.tile) * be.tile)
-    _run_kernel(be, "linear", gsize, (be.tile, be.tile),
+    _run_kernel(be, kernel_name, _linear_global_size(be, kernel_name, rows, width), (be.tile, be.tile),
                 _buffer(be, a), i32(rows), i32(0), i32(0), i32(k), _buffer(be, w), _buffer(be, bias),
                 c_buf, i32(patches), i32(seq), i32(offset), i32(width),
                 i32(rows), i32(width), i32(k), i32(0), i32(0))
@@ -253,6 +258,12 @@ def test_device_selection(cl, tiny_bundle, tmp_path):
             OpenCLBackend(tiny_bundle, BackendOptions(device=selector, cache_dir=tmp_path)).load()
         assert err.value.reason == "unknown_device"
         assert first["name"] in str(err.value)  # the message lists what exists
+
+
+def test_profile_times_every_stage(tiny_opencl, tiny_bundle):
+    stages = tiny_opencl.profile(example_inputs(tiny_bundle.spec, 1, seed=0), repeats=1)
+    assert {"qkv", "attention", "fc1 + gelu", "head + tanh"} <= set(stages)
+    assert all(ms >= 0 for ms in stages.values()) and sum(stages.values()) > 0
 
 
 def test_device_info(tiny_opencl):

@@ -248,7 +248,7 @@ def test_node_compressed_stream_and_corrupt_jpeg(listener, tmp_path):
     with listener.lock:
         listener.chunks.clear()
         listener.diagnostics.clear()
-    node = _start_node(["-p", "camera_transports:=[compressed]", "-p", "speedup_baseline:=off",
+    node = _start_node(["-p", "camera_transports:=[compressed]", "-p", "speedup_baseline:=none",
                         "-p", "first_action_type:=none", "-p", "on_shutdown:=none"])
     camera = None
     try:
@@ -274,13 +274,13 @@ def test_node_compressed_stream_and_corrupt_jpeg(listener, tmp_path):
     assert node.returncode == 0 and elapsed < 6.0, out[-3000:]
     values = {kv.key: kv.value for kv in listener.latest_status("vla_accel: inference").values}
     assert int(values["dropped: unknown_encoding"]) >= 1
-    assert values["speedup over CPU"] == "n/a"  # speedup_baseline:=off
+    assert values["speedup over CPU"] == "n/a"  # speedup_baseline:=none
 
 
 def test_no_backend_loads_reports_error_and_stays_up(listener):
     with listener.lock:
         listener.diagnostics.clear()
-    node = _start_node(["-p", "backend:=tensorrt", "-p", "speedup_baseline:=off"])
+    node = _start_node(["-p", "backend:=tensorrt", "-p", "speedup_baseline:=none"])
     try:
         listener.wait_for(lambda: (s := listener.latest_status("vla_accel: backend")) is not None
                           and s.level == b"\x02", NODE_START_TIMEOUT_S, "ERROR diagnostics for a missing backend")

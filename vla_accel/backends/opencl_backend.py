@@ -537,6 +537,33 @@ class OpenCLBackend(Backend):
                 raise BackendError(f"opencl: running on '{self.device.name}' failed: {exc}", reason="device_error") from exc
         return {self.spec.action.output: out}
 
+    def profile(self, inputs: Mapping[str, np.ndarray], repeats: int = 3) -> dict[str, float]:
+        """Device time per stage of one forward pass (ms, the median over ``repeats``), from OpenCL
+        event profiling on a second queue: where the time goes on a given board. Stages are the
+        launch descriptions without the block number ("qkv", "attention", ...)."""
+        cl = self._cl
+        batch, arrays = gather_inputs(self.spec, inputs, self.max_batch, self.name)
+        queue = cl.CommandQueue(self.context, self.device,
+                                properties=cl.command_queue_properties.PROFILING_ENABLE)
+        samples: dict[str, list[float]] = {}
+        with self._lock:
+            if batch not in self._plans:
+                self._plans[batch] = self._build_plan(batch)
+            plan = self._plans[batch]
+            for name, array in arrays.items():
+                cl.enqueue_copy(queue, self.inputs[name], array, is_blocking=True)
+            for _ in range(repeats):
+                events = [(launch.what.split(": ")[-1],
+                           cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size))
+                          for launch in plan]
+                queue.finish()
+                totals: dict[str, float] = {}
+                for stage, event in events:
+                    totals[stage] = totals.get(stage, 0.0) + (event.profile.end - event.profile.start) * 1e-6
+                for stage, ms in totals.items():
+                    samples.setdefault(stage, []).append(ms)
+        return {stage: float(np.median(values)) for stage, values in samples.items()}
+
     def kernel_launches(self, batch: int = 1) -> list[str]:
         """What one forward pass launches, in order (for docs and debugging)."""
         with self._lock:

@@ -150,7 +150,13 @@ class RegressionResult:
 
 
 def pick_golden_topic(golden: dict[str, list[ChunkRecord]], backend: str) -> str | None:
-    """The golden topic for ``backend``: the one whose chunks came from it, else the first one."""
+    """The golden topic for ``backend`` (a run label such as ``onnxruntime`` or ``cuda:fp16``): the
+    topic a replay of it writes, else one whose chunks came from it, else the first one."""
+    from vla_accel.bags.writer import topic_name
+
+    own = topic_name(backend, "action_chunk")
+    if golden.get(own):
+        return own
     for topic, chunks in golden.items():
         if chunks and chunks[0].backend == backend:
             return topic

@@ -3,7 +3,8 @@ comparison of the node's chunks with the offline replay's, matched by source fra
 
 The node is started exactly as a user would (``python -m vla_accel.ros.vla_node --ros-args ...``)
 on a private ROS domain, fed by ``BagPlayer`` with the recorded timing (slowed down by
-``speed`` so a CPU node keeps up), and its ``/vla/action_chunk`` and ``/vla/stats`` are recorded to
+``speed`` so a CPU node keeps up, and at least ``min_gap_s`` between messages so the node handles
+a joint state recorded just before a frame before that frame, as the offline replay does), and its ``/vla/action_chunk`` and ``/vla/stats`` are recorded to
 ``<out>/live_actions``. The node may still supersede a frame (latest-frame policy): those chunks are
 reported as missing and allowed; every chunk the node did publish must match the offline chunk of
 the same stamp within the tolerance, and none may be extra.
@@ -37,7 +38,7 @@ class LiveOutcome:
     node_log: Path | None = None
 
 
-def node_parameters(selection, options, backend: str) -> list[str]:
+def node_parameters(selection, options, backend: str, precision: str = "") -> list[str]:
     """``--ros-args`` for the node so it listens to the bag's topics with the replay's settings."""
     topics, transports = [], []
     for topic in selection.cameras.values():
@@ -64,12 +65,12 @@ def node_parameters(selection, options, backend: str) -> list[str]:
     params = {
         "model": text(options.model),
         "backend": text(backend),
-        "precision": text(options.precision),
+        "precision": text(precision or options.precision),
         "threads": str(options.threads),
         "camera_topics": yaml_list(topics),
         "camera_transports": yaml_list(transports),
         "input_qos": text("reliable"),  # a replay compares actions: no frame lost to best-effort transport
-        "speedup_baseline": text("off"),
+        "speedup_baseline": text("none"),
         "warmup_iterations": "1",
         "dry_run": "true",
         "batch_size": str(options.batch_size),
@@ -90,11 +91,11 @@ def _private_domain() -> int:
 
 
 def run_live_comparison(bag, result, options, out_dir, *, backend: str | None = None, tolerance: float = 1e-4,
-                        speed: float = 0.5) -> LiveOutcome:
+                        speed: float = 0.5, min_gap_s: float = 0.02) -> LiveOutcome:
     """Drive the real node with ``bag`` and compare its chunks with ``result`` (the offline replay)."""
     require_ros()
     backend = backend or options.backends[0]
-    offline = next((r for r in result.runs if r.ok and backend in (r.requested, r.backend)), None)
+    offline = next((r for r in result.runs if r.ok and backend in (r.requested, r.backend, r.label)), None)
     if offline is None:
         raise VlaAccelError(
             f"--live compares with the offline replay of backend '{backend}': add it to --backends",
@@ -108,13 +109,14 @@ def run_live_comparison(bag, result, options, out_dir, *, backend: str | None = 
     domain = _private_domain()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     node_log = out_dir / "live_node.log"
-    cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", *node_parameters(result.selection, options, offline.requested)]
+    cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", *node_parameters(result.selection, options, offline.requested.partition(":")[0],
+                                                                         offline.precision)]
     log.info("live replay: starting the node on ROS domain %d: %s", domain, " ".join(cmd))
     with open(node_log, "wb") as log_file:
         node = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         with RosSession("vla_bag_replay", domain_id=domain) as ros:
-            player = BagPlayer(ros.node, bag, topics=result.selection.types, speed=speed)
+            player = BagPlayer(ros.node, bag, topics=result.selection.types, speed=speed, min_gap_s=min_gap_s)
             recorder = BagRecorder(ros.node, recorded_bag, OUTPUT_TYPES)
             try:
                 alive = lambda: node.poll() is None  # noqa: E731
@@ -137,8 +139,8 @@ def run_live_comparison(bag, result, options, out_dir, *, backend: str | None = 
     live = read_action_chunks(recorded_bag).get("/vla/action_chunk", [])
     deviation = compare_chunks(live, offline.chunks, result.action_names)
     regression = RegressionResult(
-        backend=f"live node ({offline.backend})",
-        golden_topic=f"offline {offline.backend}",
+        backend=f"live node ({offline.label})",
+        golden_topic=f"offline {offline.label}",
         tolerance=tolerance,
         deviation=deviation,
         allow_missing=True,

@@ -114,12 +114,16 @@ class BagPlayer:
     """Publishes ``topics`` of a bag (all when None) with the recorded timing, scaled by ``speed``."""
 
     def __init__(self, node, bag: str | Path, topics: Iterable[str] | None = None, speed: float = 1.0,
-                 qos=None):
+                 qos=None, min_gap_s: float = 0.0):
         if not speed > 0:
             raise VlaAccelError(f"playback speed must be > 0, got {speed}", reason="bad_argument")
         self.node = node
         self.bag = Path(bag)
         self.speed = float(speed)
+        # Messages of different topics recorded a millisecond apart may be handled in either order by
+        # a subscriber's executor (each topic is its own DDS reader); a minimum gap keeps the recorded
+        # order at the subscriber, shifting the rest of the timeline by the time it adds.
+        self.min_gap_ns = int(max(0.0, min_gap_s) * 1e9)
         reader = open_reader(self.bag)
         try:
             wanted = set(topics) if topics is not None else None
@@ -154,14 +158,20 @@ class BagPlayer:
             conns = [c for c in reader.connections if c.topic in self.publishers]
             first_ns: int | None = None
             t0 = time.monotonic_ns()
+            shift_ns, last_sent_ns = 0, None
             for conn, log_ns, raw in reader.messages(connections=conns):
                 if stop is not None and stop.is_set():
                     break
                 if first_ns is None:
                     first_ns = log_ns
-                wait_s = (t0 + (log_ns - first_ns) / self.speed - time.monotonic_ns()) / 1e9
+                due_ns = t0 + int((log_ns - first_ns) / self.speed) + shift_ns
+                if last_sent_ns is not None and due_ns < last_sent_ns + self.min_gap_ns:
+                    shift_ns += last_sent_ns + self.min_gap_ns - due_ns
+                    due_ns = last_sent_ns + self.min_gap_ns
+                wait_s = (due_ns - time.monotonic_ns()) / 1e9
                 if wait_s > 0:
                     time.sleep(wait_s)
+                last_sent_ns = time.monotonic_ns()
                 self.publishers[conn.topic].publish(bytes(raw))
                 self.published[conn.topic] += 1
                 sent += 1

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 BASELINE_BACKEND = "torch"
 
 
+def split_backend_spec(entry: str) -> tuple[str, str]:
+    """``"onnxruntime"`` -> ("onnxruntime", ""); ``"cuda:fp16"`` -> ("cuda", "fp16")."""
+    name, _, precision = entry.strip().partition(":")
+    return name, precision
+
+
 @dataclass
 class ReplayOptions:
     model: str = "tiny"
@@ -82,6 +88,15 @@ class BackendRun:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def label(self) -> str:
+        """How the report and the output bag name this run: the backend that ran, plus the
+        precision when one was asked for explicitly (``openvino:fp16``)."""
+        name, precision = split_backend_spec(self.requested)
+        if precision:
+            return f"{self.backend or name}:{precision}"
+        return self.backend or name
 
     def stage(self, name: str) -> dict[str, float]:
         if name == "infer":
@@ -219,10 +234,12 @@ def _load_backend(name: str, bundle, options: ReplayOptions):
     from vla_accel.backends.base import BackendOptions
     from vla_accel.backends.registry import create_backend
 
+    backend_name, precision = split_backend_spec(name)
     backend = create_backend(
-        name,
+        backend_name,
         bundle,
-        BackendOptions(precision=options.precision, threads=options.threads, max_batch=options.batch_size),
+        BackendOptions(precision=precision or options.precision, threads=options.threads,
+                       max_batch=options.batch_size),
     )
     backend.load()
     backend.warmup(batch_size=options.batch_size, iterations=2)
@@ -239,7 +256,7 @@ def _record_chunks(run: BackendRun, chunks: Sequence[ActionChunk], log_of: dict[
         run.infer_s += infer_ms / 1000.0 / max(batch, 1)
         if writer is not None:
             t0 = time.perf_counter()
-            writer.write_chunk(chunk, log_ns, device=device, batch_size=batch)
+            writer.write_chunk(chunk, log_ns, device=device, batch_size=batch, label=run.label)
             run.write_s += time.perf_counter() - t0
 
 
@@ -248,7 +265,8 @@ def _write_stats(run: BackendRun, engine, writer, log_ns: int, model: str) -> No
 
     snapshot = engine.metrics.snapshot()
     t0 = time.perf_counter()
-    writer.write_stats(stats_fields(snapshot), log_ns, backend=run.backend, device=run.device, model=model)
+    writer.write_stats(stats_fields(snapshot), log_ns, backend=run.backend, device=run.device, model=model,
+                       label=run.label)
     run.write_s += time.perf_counter() - t0
 
 
@@ -264,7 +282,7 @@ def replay_backend(
     """Replay ``bag`` through one backend. Backend failures are reported in ``run.error``."""
     from vla_accel.core.engine import Engine
 
-    run = BackendRun(requested=name, precision=options.precision)
+    run = BackendRun(requested=name, precision=split_backend_spec(name)[1] or options.precision)
     try:
         backend = _load_backend(name, bundle, options)
     except VlaAccelError as exc:
@@ -463,6 +481,6 @@ def deviations(result: ReplayResult):
         return out
     for run in result.runs:
         if run.ok and run is not base:
-            out[run.backend] = compare_chunks(run.chunks, base.chunks, result.action_names)
+            out[run.label] = compare_chunks(run.chunks, base.chunks, result.action_names)
     return out
 

@@ -46,7 +46,7 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
         rows.append(
             {
                 "requested": run.requested,
-                "backend": run.backend,
+                "backend": run.label,
                 "device": run.device,
                 "precision": run.precision,
                 "observations": run.observations,
@@ -98,7 +98,7 @@ def plot_actions(result: "ReplayResult", path: Path) -> Path | None:
         for run, style in zip(runs, ("-", "--", ":", "-.") * 4):
             times = [(t.log_ns - t0) / 1e9 for t in run.timings]
             values = [c.values[0, dim] for c in run.chunks]
-            ax.plot(times, values, style, marker=".", markersize=3, label=run.backend)
+            ax.plot(times, values, style, marker=".", markersize=3, label=run.label)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     for extra in range(len(names), rows * cols):
@@ -129,7 +129,7 @@ def plot_latency(result: "ReplayResult", path: Path) -> Path | None:
         times = [(t.log_ns - t0) / 1e9 for t in run.timings]
         p50 = run.stage("infer")["p50"]
         ax.plot(times, [t.infer_ms for t in run.timings], marker=".", markersize=3,
-                label=f"{run.backend} (p50 {p50:.2f} ms)")
+                label=f"{run.label} (p50 {p50:.2f} ms)")
     ax.set_xlabel("bag time (s)")
     ax.set_ylabel("inference latency (ms)")
     ax.set_ylim(bottom=0)
@@ -179,7 +179,7 @@ def render_markdown(
     lines += [
         "## Backends",
         "",
-        f"Speedup S = T_{base.backend if base else 'baseline'} / T_backend on the p50 inference latency "
+        f"Speedup S = T_{base.label if base else 'baseline'} / T_backend on the p50 inference latency "
         "(batch size as replayed); all backends ran one after another in this process.",
         "",
         "| backend | device | precision | chunks | infer p50 / p95 / p99 ms | total p50 ms | "
@@ -225,7 +225,7 @@ def render_markdown(
         lines.append("Only one backend ran: nothing to compare.")
     else:
         lines += [
-            f"Absolute deviation from `{base.backend}` in action units, chunks matched by source stamp.",
+            f"Absolute deviation from `{base.label}` in action units, chunks matched by source stamp.",
             "",
             "| backend | max abs | mean abs | matched | missing | extra | worst at |",
             "|---|---:|---:|---:|---:|---:|---|",

@@ -123,14 +123,17 @@ class ReplayBagWriter:
             self.written[topic] = 0
         return self._connections[topic]
 
-    def write_chunk(self, chunk: ActionChunk, log_ns: int, *, device: str = "", batch_size: int = 1) -> None:
-        conn = self._connection(topic_name(chunk.backend, "action_chunk"), messages.ACTION_CHUNK)
+    def write_chunk(self, chunk: ActionChunk, log_ns: int, *, device: str = "", batch_size: int = 1,
+                    label: str = "") -> None:
+        """``label`` names the topic (default: the chunk's backend), e.g. ``openvino:fp16``."""
+        conn = self._connection(topic_name(label or chunk.backend, "action_chunk"), messages.ACTION_CHUNK)
         msg = chunk_message(chunk, device=device, batch_size=batch_size)
         self._writer.write(conn, int(log_ns), self._store.serialize_cdr(msg, messages.ACTION_CHUNK))
         self.written[conn.topic] += 1
 
-    def write_stats(self, stats: Mapping[str, Any], log_ns: int, *, backend: str, device: str, model: str) -> None:
-        conn = self._connection(topic_name(backend, "stats"), messages.INFERENCE_STATS)
+    def write_stats(self, stats: Mapping[str, Any], log_ns: int, *, backend: str, device: str, model: str,
+                    label: str = "") -> None:
+        conn = self._connection(topic_name(label or backend, "stats"), messages.INFERENCE_STATS)
         msg = stats_message(stats, stamp_ns=int(log_ns), backend=backend, device=device, model=model)
         self._writer.write(conn, int(log_ns), self._store.serialize_cdr(msg, messages.INFERENCE_STATS))
         self.written[conn.topic] += 1

@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--gpu-device", default="", help="cuda device, e.g. cuda:0 (gpu mode)")
     _option(parser, "--gpu-opencl-device", default="", help="opencl device selector (gpu mode; '' = first GPU)")
     _option(parser, "--gpu-json", default="", help="write every row as JSON here (gpu mode)")
+    _option(parser, "--gpu-opencl-profile", action="store_true",
+            help="also print the opencl backend's device time per stage (gpu mode)")
     _option(parser, "--gpu-parity", action="store_true",
             help="also check every variant against the committed reference outputs (gpu mode)")
 
@@ -207,8 +209,8 @@ def reference_parity(models: list[str], variants: list[str], cuda_device: str = 
         batch = next(iter(case.inputs.values())).shape[0]
         for variant in variants:
             backend_name, precision, extra = VARIANTS[variant]
-            if backend_name == "torch":
-                continue
+            if backend_name == "torch" or "compile" in extra:
+                continue  # compile computes what the eager variant does; its bench row has max|diff| too
             device = {"cuda": cuda_device, "opencl": opencl_device}.get(backend_name, "")
             options = BackendOptions(device=device, precision=precision, max_batch=batch, extra=dict(extra))
             entry: dict[str, Any] = {"model": model_name, "variant": variant, "precision": precision,
@@ -223,6 +225,31 @@ def reference_parity(models: list[str], variants: list[str], cuda_device: str = 
                 entry["skipped"] = str(exc)
             log(f"[bench gpu] parity {model_name} {variant}: {entry.get('max_abs_diff', entry.get('skipped'))}")
             results.append(entry)
+    return results
+
+
+def opencl_profile(models: list[str], batches: list[int], opencl_device: str = "", log=print) -> list[dict[str, Any]]:
+    """OpenCL event-profiled device time per stage (ms) of one forward pass, per model and batch."""
+    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.models import load_model
+
+    results = []
+    for model_name in models:
+        bundle = load_model(model_name)
+        try:
+            backend = create_backend("opencl", bundle, BackendOptions(device=opencl_device, max_batch=max(batches)))
+            backend.load()
+        except VlaAccelError as exc:
+            log(f"[bench gpu] opencl profile {model_name}: skipped: {exc}")
+            continue
+        try:
+            for batch in batches:
+                stages = backend.profile(example_inputs(bundle.spec, batch, seed=batch), repeats=3)
+                results.append({"model": model_name, "batch": batch, "device": backend.device_info().device,
+                                "stages_ms": stages})
+        finally:
+            backend.close()
     return results
 
 
@@ -267,6 +294,10 @@ def run(args: argparse.Namespace) -> int:
     if args.gpu_parity:
         parity = reference_parity(models, [v for v in variants if v != "torch-cpu"], args.gpu_device,
                                   args.gpu_opencl_device, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    profiles = []
+    if args.gpu_opencl_profile:
+        profiles = opencl_profile(models, batches, args.gpu_opencl_device,
+                                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
     command = "vla-accel bench gpu " + " ".join(sys.argv[3:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv)
     report = {
         "command": command,
@@ -276,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": round(time.time() - started, 1),
         "rows": [asdict(r) for r in rows],
         "parity_vs_reference": parity,
+        "opencl_profile": profiles,
     }
     if args.gpu_json:
         path = Path(args.gpu_json)
@@ -285,6 +317,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"GPU benchmark on {machine.get('gpu', 'no CUDA GPU')} + {machine.get('cpu')} "
           f"(CPU baseline: torch fp32 eager, {threads} threads); latency per batch, host to host")
     print(format_table(rows))
+    for entry in profiles:
+        total = sum(entry["stages_ms"].values())
+        top = sorted(entry["stages_ms"].items(), key=lambda kv: -kv[1])[:6]
+        print(f"opencl device time {entry['model']} b{entry['batch']}: {total:.2f} ms = "
+              + ", ".join(f"{stage} {ms:.2f}" for stage, ms in top))
     for entry in parity:
         verdict = entry.get("skipped") or (f"max|diff| {entry['max_abs_diff']:.2e} (tolerance {entry['tolerance']:g}) "
                                            f"{'ok' if entry['ok'] else 'FAIL'}")

@@ -67,46 +67,48 @@ def _numpy_blocks(snapshot: tracemalloc.Snapshot, domain: int) -> tuple[int, int
     return len(traces), sum(t.size for t in traces)
 
 
-def _measure_stage(fn, domain: int) -> tuple[Any, dict[str, float]]:
+_MEASURES = ("transient_bytes", "numpy_buffers_new", "numpy_bytes_new")
+
+
+def _measure_stage(fn, domain: int, out: np.ndarray) -> Any:
+    """Run ``fn`` and write its three measures into ``out`` (preallocated, so that recording the
+    measurement does not itself show up as a retained allocation)."""
     before = tracemalloc.take_snapshot()
     blocks0, bytes0 = _numpy_blocks(before, domain)
     del before
     tracemalloc.reset_peak()
     size0 = tracemalloc.get_traced_memory()[0]
     result = fn()
-    size1, peak = tracemalloc.get_traced_memory()
+    peak = tracemalloc.get_traced_memory()[1]
     after = tracemalloc.take_snapshot()
     blocks1, bytes1 = _numpy_blocks(after, domain)
     del after
-    return result, {
-        "transient_bytes": float(max(0, peak - size0)),
-        "numpy_buffers_new": float(max(0, blocks1 - blocks0)),
-        "numpy_bytes_new": float(max(0, bytes1 - bytes0)),
-        "held_bytes": float(size1 - size0),
-    }
+    out[0] = max(0, peak - size0)
+    out[1] = max(0, blocks1 - blocks0)
+    out[2] = max(0, bytes1 - bytes0)
+    return result
 
 
 def allocation_pass(engine, observations: list, frames: int) -> dict[str, Any]:
     domain = _numpy_domain()
-    per_stage: dict[str, list[dict[str, float]]] = {s: [] for s in STAGES}
-    retained = []
+    frames = max(2, frames)
+    measured = np.zeros((frames, len(STAGES), len(_MEASURES)))
+    retained = np.zeros(frames)
     for i in range(frames):
         gc.collect()
         start_size = tracemalloc.get_traced_memory()[0]
-        batch, m_pre = _measure_stage(lambda: engine.prepare(observations), domain)
-        outputs, m_run = _measure_stage(lambda: engine.run(batch), domain)
-        chunks, m_fin = _measure_stage(lambda: engine.finish(batch, outputs), domain)
+        batch = _measure_stage(lambda: engine.prepare(observations), domain, measured[i, 0])
+        outputs = _measure_stage(lambda: engine.run(batch), domain, measured[i, 1])
+        chunks = _measure_stage(lambda: engine.finish(batch, outputs), domain, measured[i, 2])
         del batch, outputs, chunks
         gc.collect()
-        if i > 0:  # the first measured frame may still warm caches (e.g. a resize plan per source)
-            for stage, m in zip(STAGES, (m_pre, m_run, m_fin)):
-                per_stage[stage].append(m)
-            retained.append(tracemalloc.get_traced_memory()[0] - start_size)
-    summary = {}
-    for stage, rows in per_stage.items():
-        summary[stage] = {key: float(np.mean([r[key] for r in rows])) if rows else 0.0
-                          for key in ("transient_bytes", "numpy_buffers_new", "numpy_bytes_new")}
-    summary["retained_bytes_per_frame"] = float(np.mean(retained)) if retained else 0.0
+        retained[i] = tracemalloc.get_traced_memory()[0] - start_size
+    # The first measured frame may still warm caches (e.g. a resize plan per source layout).
+    means = measured[1:].mean(axis=0)
+    summary: dict[str, Any] = {
+        stage: {key: float(means[s, k]) for k, key in enumerate(_MEASURES)} for s, stage in enumerate(STAGES)
+    }
+    summary["retained_bytes_per_frame"] = float(retained[1:].mean())
     return summary
 
 

@@ -85,7 +85,7 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     if transport != "default":
         env["FASTDDS_BUILTIN_TRANSPORTS"] = transport
     node_cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args", "-p", f"backend:={backend}",
-                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=off",
+                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=none",
                 "-p", "stats_period_s:=0.5"]
     camera_cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", str(rate), "--width", str(width),
                   "--height", str(height), "--seconds", str(seconds + startup_timeout + 10)]

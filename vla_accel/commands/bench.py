@@ -66,14 +66,21 @@ def name_list(text: str) -> list[str]:
 
 
 def available_modes() -> list[str]:
-    """The known modes plus any module present in vla_accel.benchmarks (found without importing it)."""
+    """The known modes plus any module in vla_accel.benchmarks that has a ``run`` (helper modules
+    such as a shared ``common`` are not modes)."""
     modes = list(KNOWN_MODES)
     try:
         package = importlib.import_module("vla_accel.benchmarks")
     except ImportError:
         return modes
     for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
-        if not info.name.startswith("_") and info.name not in modes:
+        if info.name.startswith("_") or info.name in modes:
+            continue
+        try:
+            module = importlib.import_module(f"vla_accel.benchmarks.{info.name}")
+        except ImportError:
+            continue  # a mode whose own dependencies are missing is simply not offered
+        if callable(getattr(module, "run", None)):
             modes.append(info.name)
     return modes
 

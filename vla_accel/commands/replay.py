@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-frames", type=int, default=24, help="frames in the sample bag (default 24)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of the sample bag")
     parser.add_argument("--model", default="tiny", help="built-in model name or spec YAML (default tiny)")
-    parser.add_argument("--backends", default="torch", help="comma-separated backends (default torch); torch is the speedup baseline")
+    parser.add_argument("--backends", default="torch", help="comma-separated backends, each optionally NAME:PRECISION (e.g. torch,onnxruntime,cuda:fp16); "
+                        "default torch; torch is the speedup baseline")
     parser.add_argument("--camera-topic", action="append", default=[], metavar="[CAMERA=]TOPIC",
                         help="camera topic, in the model's camera order or as CAMERA=TOPIC (repeatable); default: found by type")
     parser.add_argument("--instruction-topic", help="std_msgs/String instruction topic (default: found by type)")
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also drive the real ROS node with the bag (player + node + recorder) and compare with the offline replay")
     parser.add_argument("--live-node-speed", type=float, default=0.5,
                         help="--live: bag playback speed for the node (default 0.5, so a CPU node keeps up)")
+    parser.add_argument("--live-min-gap-ms", type=float, default=20.0,
+                        help="--live: least time between two published messages, so the node handles them in "
+                        "recorded order (default 20)")
     parser.add_argument("--live-backend", default=None, help="backend for the live node (default: the first of --backends)")
 
 
@@ -123,21 +127,22 @@ def run(args) -> int:
         for run_ in result.runs:
             if not run_.ok:
                 continue
-            topic = args.golden_topic or compare.pick_golden_topic(golden, run_.backend)
+            topic = args.golden_topic or compare.pick_golden_topic(golden, run_.label)
             if topic not in golden:
                 raise VlaAccelError(
                     f"golden bag {args.golden} has no ActionChunk topic {topic!r}; topics: {sorted(golden)}",
                     reason="bad_golden",
                 )
             dev = compare.compare_chunks(run_.chunks, golden[topic], result.action_names)
-            regressions.append(compare.RegressionResult(run_.backend, topic, tolerance, dev))
+            regressions.append(compare.RegressionResult(run_.label, topic, tolerance, dev))
 
     live_outcome = None
     if args.live:
         from vla_accel.bags.live import run_live_comparison
 
         live_outcome = run_live_comparison(args.bag, result, options, out_dir, backend=args.live_backend,
-                                            tolerance=tolerance, speed=args.live_node_speed)
+                                            tolerance=tolerance, speed=args.live_node_speed,
+                                            min_gap_s=args.live_min_gap_ms / 1000.0)
         print(f"live node: published {sum(live_outcome.published.values())} bag messages, recorded "
               f"{live_outcome.recorded} into {live_outcome.recorded_bag} (node log {live_outcome.node_log})")
         regressions.append(live_outcome.regression)

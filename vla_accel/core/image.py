@@ -141,7 +141,14 @@ def decode_raw(image: RawImage) -> np.ndarray:
         raise ImageError(
             f"{encoding} image {image.width}x{image.height} has no data", reason="empty_image"
         )
-    height, width, step = int(image.height), int(image.width), int(image.step)
+    try:
+        height, width, step = int(image.height), int(image.width), int(image.step)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(
+            f"{encoding} image has non-integer geometry height={image.height!r} width={image.width!r} "
+            f"step={image.step!r}",
+            reason="size_mismatch",
+        ) from exc
     _check_side(height, width, f"{encoding} image")
     channels, rgb = layout
     row_bytes = width * channels

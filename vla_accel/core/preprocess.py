@@ -36,7 +36,6 @@ policy fed a fake state would command the robot from a pose it is not in.
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _PLANS_PER_CAMERA = 8  # distinct (size, strides) source layouts remembered per camera
 _TOKEN_CACHE_SIZE = 64  # distinct instructions remembered (robots repeat the same few)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -254,8 +254,10 @@ class _CameraWriter:
 class Preprocessor:
     """Turns observations into backend inputs. ``memory`` is static | pool | dynamic (core.buffers).
 
-    ``prepare`` is serialised by a lock (the resize scratch is shared), so one Preprocessor can be
-    used from several threads; with ``pool`` the batches it hands out can be in flight together.
+    One Preprocessor can be used from several threads: decoding and validation run unlocked, the
+    resize into the buffers is serialised by a lock (the resize scratch is shared). With ``pool``
+    the batches it hands out can be in flight together; with ``static`` a batch is valid only
+    until the next ``prepare``.
     """
 
     def __init__(self, spec: "ModelSpec", max_batch: int = 1, memory: str = "static", pool_size: int = 2,
@@ -313,7 +315,8 @@ class Preprocessor:
         self._token_cache[text] = (ids, mask)
         return ids, mask
 
-    def _write_state(self, state: object, row: np.ndarray) -> None:
+    def _check_state(self, state: object) -> np.ndarray:
+        """The observation's state as a numeric array of the right size, finite in float32."""
         spec = self._state
         if state is None:
             raise StateError(
@@ -329,20 +332,28 @@ class Preprocessor:
                 f"robot state has {values.size} values (shape {values.shape}); the model needs {spec.dims}",
                 reason="bad_state",
             )
-        np.copyto(row, values.reshape(spec.dims) if values.shape != row.shape else values, casting="unsafe")
-        if not np.isfinite(row).all():
-            bad = [i for i, v in enumerate(row.tolist()) if not math.isfinite(v)]
+        if values.dtype.kind == "f" and not (np.abs(values) <= _FLOAT32_MAX).all():
+            bad = [i for i, v in enumerate(values.reshape(-1).tolist()) if not abs(v) <= _FLOAT32_MAX]
             raise StateError(
-                f"robot state has non-finite values at indices {bad} (float32 range: |x| < 3.4e38)",
+                f"robot state has non-finite values (or beyond float32 range) at indices {bad}",
                 reason="bad_state",
             )
+        return values
+
+    def _write_state(self, values: np.ndarray, row: np.ndarray) -> None:
+        np.copyto(row, values if values.shape == row.shape else values.reshape(row.shape), casting="unsafe")
         if self._state_mean is not None:
             np.subtract(row, self._state_mean, out=row)
             np.multiply(row, self._state_inv_std, out=row)
 
     # --- the hot path ---------------------------------------------------------------------------
     def prepare(self, observations: Sequence[Observation]) -> PreparedBatch:
-        """Preprocess up to ``max_batch`` observations into one batch (see PreparedBatch)."""
+        """Preprocess up to ``max_batch`` observations into one batch (see PreparedBatch).
+
+        Two phases: every observation is decoded and validated first (no shared state touched,
+        so several threads can decode at once); then the accepted ones are written into a buffer
+        set, under the lock that guards the shared resize scratch.
+        """
         count = len(observations)
         if count > self.max_batch:
             raise ValueError(
@@ -350,22 +361,10 @@ class Preprocessor:
                 "(Engine.infer does) or build the Preprocessor with a larger max_batch"
             )
         started = time.monotonic_ns()
-        with self._lock:
-            buffers, release = self.strategy.acquire(count)
-            try:
-                return self._prepare_into(observations, buffers, release, started)
-            except BaseException:
-                release()
-                raise
-
-    def _prepare_into(self, observations: Sequence[Observation], buffers: BufferSet,
-                      release: Callable[[], None], started: int) -> PreparedBatch:
         accepted: list[Observation] = []
         rejected: list[tuple[Observation, InputError]] = []
+        checked: list[tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray | None]] = []
         decode_ns = 0
-        tokens_buf, mask_buf = buffers[self._tokens_name], buffers[self._mask_name]
-        state_buf = buffers[self._state.input] if self._state is not None else None
-        row = 0
         for obs in observations:
             try:
                 if not isinstance(obs, Observation):
@@ -374,27 +373,41 @@ class Preprocessor:
                 frames = self._decode_cameras(obs)
                 decode_ns += time.perf_counter_ns() - t0
                 ids, mask = self._tokens(obs.instruction)
-                if state_buf is not None:
-                    self._write_state(obs.state, state_buf[row])
+                state = self._check_state(obs.state) if self._state is not None else None
             except InputError as err:
                 rejected.append((obs, err))
                 continue
-            for (cam, writer), frame in zip(self._writers, frames):
-                writer.write(frame, buffers[cam.input][row])
-            np.copyto(tokens_buf[row], ids)
-            np.copyto(mask_buf[row], mask)
             accepted.append(obs)
-            row += 1
-        inputs = {name: array[:row] for name, array in buffers.items()}
-        elapsed_ms = (time.monotonic_ns() - started) / 1e6
+            checked.append((frames, ids, mask, state))
+        buffers, release = self.strategy.acquire(len(accepted))
+        try:
+            self._write_rows(checked, buffers)
+        except BaseException:
+            release()
+            raise
+        rows = len(accepted)
+        inputs = {name: array[:rows] for name, array in buffers.items()}
         return PreparedBatch(
             inputs=inputs,
             observations=accepted,
             rejected=rejected,
-            timings_ms={"preprocess": elapsed_ms, "decode": decode_ns / 1e6},
+            timings_ms={"preprocess": (time.monotonic_ns() - started) / 1e6, "decode": decode_ns / 1e6},
             started_ns=started,
             _release=release,
         )
+
+    def _write_rows(self, checked, buffers: BufferSet) -> None:
+        tokens_buf, mask_buf = buffers[self._tokens_name], buffers[self._mask_name]
+        state_buf = buffers[self._state.input] if self._state is not None else None
+        with self._lock:
+            for row, (frames, _ids, _mask, _state) in enumerate(checked):
+                for (cam, writer), frame in zip(self._writers, frames):
+                    writer.write(frame, buffers[cam.input][row])
+        for row, (_frames, ids, mask, state) in enumerate(checked):
+            np.copyto(tokens_buf[row], ids)
+            np.copyto(mask_buf[row], mask)
+            if state_buf is not None:
+                self._write_state(state, state_buf[row])
 
 
 def _as_array(state: object) -> np.ndarray:

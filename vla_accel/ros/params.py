@@ -20,7 +20,8 @@ from vla_accel.errors import VlaAccelError
 QOS_PROFILES = ("sensor_data", "reliable")
 TRANSPORTS = ("raw", "compressed")
 STALE_POLICIES = ("hold", "zero", "none")
-BASELINE_MODES = ("measure", "cache", "off")
+# "none", not "off": ROS parses an unquoted `-p speedup_baseline:=off` as the boolean false (YAML 1.1).
+BASELINE_MODES = ("measure", "cache", "none")
 MEMORY_STRATEGIES = ("static", "pool", "dynamic")
 STREAM_MODES = ("latest", "ensemble", "blend")
 FIRST_ACTION_TYPES = ("auto", "twist", "float64_array", "none")
@@ -108,7 +109,7 @@ PARAMETERS: tuple[ParameterDef, ...] = (
        choices=STALE_POLICIES),
     _p("on_shutdown", "str", "hold", "published when the node stops: hold, zero or none", choices=STALE_POLICIES),
     _p("speedup_baseline", "str", "measure", "CPU baseline for the speedup figure: measure (torch CPU at start), "
-       "cache (calibration file, measured once), off", choices=BASELINE_MODES, read_only=True),
+       "cache (calibration file, measured once), none", choices=BASELINE_MODES, read_only=True),
     # --- scheduling (InferenceLoop) ---------------------------------------------------------------
     _p("batch_size", "int", 1, "largest micro-batch", low=1, high=64, read_only=True),
     _p("max_batch_delay_ms", "float", 0.0, "longest wait to fill a batch", low=0.0, high=1000.0, read_only=True),

@@ -10,9 +10,7 @@ Chosen backends import their runtime on load only (lazy registry).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,22 +30,13 @@ BASELINE_BACKEND = "torch"
 BASELINE_ITERATIONS = 20
 
 
-def candidate_backends(values: dict[str, Any]) -> list[str]:
-    """The ordered backends to try: backend (or auto's choice) then fallback, canonical, no repeats."""
-    from vla_accel.backends.registry import canonical_name
+def candidate_backends(values: dict[str, Any], bundle: Any = None) -> list[str]:
+    """The ordered backends to try: backend (or auto's measured choice) then fallback, no repeats."""
+    from vla_accel.core.selection import resolve_backends
 
-    fallback = [canonical_name(n) for n in values.get("fallback") or []]
-    if values["backend"] == "auto":
-        from vla_accel.core.selection import resolve_backends
-
-        names = resolve_backends("auto", requirement="latency", fallback=fallback)
-    else:
-        names = [canonical_name(values["backend"])] + fallback
-    out: list[str] = []
-    for name in names:
-        if name not in out:
-            out.append(name)
-    return out
+    options = backend_options(values, "torch") if values["backend"] == "auto" else None
+    return resolve_backends(values["backend"], requirement="latency", fallback=values.get("fallback") or [],
+                            model=bundle, options=options)
 
 
 def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
@@ -89,29 +78,25 @@ def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, iterations: 
     return percentiles(samples)["p50"]
 
 
-def baseline_cache_file(bundle: Any, batch_size: int, threads: int) -> Path:
-    base = Path(os.environ.get("VLA_ACCEL_CACHE") or Path.home() / ".cache" / "vla_accel")
-    return base / "baselines" / f"{bundle.content_hash()[:16]}-b{batch_size}-t{threads}.json"
-
-
 def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int) -> float:
-    """``measure``: now; ``cache``: from the calibration file, measured and written once; ``off``: 0."""
-    if mode == "off":
+    """``measure``: now; ``cache``: the torch fp32 record of core.calibration's store (the file
+    ``vla-accel doctor --calibrate`` and ``backend: auto`` share), measured and stored once when
+    absent; ``none``: 0. The store holds batch-1 latencies: other batch sizes are measured."""
+    if mode == "none":
         return 0.0
-    if mode == "measure":
+    if mode == "measure" or batch_size != 1:
         return measure_baseline_ms(bundle, batch_size, threads)
-    path = baseline_cache_file(bundle, batch_size, threads)
-    try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["p50_ms"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # no (valid) calibration yet: measure once and store it below
-    value = measure_baseline_ms(bundle, batch_size, threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"p50_ms": value, "backend": BASELINE_BACKEND, "batch": batch_size,
-                               "threads": threads, "measured_at": time.time()}), encoding="utf-8")
-    tmp.replace(path)
-    return value
+    from vla_accel.core.calibration import CalibrationStore, calibrate
+
+    store = CalibrationStore()
+    record = store.get(bundle.content_hash(), BASELINE_BACKEND, "fp32")
+    if record is None:
+        measured, failures = calibrate(bundle, [BASELINE_BACKEND], BackendOptions(threads=threads), store=store,
+                                       budget_s=2.0)
+        if not measured:
+            raise BackendError(f"torch CPU baseline could not run: {failures}", reason="baseline_failed")
+        record = measured[0]
+    return float(record.p50_ms)
 
 
 class InferenceSession:
@@ -155,7 +140,7 @@ class InferenceSession:
         if self.bundle is None:
             self.load_model()
         values = self.values
-        self.candidates = candidate_backends(values)
+        self.candidates = candidate_backends(values, self.bundle)
         self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=values["precision"])
         options = {name: backend_options(values, name) for name in self.candidates}
         t0 = time.perf_counter()
@@ -169,8 +154,10 @@ class InferenceSession:
         self.chain = chain
         self.load_times_ms["backend"] = (time.perf_counter() - t0) * 1e3
         info = chain.device_info()
-        self.state = replace(self.state, status="running", active=chain.active_name, device=info.device,
-                             precision=info.precision)
+        self.candidates = list(chain.candidates)
+        skipped = "; ".join(f"{name}: {why}" for name, why in chain.failures.items())
+        self.state = replace(self.state, status="running", candidates=tuple(chain.candidates),
+                             active=chain.active_name, device=info.device, precision=info.precision, error=skipped)
         t0 = time.perf_counter()
         try:
             baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, int(values["batch_size"]),

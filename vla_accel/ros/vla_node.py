@@ -31,6 +31,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -122,11 +123,13 @@ class VlaNode(Node):
 
     def shutdown(self) -> None:
         """Publish the on_shutdown action (robot stops or holds), stop the loop, join its threads."""
+        t0 = time.monotonic()
         try:
             self._publish_stop(self.values["on_shutdown"], "shutdown")
         finally:
             if self.session is not None and not self.session.stop(timeout=2.0):
                 self.get_logger().error("inference threads did not stop within 2 s")
+        self.get_logger().info(f"stopped in {time.monotonic() - t0:.2f} s")
 
     # --- set-up helpers -------------------------------------------------------------------------
     def _make_publishers(self) -> None:
@@ -359,8 +362,11 @@ def main(args: list[str] | None = None) -> int:
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass  # shutting down below
-    except VlaAccelError as exc:
-        print(f"vla_node: {exc}", file=sys.stderr)
+    except (VlaAccelError, ParameterException, NameValidationException) as exc:
+        hint = ""
+        if isinstance(exc, ParameterException):
+            hint = " (ROS parses unquoted true/false/on/off/yes/no as booleans and digits as numbers)"
+        print(f"vla_node: invalid configuration: {exc}{hint}", file=sys.stderr)
         return 1
     finally:
         if node is not None:
