@@ -242,6 +242,20 @@ def test_live_rate_mode_accounts_for_every_frame(sample, tmp_path):
     assert run.dropped.get("truncated") == 1 and run.dropped.get("unknown_encoding") == 1
 
 
+def test_compressed_camera_topic_replays_and_counts_the_corrupt_jpeg(sample):
+    _need("onnxruntime", "pip install onnxruntime")
+    from vla_accel.bags.replay import ReplayOptions, run_replay
+
+    options = ReplayOptions(model="tiny", backends=("onnxruntime",), camera_topics=(WRIST_TOPIC,),
+                            bare_iterations=2, progress=False)
+    run = run_replay(sample.path, options).runs[0]
+    assert run.ok, run.error
+    assert run.dropped == {"corrupt_compressed": 1}
+    assert len(run.chunks) == sample.counts[WRIST_TOPIC] - 1
+    snap = run.snapshot
+    assert snap["frames_received"] == snap["frames_processed"] + snap["frames_dropped"]
+
+
 def test_unavailable_backend_is_reported_not_fatal(sample, tmp_path, capsys):
     _need("onnxruntime", "pip install onnxruntime")
     code = cli_main(["replay", str(sample.path), "--backends", "onnxruntime,tensorrt", "--no-plots",

@@ -29,7 +29,7 @@ def test_live_node_publishes_the_offline_actions(tmp_path, capsys):
     sample = make_sample_bag(tmp_path / "sample", frames=12, broken=False)
     out = tmp_path / "out"
     code = cli_main(["replay", str(sample.path), "--model", "tiny", "--backends", "onnxruntime", "--live",
-                     "--live-node-speed", "0.5", "--no-plots", "--no-progress", "--bare-iterations", "2",
+                     "--live-node-speed", "0.5", "--live-min-gap-ms", "40", "--no-plots", "--no-progress", "--bare-iterations", "2",
                      "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err + (out / "live_node.log").read_text(errors="replace")[-3000:]

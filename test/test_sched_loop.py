@@ -147,7 +147,10 @@ def test_a_slow_backend_supersedes_frames_and_every_frame_is_accounted_for(engin
         loop.submit(make_obs(tiny_bundle.spec, 1000 + i))
         time.sleep(0.005)
     assert loop.pending_frames() <= 1  # one slot per stream: no backlog
-    time.sleep(0.2)
+    deadline = time.monotonic() + STOP_BOUND_S
+    while not loop.idle and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert loop.idle
     assert loop.stop(timeout=STOP_BOUND_S)
     snap = engine.metrics.snapshot()
     stamps = [c.stamp_ns for c in collector.chunks]

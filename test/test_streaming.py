@@ -200,6 +200,10 @@ def test_bad_chunks_raise_input_errors():
         streamer.push(make_chunk(1.0, bad))
     with pytest.raises(ValueError, match="mode"):
         ActionStreamer(SPEC, "average")
+    streamer.push(make_chunk(1.0, np.zeros((STEPS, 2)), stream="/left_arm"))
+    with pytest.raises(InputError) as err:
+        streamer.push(make_chunk(1.1, np.zeros((STEPS, 2)), stream="/right_arm"))
+    assert err.value.reason == "wrong_stream"
 
 
 def test_max_step_change_limits_every_sample():

@@ -36,13 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Two-pass parse: find the command, let its module add its own arguments, then parse for real.
-    known, _ = parser.parse_known_args(argv)
-    if not known.command:
+    # The command is the first argument naming one; its module adds its own arguments before the
+    # real parse, so `vla-accel replay --help` lists replay's options.
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command is None:
+        parser.parse_args(argv)  # prints help / errors for unknown commands
         parser.print_help()
         return 2
-    module = importlib.import_module(known._module)
-    sub = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001 (argparse API gap)
+    module = importlib.import_module(f"vla_accel.commands.{command}")
+    sub = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (argparse API gap)
     module.add_arguments(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except VlaAccelError as exc:
-        print(f"vla-accel {known.command}: error: {exc}", file=sys.stderr)
+        print(f"vla-accel {command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

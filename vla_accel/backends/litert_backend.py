@@ -342,8 +342,14 @@ class LiteRTBackend(Backend):
             return []
         options = self._delegate_options()
         try:
+            # Check the plugin entry points first: load_delegate on a library without them raises
+            # from a half-built Delegate whose destructor then fails noisily.
+            library = ctypes.CDLL(path)
+            for symbol in ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate"):
+                getattr(library, symbol)
             return [module.load_delegate(path, options)]
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, AttributeError) as exc:
+            # AttributeError: ctypes found the library but not the plugin entry points
             raise BackendUnavailableError(
                 self.name,
                 [f"{path} (could not be loaded: {exc})"],

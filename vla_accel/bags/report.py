@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from vla_accel.core import metrics as metrics_lib
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.bags.compare import Deviation, RegressionResult
@@ -132,7 +135,11 @@ def plot_latency(result: "ReplayResult", path: Path) -> Path | None:
                 label=f"{run.label} (p50 {p50:.2f} ms)")
     ax.set_xlabel("bag time (s)")
     ax.set_ylabel("inference latency (ms)")
-    ax.set_ylim(bottom=0)
+    p50s = [r.stage("infer")["p50"] for r in runs]
+    if min(p50s) > 0 and max(p50s) / min(p50s) > 8:
+        ax.set_yscale("log")  # backends an order of magnitude apart: keep the fast ones readable
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{result.model}: inference latency per chunk")
@@ -322,6 +329,11 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = backend_rows(result)
     images: list[Path] = []
+    from vla_accel.backends.base import module_available
+
+    if plots and not module_available("matplotlib"):
+        log.warning("report: matplotlib is not installed, so no plots (pip install -r requirements/bags.txt)")
+        plots = False
     if plots:
         for maker, name in ((plot_actions, "actions.png"), (plot_latency, "latency.png")):
             made = maker(result, out_dir / name)

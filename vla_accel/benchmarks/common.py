@@ -224,6 +224,11 @@ def run_loop(loop: "InferenceLoop", feeder: Feeder, seconds: float, log_chunks: 
     feeder.stop()
     elapsed_s = (time.monotonic_ns() - started) / 1e9
     processed_in_window = loop.chunks_delivered - delivered_before
+    # Let the frames already handed over finish, so none is counted as missed only because the
+    # run ended (the throughput above is taken before this).
+    drain_deadline = time.monotonic() + 5.0
+    while not loop.idle and time.monotonic() < drain_deadline:
+        time.sleep(0.002)
     stopped = loop.stop(timeout=5.0)
     snap = metrics.snapshot()
     return {

@@ -79,7 +79,18 @@ def _out_dir(args) -> Path:
     return Path("replay_reports") / f"{stem}_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
 
 
+def _require_rosbags() -> None:
+    from vla_accel.backends.base import module_available
+
+    if not module_available("rosbags"):
+        raise VlaAccelError(
+            "bag replay needs the rosbags package: pip install -r requirements/bags.txt (or pip install rosbags)",
+            reason="missing_dependency",
+        )
+
+
 def run(args) -> int:
+    _require_rosbags()
     if args.make_sample:
         return _make_sample(args)
     if not args.bag:

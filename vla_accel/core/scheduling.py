@@ -412,6 +412,7 @@ class InferenceLoop:
         self.batch_size_counts: dict[int, int] = {}
         self.last_error: BaseException | None = None
         self.stuck_threads: list[str] = []
+        self._batches_in_flight = 0
 
     # --- public API ---------------------------------------------------------------------------
     @property
@@ -514,6 +515,7 @@ class InferenceLoop:
                         break
                     if item is not _SENTINEL:
                         self._finished(item)
+                        self._left_pipeline()
                         left += item.prepared.size
         if left:
             self.metrics.record_dropped(SHUTDOWN, left)
@@ -547,7 +549,20 @@ class InferenceLoop:
         return run
 
     def _take(self) -> list["Observation"]:
-        return self._slots.take_batch(self.current_batch_limit, self.max_batch_delay_s, timeout=0.05)
+        observations = self._slots.take_batch(self.current_batch_limit, self.max_batch_delay_s, timeout=0.05)
+        if observations:
+            with self._lock:
+                self._batches_in_flight += 1
+        return observations
+
+    def _left_pipeline(self) -> None:
+        with self._lock:
+            self._batches_in_flight -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No frame waiting and no batch in flight (e.g. to let a run drain before ``stop``)."""
+        return self._batches_in_flight == 0 and self._slots.pending() == 0
 
     def _serial_worker(self) -> None:
         # prepare / run / finish rather than engine.infer: infer counts frames as received, and
@@ -596,6 +611,7 @@ class InferenceLoop:
                 prepared.release()
                 self._credits.release()
                 self.metrics.record_dropped(SHUTDOWN, prepared.size)
+                self._left_pipeline()
 
     def _infer_stage(self) -> None:
         while True:
@@ -611,6 +627,7 @@ class InferenceLoop:
             if not self._put(self._to_post, handoff):
                 self._finished(handoff)
                 self.metrics.record_dropped(SHUTDOWN, handoff.prepared.size)
+                self._left_pipeline()
 
     def _post_stage(self) -> None:
         while True:
@@ -649,6 +666,7 @@ class InferenceLoop:
             if self._stop.is_set():
                 self._finished(item)
                 self.metrics.record_dropped(SHUTDOWN, item.prepared.size)
+                self._left_pipeline()
                 return None
             return item
 
@@ -660,12 +678,14 @@ class InferenceLoop:
         self._credits.release()
 
     def _batch_done(self, size: int, latency_ms: float) -> None:
+        self._left_pipeline()
         self.batches += 1
         self.batch_size_counts[size] = self.batch_size_counts.get(size, 0) + 1
         if self.sizer is not None:
             self.sizer.observe(size, latency_ms)
 
     def _batch_failed(self, observations: Sequence["Observation"], exc: BaseException) -> None:
+        self._left_pipeline()
         if not isinstance(exc, BackendError):  # the engine counted BackendErrors and their frames
             logger.error("inference loop '%s': unexpected error in a batch of %d", self.name, len(observations),
                          exc_info=exc)

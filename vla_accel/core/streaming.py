@@ -170,6 +170,7 @@ class ActionStreamer:
         self._last_t_ns: int | None = None
         self._last_output: np.ndarray | None = None
         self._holding = False
+        self._stream: str | None = None  # the stream of the first chunk: one streamer per stream
         # Counters (read them for diagnostics).
         self.chunks_pushed = 0
         self.chunks_stale = 0  # older than what is already in use: discarded
@@ -186,6 +187,7 @@ class ActionStreamer:
         Raises InputError for a chunk that does not match the action spec."""
         self._check(chunk)
         timed = _TimedChunk(chunk, now_ns)
+        self._stream = chunk.stream
         self.chunks_pushed += 1
         if self.mode in ("latest", "blend"):
             if self._newest_stamp_ns is not None and timed.stamp_ns <= self._newest_stamp_ns:
@@ -213,6 +215,12 @@ class ActionStreamer:
             raise InputError("action chunk holds non-finite values", reason="bad_chunk")
         if not (math.isfinite(chunk.dt) and chunk.dt > 0):
             raise InputError(f"action chunk dt must be > 0 seconds, got {chunk.dt!r}", reason="bad_chunk")
+        if self._stream is not None and chunk.stream != self._stream:
+            raise InputError(
+                f"action chunk of stream '{chunk.stream}' pushed to the streamer of stream '{self._stream}': "
+                "use one ActionStreamer per stream",
+                reason="wrong_stream",
+            )
         if chunk.names and tuple(chunk.names) != tuple(self.spec.names):
             raise InputError(
                 f"action chunk names {tuple(chunk.names)} differ from the spec's {tuple(self.spec.names)}",
@@ -272,6 +280,7 @@ class ActionStreamer:
         self._last_t_ns = None
         self._last_output = None
         self._holding = False
+        self._stream = None
 
     # --- internals ----------------------------------------------------------------------------
     def _activate(self, t_ns: int) -> None:
