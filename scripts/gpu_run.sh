@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One complete GPU session: what is sent to the GPU machine (NVIDIA H100/H200, Python 3.12, CUDA torch).
 #
-#   bash scripts/gpu_run.sh [all|tests|bench]      (default: all)
+#   bash scripts/gpu_run.sh [all|tests|bench|others]      (default: all)
 #
 # 1. installs the pyopencl wheels carried in .whl/ (the GPU image has no pyopencl) into /tmp/site;
 # 2. registers NVIDIA's OpenCL library with the ICD loader (the image ships libnvidia-opencl.so.1
 #    but no /etc/OpenCL/vendors/nvidia.icd);
 # 3. tests: the cuda and opencl backend tests, base-model (slow) ones included: fp16 / bf16 / fp32
 #    parity of cuda and opencl-on-NVIDIA parity against the committed torch CPU fp32 references;
-# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32, plus the parity table.
+# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32, plus the parity table;
+# 5. others: `vla-accel bench batching` (its GPU comparison uses the cuda backend).
 # Everything is written under $OUT (logs, JUnit XML, the benchmark JSON) when OUT is set.
 #
 # Fetch the wheels once on the development machine (cp312, manylinux), into the git-ignored .whl/:
@@ -64,5 +65,10 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     --gpu-json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
   brc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] && rc=$brc
+fi
+if [ "$what" = all ] || [ "$what" = others ]; then
+  # Other engineers' benchmarks that have a GPU part (they have no GPU machine); bounded, never fatal.
+  timeout 240 "$PY" -m vla_accel.cli bench batching --batching-gpu-backend cuda --seconds 2 \
+    --json "$OUT/bench_batching.json" 2>&1 | tee "$OUT/bench_batching.log" || true
 fi
 exit "$rc"

@@ -78,3 +78,23 @@ def test_bench_mode_without_module_is_a_clear_error():
     args = argparse.Namespace(mode="definitely_not_a_mode")
     with pytest.raises(VlaAccelError, match="bench mode 'definitely_not_a_mode' is not available"):
         bench.run(args)
+
+
+@needs_cpu_runtimes
+def test_bench_ready_onnx_model_uses_first_backend_as_baseline(tmp_path, tiny_bundle):
+    import shutil
+
+    import yaml
+
+    from vla_accel.models import SPECS_DIR
+
+    shutil.copyfile(tiny_bundle.export("onnx", progress=False), tmp_path / "policy.onnx")
+    data = yaml.safe_load((SPECS_DIR / "tiny.yaml").read_text())
+    data.update(name="user-policy", format="onnx", weights="policy.onnx")
+    data.pop("architecture")
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
+    report = bench.run_backends(model=str(tmp_path / "policy.yaml"), backends=["onnxruntime"], batches=[1],
+                                warmup=1, iters=2, openvino_default=False, log=lambda message: None)
+    assert report["settings"]["baseline"] == "onnxruntime fp32"
+    assert [row["variant"] for row in report["results"]] == ["onnxruntime"]
+    assert report["results"][0]["speedup_vs_torch"] == pytest.approx(1.0)

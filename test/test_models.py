@@ -1,7 +1,6 @@
 """Reference models: specs, deterministic weights, weights/model-file errors, the torch network, export."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -304,11 +303,33 @@ def test_info_command_prints_parameters_and_flops(capsys):
     assert "GFLOP" in out and "spec:" in out and "image_primary" in out
 
 
-def test_export_command(tmp_path, monkeypatch, capsys):
+def test_export_command(capsys):
     from vla_accel.cli import main
 
-    monkeypatch.setenv("VLA_ACCEL_CACHE", os.environ["VLA_ACCEL_CACHE"])
     assert main(["export", "--model", "tiny", "--format", "onnx,openvino", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "model.onnx" in out and "model.xml" in out
     assert main(["export", "--model", "tiny", "--format", "caffe"]) == 1
+
+
+def test_corrupt_user_onnx_file(tmp_path, tiny_bundle):
+    path = _onnx_spec(tmp_path, tiny_bundle)
+    (tmp_path / "policy.onnx").write_bytes(b"\x08\x07garbage" * 64)
+    bundle = load_model(path, cache_dir=tmp_path)
+    with pytest.raises(ModelFileError, match="corrupt"):
+        bundle.export("openvino", progress=False)
+    from vla_accel.backends.base import module_available
+    from vla_accel.backends.registry import create_backend
+
+    if not module_available("onnxruntime"):
+        pytest.skip("onnxruntime missing: onnxruntime; install with pip install onnxruntime")
+    with pytest.raises(ModelFileError, match="corrupt or invalid"):
+        create_backend("onnxruntime", bundle).load()
+
+
+def test_export_repairs_a_damaged_cache_entry(tmp_path):
+    bundle = load_model("tiny", cache_dir=tmp_path)
+    xml = bundle.export("openvino", progress=False)
+    xml.with_suffix(".bin").unlink()
+    again = load_model("tiny", cache_dir=tmp_path).export("openvino", progress=False)
+    assert again == xml and xml.with_suffix(".bin").stat().st_size > 1_000_000

@@ -134,20 +134,29 @@ def test_layer_norm_kernel_matches_numpy(tiny_opencl):
     np.testing.assert_allclose(_read(be, out, x.shape), expected, atol=2e-5, rtol=1e-5)
 
 
-def test_attention_kernel_masks_padded_keys(tiny_opencl):
+@pytest.mark.parametrize("kernel_name", ["attention", "attention_blocked"])
+@pytest.mark.parametrize("seq", [11, 37])
+def test_attention_kernel_masks_padded_keys(tiny_opencl, kernel_name, seq):
+    from vla_accel.backends.opencl_backend import ATTENTION_QUERIES, ATTENTION_WG
+
     be = tiny_opencl
-    batch, seq, heads, head_dim = 2, 11, 3, 8
+    batch, heads, head_dim = 2, 3, 8
     width = heads * head_dim
     rng = np.random.default_rng(3)
     qkv = rng.standard_normal((batch, seq, 3 * width)).astype(np.float32)
     bias = np.zeros((batch, seq), np.float32)
     bias[0, 4:7] = -1.0e4  # padded keys of sample 0
-    out = _buffer(be, np.zeros((batch * seq, width), np.float32))
+    out = _buffer(be, np.full((batch * seq, width), 777.0, np.float32))
     i32, f32, wg = np.int32, np.float32, be.attention_wg
     lm = be._cl.LocalMemory
-    _run_kernel(be, "attention", (wg * seq, heads, batch), (wg, 1, 1), _buffer(be, qkv), _buffer(be, bias), out,
-                i32(seq), i32(width), i32(head_dim), f32(1 / np.sqrt(head_dim)),
-                lm(4 * seq), lm(4 * wg), lm(4 * head_dim))
+    common = (_buffer(be, qkv), _buffer(be, bias), out, i32(seq), i32(width), i32(head_dim), f32(1 / np.sqrt(head_dim)))
+    if kernel_name == "attention":
+        _run_kernel(be, "attention", (wg * seq, heads, batch), (wg, 1, 1), *common,
+                    lm(4 * seq), lm(4 * wg), lm(4 * head_dim))
+    else:
+        qb, lanes = ATTENTION_QUERIES, ATTENTION_WG // ATTENTION_QUERIES
+        _run_kernel(be, "attention_blocked", (ATTENTION_WG * -(-seq // qb), heads, batch), (ATTENTION_WG, 1, 1),
+                    *common, lm(4 * qb * (head_dim + 1)), lm(4 * qb * seq), lm(8 * qb * lanes), lm(8 * qb))
     q, k, v = np.split(qkv.reshape(batch, seq, 3, heads, head_dim), 3, axis=2)
     q, k, v = (t[:, :, 0].transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, H, T, Dh)
     scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim) + bias[:, None, None, :]

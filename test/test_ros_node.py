@@ -55,11 +55,20 @@ class Listener:
     """The consumer side, in this test process: collects everything the node publishes."""
 
     def __init__(self):
-        # Own context and domain: nothing here changes the environment of other tests in this process.
+        # Own context and domain. Fast DDS participants only talk when their builtin transports match,
+        # and a participant reads FASTDDS_BUILTIN_TRANSPORTS when it is created: set it for that moment.
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=DOMAIN_ID)
-        self.node = rclpy.create_node("vla_test_listener", context=self.context)
-        self.lock = threading.Lock()
+        saved = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "LARGE_DATA"
+        try:
+            self.node = rclpy.create_node("vla_test_listener", context=self.context)
+        finally:
+            if saved is None:
+                os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS")
+            else:
+                os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = saved
+        self.lock = threading.RLock()  # predicates passed to wait_for call latest_status
         self.chunks: list = []
         self.stats: list = []
         self.diagnostics: list = []
@@ -179,7 +188,13 @@ def test_node_end_to_end_raw_stream(listener, tmp_path):
     try:
         _node_ready(listener, node)
         camera = _start_camera(6.0, stamps_file)
-        listener.wait_for(lambda: len(listener.chunks) >= 5, 40, "5 action chunks")
+        try:
+            listener.wait_for(lambda: len(listener.chunks) >= 5, 40, "5 action chunks")
+        except AssertionError:
+            camera.kill()
+            node.kill()
+            raise AssertionError(f"no chunks; camera: {camera.communicate()[1][-1500:]}\n"
+                                 f"node: {node.communicate()[0][-3000:]}") from None
         # Malformed input over the wire, interleaved with the good stream.
         for bad in (_image(encoding="yuv422"), _image(step=100), _image(data_len=1000),
                     _image(width=0, step=0, data_len=10), _image(data_len=0)):

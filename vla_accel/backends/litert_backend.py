@@ -245,20 +245,20 @@ class _Runner:
 
     def run(self, inputs: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
         pad_to = batch if self.dynamic else self.batch
-        feed: dict[str, np.ndarray] = {}
-        for codec in self.inputs:
-            values = codec.encode(inputs[codec.spec_name])
-            if pad_to != batch:
-                buffer = self._padded.get(codec.model_name)
-                if buffer is None:
-                    buffer = np.zeros(self._shapes[codec.model_name], dtype=codec.dtype)
-                    if codec.quantised:  # padding rows hold the quantised zero, not raw 0
-                        buffer.fill(codec.zero_point)
-                    self._padded[codec.model_name] = buffer
-                buffer[:batch] = values
-                values = buffer
-            feed[codec.model_name] = values
-        with self._lock:
+        encoded = [(codec, codec.encode(inputs[codec.spec_name])) for codec in self.inputs]
+        with self._lock:  # the padding buffers and the interpreter are shared by all callers
+            feed: dict[str, np.ndarray] = {}
+            for codec, values in encoded:
+                if pad_to != batch:
+                    buffer = self._padded.get(codec.model_name)
+                    if buffer is None:
+                        buffer = np.zeros(self._shapes[codec.model_name], dtype=codec.dtype)
+                        if codec.quantised:  # padding rows hold the quantised zero, not raw 0
+                            buffer.fill(codec.zero_point)
+                        self._padded[codec.model_name] = buffer
+                    buffer[:batch] = values
+                    values = buffer
+                feed[codec.model_name] = values
             if self.signature is not None:
                 out = self.signature(**feed)[self.output.model_name]
             else:

@@ -129,7 +129,10 @@ class NpuBackend(Backend):
             self._route = f"litert:{os.path.basename(path)} ({found[1]})"
         extra = dict(self.options.extra, delegate_path=path)
         options = dataclasses.replace(self.options, extra=extra, fault="")
-        return ExternalDelegateBackend(self.model, options).load()
+        try:
+            return ExternalDelegateBackend(self.model, options).load()
+        except BackendUnavailableError as exc:  # report it under the name the user asked for
+            raise BackendUnavailableError(self.name, exc.missing, exc.hint) from exc
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._inner.infer(inputs)

@@ -28,7 +28,7 @@ import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
 from vla_accel.backends.torch_backend import as_model_inputs, cpu_model_name
-from vla_accel.errors import BackendError, BackendUnavailableError
+from vla_accel.errors import BackendError, BackendUnavailableError, ModelFileError
 
 ORT_HINT = "Install ONNX Runtime: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)."
 GRAPH_OPTIMIZATION_LEVELS = {
@@ -119,6 +119,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
         except ort_errors() as exc:
+            if not self.model.has_torch_network:  # the user's own file: no other backend fixes that
+                raise ModelFileError(f"ONNX model {path} is corrupt or invalid: {exc}", reason="bad_model_file") from exc
             raise BackendError(f"onnxruntime could not load {path}: {exc}", reason="load_failed") from exc
         active = session.get_providers()
         if providers[0] not in active:

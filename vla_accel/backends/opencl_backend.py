@@ -51,6 +51,10 @@ ACT_NONE = 0
 ACT_GELU_TANH = 1
 ACT_TANH = 2
 
+# attention_blocked geometry (QB and ATT_WG in reference_vla.cl): queries per work-group, work-items.
+ATTENTION_QUERIES = 16
+ATTENTION_WG = 64
+
 _BINARY_SUFFIXES = {".aocx": "Intel FPGA", ".xclbin": "Xilinx (XRT)"}
 
 
@@ -250,7 +254,8 @@ class OpenCLBackend(Backend):
     def _build_program(self):
         cl = self._cl
         source = KERNEL_SOURCE.read_text(encoding="utf-8")
-        build_options = [f"-DTILE={self.tile}", f"-DWPT={self.wpt}", "-cl-std=CL1.2"]
+        build_options = [f"-DTILE={self.tile}", f"-DWPT={self.wpt}", f"-DQB={ATTENTION_QUERIES}",
+                         f"-DATT_WG={ATTENTION_WG}", "-cl-std=CL1.2"]
         binary_path = self.options.extra.get("program_binary")
         if binary_path:
             return self._load_program_binary(Path(binary_path), build_options), f"binary:{binary_path}"
@@ -413,6 +418,34 @@ class OpenCLBackend(Backend):
         )
         plan.append(_Launch(kernel, (wg, rows), (wg, 1), what))
 
+    def _attention_local_floats(self) -> int:
+        cfg = self.config
+        lanes = ATTENTION_WG // ATTENTION_QUERIES
+        return (ATTENTION_QUERIES * (cfg.head_dim + 1) + ATTENTION_QUERIES * cfg.num_tokens
+                + 2 * ATTENTION_QUERIES * lanes + 2 * ATTENTION_QUERIES)
+
+    def _attention_kernel_name(self) -> str:
+        """`attention_blocked` (QB queries per work-group: each key/value row read once per QB
+        queries) when its scores fit in local memory; `attention` (one query per group) otherwise."""
+        fits = 4 * self._attention_local_floats() <= int(self.device.local_mem_size) - 1024
+        wide_enough = int(self.device.max_work_group_size) >= ATTENTION_WG
+        return "attention_blocked" if fits and wide_enough else "attention"
+
+    def _attention(self, batch: int, what: str) -> _Launch:
+        cl, cfg = self._cl, self.config
+        i32, f32, lm = np.int32, np.float32, cl.LocalMemory
+        t, d, dh = cfg.num_tokens, cfg.hidden_dim, cfg.head_dim
+        common = (self.qkv, self.key_bias_buf, self.attended, i32(t), i32(d), i32(dh), f32(1.0 / np.sqrt(dh)))
+        if self._attention_kernel_name() == "attention_blocked":
+            qb, lanes = ATTENTION_QUERIES, ATTENTION_WG // ATTENTION_QUERIES
+            kernel = self._kernel("attention_blocked", *common, lm(4 * qb * (dh + 1)), lm(4 * qb * t),
+                                  lm(4 * 2 * qb * lanes), lm(4 * 2 * qb))
+            blocks = -(-t // qb)
+            return _Launch(kernel, (ATTENTION_WG * blocks, cfg.heads, batch), (ATTENTION_WG, 1, 1), what)
+        wg = self.attention_wg
+        kernel = self._kernel("attention", *common, lm(4 * t), lm(4 * wg), lm(4 * dh))
+        return _Launch(kernel, (wg * t, cfg.heads, batch), (wg, 1, 1), what)
+
     def _build_plan(self, batch: int) -> list[_Launch]:
         """Every kernel launch of one forward pass at ``batch``, arguments bound once."""
         cl, cfg, spec, w = self._cl, self.config, self.spec, self.weights
@@ -478,19 +511,13 @@ class OpenCLBackend(Backend):
 
         rows = batch * t
         seq = identity(rows, d)
-        wg = self.attention_wg
         for layer in range(cfg.depth):
             p = f"blocks.{layer}."
             self._layer_norm(plan, f"block {layer}: norm1", self.x, seq, self.normed,
                              w[p + "norm1.weight"], w[p + "norm1.bias"], rows)
             self._linear(plan, f"block {layer}: qkv", self.normed, seq, w[p + "attn.qkv.weight"],
                          w[p + "attn.qkv.bias"], self.qkv, identity(rows, 3 * d), rows, 3 * d, d)
-            attention = self._kernel(
-                "attention", self.qkv, self.key_bias_buf, self.attended,
-                i32(t), i32(d), i32(cfg.head_dim), f32(1.0 / np.sqrt(cfg.head_dim)),
-                cl.LocalMemory(4 * t), cl.LocalMemory(4 * wg), cl.LocalMemory(4 * cfg.head_dim),
-            )
-            plan.append(_Launch(attention, (wg * t, cfg.heads, batch), (wg, 1, 1), f"block {layer}: attention"))
+            plan.append(self._attention(batch, f"block {layer}: attention"))
             self._linear(plan, f"block {layer}: proj + residual", self.attended, seq, w[p + "attn.proj.weight"],
                          w[p + "attn.proj.bias"], self.x, seq, rows, d, d, accumulate=True)
             self._layer_norm(plan, f"block {layer}: norm2", self.x, seq, self.normed,

@@ -17,6 +17,7 @@ A user model with spec format "openvino" is run from its .xml, one with format "
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Mapping
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
 from vla_accel.backends.torch_backend import as_model_inputs, cpu_model_name
-from vla_accel.errors import BackendError, BackendUnavailableError, InputError
+from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 OPENVINO_HINT = "Install OpenVINO: pip install openvino."
 DEVICE_HINTS = {
@@ -65,7 +66,10 @@ class OpenVINOBackend(Backend):
             raise BackendError(f"threads must be >= 0, got {self.options.threads}", reason="bad_option")
         extra = self.options.extra
         path = self.model.export("openvino", precision="fp32")
-        model = core.read_model(str(path))
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as exc:
+            raise ModelFileError(f"OpenVINO cannot read {path}: {exc}", reason="bad_model_file") from exc
         static_batch = int(extra.get("static_batch", 0) or 0)
         if static_batch:
             model.reshape({inp.get_any_name(): [static_batch, *list(inp.get_partial_shape())[1:]] for inp in model.inputs})
@@ -91,8 +95,6 @@ class OpenVINOBackend(Backend):
         threads = self._read_property("INFERENCE_NUM_THREADS", "0")
         self._threads = int(threads) if str(threads).isdigit() and int(threads) > 0 else 0
         if not self._threads:
-            import os
-
             self._threads = os.cpu_count() or 1
 
     def _read_property(self, key: str, default: str) -> str:

@@ -54,6 +54,21 @@ def synthetic_rgb(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    """JPEG bytes with simplejpeg when installed, else Pillow (core.image decodes with either)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        import io
+
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.fromarray(rgb).save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+    return simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB")
+
+
 class FrameSource:
     """Pre-made frames of one kind for every camera of a model; ``observation()`` cycles through them."""
 
@@ -69,10 +84,7 @@ class FrameSource:
             for c, cam in enumerate(spec.cameras):
                 rgb = synthetic_rgb(width, height, seed + 31 * v + c)
                 if encoding == "jpeg":
-                    import simplejpeg
-
-                    data = simplejpeg.encode_jpeg(rgb, quality=85, colorspace="RGB")
-                    per_camera[cam.name] = RawImage(data=data, encoding="jpeg")
+                    per_camera[cam.name] = RawImage(data=encode_jpeg(rgb), encoding="jpeg")
                 else:
                     per_camera[cam.name] = RawImage(data=rgb.tobytes(), encoding="rgb8", height=height,
                                                     width=width, step=width * 3)

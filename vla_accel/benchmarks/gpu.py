@@ -298,7 +298,12 @@ def run(args: argparse.Namespace) -> int:
     if args.gpu_opencl_profile:
         profiles = opencl_profile(models, batches, args.gpu_opencl_device,
                                   log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    command = "vla-accel bench gpu " + " ".join(sys.argv[3:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv)
+    if sys.argv[1:3] == ["bench", "gpu"]:
+        command = "vla-accel bench gpu " + " ".join(sys.argv[3:])
+    elif sys.argv and sys.argv[0].endswith(("gpu.py", "vla_accel.benchmarks.gpu")):
+        command = "python -m vla_accel.benchmarks.gpu " + " ".join(sys.argv[1:])
+    else:
+        command = " ".join(sys.argv)
     report = {
         "command": command,
         "machine": _machine(),

@@ -13,8 +13,12 @@
 4. Peak rate: the highest input rate with < ``--rt-max-drop`` (5 %) of frames missed, found by
    bisection over ``--rt-probe-seconds`` trials, as ros2_benchmark finds peak throughput.
 
-In-process (no ROS transport). The ROS node's own benchmark (transport included) is
-``vla-accel bench node``.
+In-process by default. ``--rt-ros`` then also drives the real node across processes (a synthetic
+camera process publishing rgb8 frames at each rate, the node, and this process receiving chunks,
+through the ROS engineer's ``vla_accel.benchmarks.node.measure``) at the soak rate and each fixed
+rate: end-to-end latency (source stamp -> chunk received, transport included), the node's total
+latency (frame received -> chunk ready; compared with 2 x standalone), chunks/s and missed frames
+(1 - chunks/s / rate). It needs rclpy and the built messages (``source .ros_build/env.sh``).
 """
 from __future__ import annotations
 
@@ -65,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rt-standalone-s", type=float, default=2.0,
                        help="seconds of standalone inference for the baseline (default: 2)")
     group.add_argument("--rt-pipeline", action="store_true", help="run the loop pipelined (memory=pool)")
+    group.add_argument("--rt-ros", action="store_true",
+                       help="also drive the real ROS node across processes at the soak and fixed rates")
+    group.add_argument("--rt-ros-transport", default="LARGE_DATA",
+                       help="FASTDDS_BUILTIN_TRANSPORTS for --rt-ros ('default' = unset; default: LARGE_DATA)")
 
 
 def standalone(engine, source: FrameSource, seconds: float) -> dict[str, float]:
@@ -125,6 +133,27 @@ def find_peak_rate(engine, source, start_hz: float, trial_s: float, max_drop: fl
     return {"peak_rate_hz": low, "max_missed_fraction": max_drop, "trials": trials}
 
 
+def through_ros(args: argparse.Namespace, backend: str, threads: int, rates: list[float], standalone_p50: float
+                ) -> list[dict[str, Any]]:
+    """The node across processes at each rate (see the module docstring)."""
+    from vla_accel.benchmarks import node
+
+    width, height, encoding = INPUT_KINDS[args.rt_input]
+    if encoding != "rgb8":
+        width, height = 640, 480  # the synthetic camera publishes raw rgb8 frames
+    rows = []
+    for rate in rates:
+        r = node.measure(model=args.model, backend=backend, transport=args.rt_ros_transport,
+                         seconds=max(3.0, float(args.rt_rate_seconds)), rate=rate, width=width, height=height,
+                         threads=threads, startup_timeout=120.0)
+        r["missed_fraction"] = max(0.0, 1.0 - r.get("chunks_per_s", 0.0) / rate)
+        r["total_within_2x_standalone"] = bool(r.get("total_p50_ms", float("inf")) <= 2.0 * standalone_p50)
+        rows.append(r)
+        log(f"[realtime] ROS node at {rate:.1f} Hz: end-to-end p50 {r.get('end_to_end_p50_ms', 0):.2f} ms, "
+            f"{r.get('chunks_per_s', 0):.1f} chunks/s")
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     backend = backend_name(args)
     threads = threads_option(args)
@@ -177,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
                                             args.rt_max_drop, args.rt_pipeline)
     finally:
         engine.close()
+    if args.rt_ros:
+        report["ros"] = through_ros(args, backend, threads, [soak_rate, *args.rt_rates], base["p50"])
     print(format_report(report))
     write_json(args, report)
     return 0
@@ -205,4 +236,14 @@ def format_report(report: dict[str, Any]) -> str:
     if "peak" in report:
         lines.append(f"peak input rate with < {100 * report['peak']['max_missed_fraction']:.0f}% missed frames: "
                      f"{report['peak']['peak_rate_hz']:.1f} Hz ({len(report['peak']['trials'])} trials)")
+    if "ros" in report:
+        lines.append("through the ROS node (separate camera and node processes, "
+                     f"FASTDDS_BUILTIN_TRANSPORTS={report['ros'][0]['transport'] if report['ros'] else '-'}):")
+        lines.append(format_rows(
+            ("rate Hz", "chunks/s", "missed", "e2e p50", "e2e p99", "node total p50", "infer p50", "superseded",
+             "total <= 2x standalone"),
+            [(f"{r['rate_hz']:.1f}", f"{r['chunks_per_s']:.1f}", f"{100 * r['missed_fraction']:.1f}%",
+              f"{r['end_to_end_p50_ms']:.2f}", f"{r['end_to_end_p99_ms']:.2f}", f"{r['total_p50_ms']:.2f}",
+              f"{r['inference_p50_ms']:.2f}", r["frames_superseded"], r["total_within_2x_standalone"])
+             for r in report["ros"]]))
     return "\n".join(lines)

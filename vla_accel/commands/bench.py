@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="built-in model name or spec YAML path (default: tiny)")
     parser.add_argument("--backends", "--backend", dest="backends", type=name_list, default=list(DEFAULT_BACKENDS),
                         help="comma-separated backends (default: torch,onnxruntime,openvino); torch, the "
-                             "baseline, is always added")
+                             "baseline, is always added first (for a ready model file the first backend "
+                             "listed is the baseline)")
     parser.add_argument("--batch", type=int_list, default=[1, 8], help="comma-separated batch sizes (default: 1,8)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per backend and batch (default: 5)")
     parser.add_argument("--iters", type=int, default=0,
@@ -121,6 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-openvino-default", action="store_true",
                         help="skip the extra openvino row at OpenVINO's default precision")
     parser.add_argument("--seed", type=int, default=7, help="seed of the example inputs (default: 7)")
+    parser.add_argument("--block", type=int, default=4,
+                        help="interleaved schedule: timed calls per backend per turn, after one untimed call "
+                             "that re-warms caches (default: 4; 1 = strict call-by-call alternation)")
     parser.add_argument("--schedule", choices=("interleaved", "blocked"), default="interleaved",
                         help="interleaved (default): one call per backend per round; blocked: each backend's "
                              "timed calls in one block, runtimes at their defaults (ORT threads spin)")
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         openvino_default=not args.no_openvino_default,
         seed=args.seed,
         schedule=args.schedule,
+        block=args.block,
     )
     print(format_table(report))
     if args.json_path is not None:
@@ -185,12 +190,13 @@ class Variant:
     max_abs_diff: dict[int, float] = field(default_factory=dict)
 
 
-def _variants(backends: list[str], openvino_default: bool) -> list[Variant]:
+def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool = True) -> list[Variant]:
     from vla_accel.backends.registry import canonical_name
 
     names = [canonical_name(n) for n in backends]
-    if BASELINE not in names:
-        names.insert(0, BASELINE)  # speedup needs the baseline in the same run
+    if torch_baseline:
+        # speedup needs the baseline in the same run, first
+        names = [BASELINE] + [n for n in names if n != BASELINE]
     out: list[Variant] = []
     for name in dict.fromkeys(names):
         out.append(Variant(name, name, "fp32"))
@@ -201,7 +207,7 @@ def _variants(backends: list[str], openvino_default: bool) -> list[Variant]:
 
 def run_backends(*, model: str, backends: list[str], batches: list[int], warmup: int = 5, iters: int = 0,
                  seconds: float = 2.0, threads: int = 0, openvino_default: bool = True, seed: int = 7,
-                 schedule: str = "interleaved", log=None) -> dict[str, Any]:
+                 schedule: str = "interleaved", block: int = 4, log=None) -> dict[str, Any]:
     """Run the side-by-side benchmark and return the report (what ``--json`` writes)."""
     from vla_accel.backends.base import BackendOptions, example_inputs
     from vla_accel.backends.registry import create_backend
@@ -216,76 +222,90 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
     if schedule not in ("interleaved", "blocked"):
         raise VlaAccelError(f"schedule must be interleaved or blocked, got {schedule!r}", reason="bad_option")
     interleaved = schedule == "interleaved"
+    if block < 1:
+        raise VlaAccelError(f"--block must be >= 1, got {block}", reason="bad_option")
     bundle = load_model(model)
-    variants = _variants(backends, openvino_default)
+    # A ready model file (user ONNX / OpenVINO IR) has no torch network: the first backend listed
+    # is then the baseline, and the report says so.
+    variants = _variants(backends, openvino_default, torch_baseline=bundle.has_torch_network)
     max_batch = max(batches)
-    for variant in variants:
-        extra = {"allow_spinning": False} if interleaved and variant.backend_name == "onnxruntime" else {}
-        options = BackendOptions(precision=variant.precision, threads=threads, max_batch=max_batch, extra=extra)
-        started = time.perf_counter()
-        try:
-            variant.backend = create_backend(variant.backend_name, bundle, options).load()
-            variant.device = variant.backend.device_info()
-        except BackendError as exc:  # includes BackendUnavailableError: the row says why
-            variant.error = str(exc)
-            if variant.backend_name == BASELINE:
-                raise
-            log(f"[bench] {variant.label}: not run: {exc}")
-            continue
-        log(f"[bench] loaded {variant.label} ({variant.device.runtime_version}, precision "
-            f"{variant.device.precision}, {variant.device.parallel_units} threads) in "
-            f"{time.perf_counter() - started:.1f}s")
-    runnable = [v for v in variants if v.backend is not None]
-    baseline = runnable[0]
-    for batch in batches:
-        inputs = example_inputs(bundle.spec, batch, seed=seed)
-        output_name = bundle.spec.action.output
-        reference = baseline.backend.infer(inputs)[output_name]
-        for variant in runnable:
-            result = None
-            for _ in range(max(warmup, 1)):
-                result = variant.backend.infer(inputs)[output_name]
-            variant.max_abs_diff[batch] = float(np.max(np.abs(result - reference)))
-            variant.samples_ms[batch] = []
-        log(f"[bench] batch {batch}: timing {len(runnable)} backends "
-            f"({'%d calls' % iters if iters else '%.1fs' % seconds} each, {schedule})")
-        if interleaved:
-            _time_interleaved(runnable, inputs, batch, iters, seconds)
-        else:
-            for variant in runnable:
-                _time_interleaved([variant], inputs, batch, iters, seconds)
-    rows = []
-    for batch in batches:
-        torch_p50 = metrics.percentiles(baseline.samples_ms[batch])["p50"]
+    try:
         for variant in variants:
-            row: dict[str, Any] = {"backend": variant.backend_name, "variant": variant.label, "batch": batch}
-            if variant.backend is None:
-                row.update({"precision": variant.precision, "error": variant.error})
-                rows.append(row)
+            extra = {"allow_spinning": False} if interleaved and variant.backend_name == "onnxruntime" else {}
+            options = BackendOptions(precision=variant.precision, threads=threads, max_batch=max_batch, extra=extra)
+            started = time.perf_counter()
+            try:
+                variant.backend = create_backend(variant.backend_name, bundle, options).load()
+                variant.device = variant.backend.device_info()
+            except BackendError as exc:  # includes BackendUnavailableError: the row says why
+                variant.error = str(exc)
+                if variant is variants[0]:
+                    raise
+                log(f"[bench] {variant.label}: not run: {exc}")
                 continue
-            samples = variant.samples_ms[batch]
-            stats = metrics.percentiles(samples)
-            s = metrics.speedup(torch_p50, stats["p50"])
-            row.update(
-                {
-                    "precision": variant.device.precision,
-                    "requested_precision": variant.precision,
-                    "device": variant.device.device,
-                    "parallel_units": variant.device.parallel_units,
-                    "runtime_version": variant.device.runtime_version,
-                    "iterations": len(samples),
-                    "latency_ms": {k: v for k, v in stats.items() if k != "count"},
-                    "throughput_sps": metrics.throughput(batch * len(samples), sum(samples) / 1e3),
-                    "speedup_vs_torch": s,
-                    "parallel_efficiency": metrics.parallel_efficiency(s, variant.device.parallel_units),
-                    "max_abs_diff_vs_torch": variant.max_abs_diff[batch],
-                    "gflops_per_s": (bundle.flops(batch) / (stats["p50"] / 1e3) / 1e9
-                                     if bundle.has_torch_network and stats["p50"] > 0 else 0.0),
-                }
-            )
-            rows.append(row)
-    for variant in runnable:
-        variant.backend.close()
+            log(f"[bench] loaded {variant.label} ({variant.device.runtime_version}, precision "
+                f"{variant.device.precision}, {variant.device.parallel_units} threads) in "
+                f"{time.perf_counter() - started:.1f}s")
+        runnable = [v for v in variants if v.backend is not None]
+        if not runnable:
+            raise VlaAccelError("no backend could be loaded", reason="no_backend")
+        load_before = _load_average()
+        baseline = runnable[0]
+        for batch in batches:
+            inputs = example_inputs(bundle.spec, batch, seed=seed)
+            output_name = bundle.spec.action.output
+            reference = baseline.backend.infer(inputs)[output_name]
+            for variant in runnable:
+                result = None
+                for _ in range(max(warmup, 1)):
+                    result = variant.backend.infer(inputs)[output_name]
+                variant.max_abs_diff[batch] = float(np.max(np.abs(result - reference)))
+                variant.samples_ms[batch] = []
+            log(f"[bench] batch {batch}: timing {len(runnable)} backends "
+                f"({'%d calls' % iters if iters else '%.1fs' % seconds} each, {schedule})")
+            if interleaved:
+                _time_interleaved(runnable, inputs, batch, iters, seconds, block)
+            else:
+                for variant in runnable:
+                    _time_interleaved([variant], inputs, batch, iters, seconds)
+        rows = []
+        for batch in batches:
+            baseline_stats = metrics.percentiles(baseline.samples_ms[batch])
+            torch_p50, torch_min = baseline_stats["p50"], baseline_stats["min"]
+            for variant in variants:
+                row: dict[str, Any] = {"backend": variant.backend_name, "variant": variant.label, "batch": batch}
+                if variant.backend is None:
+                    row.update({"precision": variant.precision, "error": variant.error})
+                    rows.append(row)
+                    continue
+                samples = variant.samples_ms[batch]
+                stats = metrics.percentiles(samples)
+                s = metrics.speedup(torch_p50, stats["p50"])
+                row.update(
+                    {
+                        "precision": variant.device.precision,
+                        "requested_precision": variant.precision,
+                        "device": variant.device.device,
+                        "parallel_units": variant.device.parallel_units,
+                        "runtime_version": variant.device.runtime_version,
+                        "iterations": len(samples),
+                        "latency_ms": {k: v for k, v in stats.items() if k != "count"},
+                        "throughput_sps": metrics.throughput(batch * len(samples), sum(samples) / 1e3),
+                        "speedup_vs_torch": s,
+                        # best case of each side: close to what a quiet machine gives when others load it
+                        "speedup_vs_torch_min": metrics.speedup(torch_min, stats["min"]),
+                        "parallel_efficiency": metrics.parallel_efficiency(s, variant.device.parallel_units),
+                        "max_abs_diff_vs_torch": variant.max_abs_diff[batch],
+                        "gflops_per_s": (bundle.flops(batch) / (stats["p50"] / 1e3) / 1e9
+                                         if bundle.has_torch_network and stats["p50"] > 0 else 0.0),
+                    }
+                )
+                rows.append(row)
+        load_after = _load_average()
+    finally:
+        for variant in variants:
+            if variant.backend is not None:
+                variant.backend.close()
     info = bundle.info()
     return {
         "benchmark": "backends",
@@ -296,6 +316,9 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
             "logical_cpus": os.cpu_count() or 0,
             "platform": platform.platform(),
             "python": platform.python_version(),
+            # 1-minute load average before / after timing: above the CPU count, other processes
+            # competed for the cores and torch's OpenMP threads in particular slow down a lot
+            "load_average_1min": [load_before, load_after],
         },
         "settings": {
             "batches": list(batches),
@@ -305,29 +328,45 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
             "threads": threads,
             "seed": seed,
             "schedule": schedule,
+            "block": block if interleaved else None,
             "onnxruntime_spinning": not interleaved,
-            "baseline": f"{BASELINE} fp32 eager CPU",
-            "speedup": "T_torch_p50 / T_backend_p50 at the same batch",
+            "baseline": f"{variants[0].label} {variants[0].precision}"
+                        + (" (eager, CPU)" if variants[0].backend_name == BASELINE else ""),
+            "speedup": "T_baseline_p50 / T_backend_p50 at the same batch",
         },
         "results": rows,
     }
 
 
-def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: int, seconds: float) -> None:
-    """Round-robin timed calls (first backend rotates each round) until ``iters`` rounds or
-    ``seconds`` per backend have passed (at least 3 rounds)."""
+def _load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:  # not available on this platform
+        return -1.0
+
+
+def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: int, seconds: float,
+                      block: int = 1) -> None:
+    """Round-robin over the backends (the first one rotates each round); each turn makes one untimed
+    call when ``block`` > 1 (it re-warms the caches the other backends evicted) and then ``block``
+    timed calls. Stops after ``iters`` timed calls per backend, or after ``seconds`` per backend
+    (at least 3 rounds)."""
     budget_s = seconds * len(variants)
     started = time.perf_counter()
     rounds = 0
     while True:
         shift = rounds % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            t0 = time.perf_counter()
-            variant.backend.infer(inputs)
-            variant.samples_ms[batch].append((time.perf_counter() - t0) * 1e3)
+            if block > 1:
+                variant.backend.infer(inputs)
+            samples = variant.samples_ms[batch]
+            for _ in range(block if not iters else min(block, iters - len(samples))):
+                t0 = time.perf_counter()
+                variant.backend.infer(inputs)
+                samples.append((time.perf_counter() - t0) * 1e3)
         rounds += 1
         if iters:
-            if rounds >= iters:
+            if all(len(v.samples_ms[batch]) >= iters for v in variants):
                 return
         elif time.perf_counter() - started >= budget_s and rounds >= 3:
             return
@@ -335,8 +374,8 @@ def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: 
 
 def format_table(report: dict[str, Any]) -> str:
     """The human-readable table of a ``run_backends`` report."""
-    header = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "samples/s",
-              "speedup", "eff", "GFLOP/s", "max|diff|", "n")
+    header = ("backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "max ms", "min ms", "samples/s",
+              "speedup", "eff", "S(min)", "GFLOP/s", "max|diff|", "n")
     lines = []
     for row in report["results"]:
         if "error" in row:
@@ -352,9 +391,11 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{lat['p90']:.2f}",
                 f"{lat['p99']:.2f}",
                 f"{lat['max']:.2f}",
+                f"{lat['min']:.2f}",
                 f"{row['throughput_sps']:.1f}",
                 f"{row['speedup_vs_torch']:.2f}x",
                 f"{row['parallel_efficiency']:.2f}",
+                f"{row['speedup_vs_torch_min']:.2f}x",
                 f"{row['gflops_per_s']:.1f}",
                 f"{row['max_abs_diff_vs_torch']:.1e}",
                 str(row["iterations"]),
@@ -364,13 +405,19 @@ def format_table(report: dict[str, Any]) -> str:
     out = [
         f"model {report['model']} ({report['model_info'].get('parameters', 0) / 1e6:.1f}M params, "
         f"{report['model_info'].get('gflops_batch1', 0):.2f} GFLOP/inference) on {report['machine']['cpu']} "
-        f"({report['machine']['logical_cpus']} logical CPUs); speedup = T_torch / T_backend (p50, same batch), "
-        "eff = speedup / threads",
+        f"({report['machine']['logical_cpus']} logical CPUs); speedup = T_baseline / T_backend (p50, same batch, "
+        f"baseline {report['settings']['baseline']}), "
+        "eff = speedup / threads, S(min) = the same ratio on the fastest call of each",
         "  ".join(h.ljust(w) for h, w in zip(header, widths)),
     ]
+    load = report["machine"].get("load_average_1min", [-1.0, -1.0])
+    cpus = report["machine"]["logical_cpus"] or 1
     for line in lines:
         if len(line) == len(header):
             out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
         else:
             out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths)) + "  " + line[3])
+    if max(load) > cpus:
+        out.append(f"note: load average {load[0]:.1f} -> {load[1]:.1f} on {cpus} CPUs: other processes competed "
+                   "for the cores; p50 ratios are noisy (torch's OpenMP threads suffer most), S(min) less so")
     return "\n".join(out)

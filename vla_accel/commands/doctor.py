@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help="measure every available backend and store the result for backend: auto")
     parser.add_argument("--backends", default="", help="comma-separated subset of backends (default: all)")
-    parser.add_argument("--precision", default="", help="precision for --load / --calibrate "
-                        "(default: fp32, or the backend's only precision)")
+    parser.add_argument("--precision", default="", help="precision for --load / --calibrate where a backend "
+                        "supports it (others keep fp32, or their only precision)")
     parser.add_argument("--batch", type=int, default=4, help="batch size for the throughput measurement")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per backend for --calibrate")
     parser.add_argument("--json", default="", help="also write the report as JSON to this file ('-' = stdout)")
@@ -99,7 +99,10 @@ def _coral_usb_present() -> bool:
 def _options_for(cls, precision: str, batch: int):
     from vla_accel.backends.base import BackendOptions
 
-    chosen = precision or ("fp32" if "fp32" in cls.precisions else cls.precisions[0])
+    # A requested precision applies where the backend has it; the others keep their default, so
+    # e.g. `--precision int8` compares int8 LiteRT against the fp32 torch baseline in one run.
+    default = "fp32" if "fp32" in cls.precisions else cls.precisions[0]
+    chosen = precision if precision in cls.precisions else default
     return BackendOptions(precision=chosen, max_batch=batch)
 
 
@@ -187,18 +190,38 @@ def _print_report(facts: dict[str, Any], rows: list[dict[str, Any]], calibration
     print(f"\n{len(usable)} of {len(rows)} backends can run here: {', '.join(usable) or 'none'}", file=out)
     if calibration is not None:
         print("\nCalibration (stored for backend: auto)", file=out)
+        from vla_accel.core.metrics import speedup
+
+        baseline = next((r for r in calibration["records"] if r["backend"] == "torch"), None)
         for rec in calibration["records"]:
-            print(f"  {rec['backend']:12s} p50 {rec['p50_ms']:8.2f} ms (batch 1)   "
-                  f"{rec['throughput_fps']:8.1f} samples/s (batch {rec['batch']})   {rec['device']}", file=out)
+            ratio = f"  {speedup(baseline['p50_ms'], rec['p50_ms']):5.2f}x vs torch" if baseline else ""
+            print(f"  {rec['backend']:12s} {rec['precision']:5s} p50 {rec['p50_ms']:8.2f} ms (batch 1)   "
+                  f"{rec['throughput_fps']:8.1f} samples/s (batch {rec['batch']}){ratio}   {rec['device']}", file=out)
         for name, why in calibration["failures"].items():
             print(f"  {name:12s} not measured: {why}", file=out)
         print(f"  stored in {calibration['path']}", file=out)
+        if calibration.get("load_average"):
+            print(f"  load average {calibration['load_average'][0]:.1f} on {facts['logical_cpus']} CPUs (measured one "
+                  "backend after another: other processes skew the ratios; `vla-accel bench` interleaves)", file=out)
+
+
+def parse_backend_entries(text: str) -> list[tuple[str, str]]:
+    """"torch,tflite:int8" -> [("torch", ""), ("tflite", "int8")] with canonical backend names."""
+    from vla_accel.backends.registry import canonical_name
+
+    entries = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            name, _, precision = part.partition(":")
+            entries.append((canonical_name(name), precision.strip()))
+    return entries
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla_accel.backends.registry import canonical_name, list_backends
+    from vla_accel.backends.registry import list_backends
 
-    names = [canonical_name(n) for n in args.backends.split(",") if n.strip()] if args.backends else list_backends()
+    entries = parse_backend_entries(args.backends) if args.backends else [(n, "") for n in list_backends()]
+    names = list(dict.fromkeys(name for name, _ in entries))
     facts = system_facts()
     model = None
     if args.load or args.calibrate:
@@ -212,11 +235,17 @@ def run(args: argparse.Namespace) -> int:
         from vla_accel.core.calibration import CalibrationStore, calibrate
 
         store = CalibrationStore()
-        runnable = [r["backend"] for r in rows if r["available"] and (not r.get("load") or r["load"]["ok"])]
-        options = {n: _options_for(backend_class(n), args.precision, args.batch) for n in runnable}
-        records, failures = calibrate(model, runnable, options, store=store, batch=args.batch,
-                                      budget_s=args.seconds)
-        calibration = {"path": str(store.path), "records": [r.__dict__ for r in records], "failures": failures}
+        runnable = {r["backend"] for r in rows if r["available"] and (not r.get("load") or r["load"]["ok"])}
+        records, failures = [], {}
+        for name, precision in entries:
+            if name not in runnable:
+                continue
+            options = _options_for(backend_class(name), precision or args.precision, args.batch)
+            measured, failed = calibrate(model, [name], options, store=store, batch=args.batch, budget_s=args.seconds)
+            records += measured
+            failures.update({f"{n}:{options.precision}": why for n, why in failed.items()})
+        calibration = {"path": str(store.path), "records": [r.__dict__ for r in records], "failures": failures,
+                       "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else []}
     report = {"system": facts, "backends": rows}
     if calibration is not None:
         report["calibration"] = calibration

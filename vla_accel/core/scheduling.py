@@ -335,14 +335,13 @@ class AdaptiveBatchSizer:
 class _Handoff:
     """A prepared or inferred batch moving between pipeline stages."""
 
-    __slots__ = ("observations", "prepared", "outputs", "started_ns", "stage_ms")
+    __slots__ = ("observations", "prepared", "outputs", "started_ns")
 
     def __init__(self, observations, prepared, started_ns):
         self.observations = observations
         self.prepared = prepared
         self.outputs = None
         self.started_ns = started_ns
-        self.stage_ms: dict[str, float] = {}
 
 
 _SENTINEL = object()
@@ -444,7 +443,8 @@ class InferenceLoop:
             self.metrics.record_dropped(exc.reason, 1)
             self._report(exc)
             return
-        self.submitted += 1
+        with self._lock:
+            self.submitted += 1
 
     def start(self) -> "InferenceLoop":
         with self._lock:
@@ -679,7 +679,7 @@ class InferenceLoop:
 
     def _batch_done(self, size: int, latency_ms: float) -> None:
         self._left_pipeline()
-        self.batches += 1
+        self.batches += 1  # only the last stage's thread writes these
         self.batch_size_counts[size] = self.batch_size_counts.get(size, 0) + 1
         if self.sizer is not None:
             self.sizer.observe(size, latency_ms)
@@ -703,8 +703,9 @@ class InferenceLoop:
             self._report(exc)
 
     def _report(self, exc: BaseException) -> None:
-        self.errors += 1
-        self.last_error = exc
+        with self._lock:
+            self.errors += 1
+            self.last_error = exc
         if self._on_error is None:
             logger.warning("inference loop '%s': %s", self.name, exc)
             return

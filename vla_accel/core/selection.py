@@ -29,9 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-# Backends ``auto`` never picks by itself: the same network at lower fidelity (int8-only
-# hardware) or a duplicate of another name. They are still used when named explicitly.
-AUTO_EXCLUDED = ("edgetpu", "hexagon")
 DEFAULT_MEASURE_BUDGET_S = 2.0
 
 
@@ -99,7 +96,9 @@ def resolve_backends(
         return _dedupe([_canonical(name), *tail])
 
     present = available_backends()
-    pool = [_canonical(c) for c in candidates] if candidates else [n for n in present if n not in AUTO_EXCLUDED]
+    # Every backend whose probe succeeds; one that then cannot run the requested precision (an int8-only
+    # Edge TPU asked for fp32) fails its measurement and is left out, with the reason logged.
+    pool = [_canonical(c) for c in candidates] if candidates else list(present)
     pool = [n for n in pool if n in present]
     if not pool:
         raise BackendError("backend auto: no backend can run here (run `vla-accel doctor` to see what is missing)",
@@ -226,8 +225,8 @@ class FallbackChain:
             try:
                 backend = create_backend(name, self.model, self._options_for(name))
                 backend.load()
-            except (VlaAccelError, RuntimeError, OSError, ValueError, ImportError) as exc:
-                self.failures[name] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - any failure of one candidate means: try the next
+                self.failures[name] = str(exc) if isinstance(exc, VlaAccelError) else f"{type(exc).__name__}: {exc}"
                 log.warning("backend %s could not be loaded: %s", name, exc)
                 continue
             self._active, self._index = backend, index
@@ -261,9 +260,9 @@ class FallbackChain:
                     return backend.infer(inputs)
                 except InputError:
                     raise  # bad input would fail on every backend: not a reason to switch
-                except (VlaAccelError, RuntimeError, OSError, ValueError, MemoryError) as exc:
+                except Exception as exc:  # noqa: BLE001 - a runtime can fail in any way; the next one takes over
                     failed = self.active_name
-                    self.failures[failed] = str(exc)
+                    self.failures[failed] = str(exc) if isinstance(exc, VlaAccelError) else f"{type(exc).__name__}: {exc}"
                     log.warning("backend %s failed mid-stream (%s); switching to the next candidate", failed, exc)
                     self._close_active()
                     self._try_from(self._index + 1, failed, exc)

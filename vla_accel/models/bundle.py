@@ -294,8 +294,11 @@ class ModelBundle:
         filename = "model.onnx" if fmt == "onnx" else "model.xml"
         target = final_dir / filename
         with self._lock:
-            if target.is_file() and not force:
+            complete = target.is_file() and (fmt != "openvino" or target.with_suffix(".bin").is_file())
+            if complete and not force:
                 return target
+            if final_dir.exists() and not complete:
+                shutil.rmtree(final_dir)  # damaged by hand (a file deleted): export again
             report = ExportProgress(f"{self.name} {fmt} {precision}", progress)
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp_dir = Path(tempfile.mkdtemp(prefix=f".{fmt}-{precision}.", dir=final_dir.parent))
@@ -355,7 +358,13 @@ class ModelBundle:
 
         source = self.model_file if not self.has_torch_network else self.export("onnx", progress=report.enabled)
         report.stage(f"converting {source.name} to OpenVINO IR")
-        model = ov.convert_model(str(source))
+        try:
+            # read_model parses ONNX with OpenVINO's ONNX frontend (what convert_model does for ONNX,
+            # without loading the converter's other frontends); its errors are RuntimeError.
+            model = ov.Core().read_model(str(source))
+        except RuntimeError as exc:
+            raise ModelFileError(f"OpenVINO cannot convert {source}: it is corrupt or not a supported ONNX model "
+                                 f"({exc})", reason="bad_model_file") from exc
         # Weights stay fp32 unless fp16 is asked for: ov.save_model compresses to fp16 by default.
         ov.save_model(model, str(path), compress_to_fp16=(precision == "fp16"))
         report.stage(f"saved OpenVINO IR ({path.with_suffix('.bin').stat().st_size / 1e6:.1f} MB weights)")

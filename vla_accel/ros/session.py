@@ -27,7 +27,7 @@ from vla_accel.ros.params import parse_backend_extra
 log = logging.getLogger(__name__)
 
 BASELINE_BACKEND = "torch"
-BASELINE_ITERATIONS = 20
+BASELINE_ITERATIONS = 30
 
 
 def candidate_backends(values: dict[str, Any], bundle: Any = None) -> list[str]:
@@ -62,30 +62,44 @@ def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
     )
 
 
-def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, iterations: int = BASELINE_ITERATIONS) -> float:
-    """p50 latency (ms) of the torch CPU backend on this model at this batch size: T_cpu in S = T_cpu / T_hw."""
+def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, against: Any = None,
+                        iterations: int = BASELINE_ITERATIONS) -> float:
+    """p50 latency (ms) of the torch CPU backend on this model at this batch size: T_cpu in S = T_cpu / T_hw.
+
+    With ``against`` (the loaded backend in use) the two are timed alternately, call by call, so load
+    from other processes falls on both alike and the start-up ratio is logged.
+    """
     from vla_accel.backends.registry import create_backend
 
     backend = create_backend(BASELINE_BACKEND, bundle, BackendOptions(threads=threads, max_batch=batch_size))
     with backend:
         inputs = example_inputs(bundle.spec, batch_size, seed=0)
-        backend.warmup(batch_size, iterations=2)
-        samples = []
+        backend.warmup(batch_size, iterations=5)
+        base, other = [], []
         for _ in range(iterations):
             t0 = time.perf_counter_ns()
             backend.infer(inputs)
-            samples.append((time.perf_counter_ns() - t0) / 1e6)
-    return percentiles(samples)["p50"]
+            base.append((time.perf_counter_ns() - t0) / 1e6)
+            if against is not None:
+                t0 = time.perf_counter_ns()
+                against.infer(inputs)
+                other.append((time.perf_counter_ns() - t0) / 1e6)
+    t_cpu = percentiles(base)["p50"]
+    if other:
+        t_hw = percentiles(other)["p50"]
+        log.info("CPU baseline %.2f ms vs %s %.2f ms at start-up (speedup %.2f, timed alternately)", t_cpu,
+                 getattr(against, "active_name", "") or getattr(against, "name", "backend"), t_hw, t_cpu / t_hw)
+    return t_cpu
 
 
-def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int) -> float:
+def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int, against: Any = None) -> float:
     """``measure``: now; ``cache``: the torch fp32 record of core.calibration's store (the file
     ``vla-accel doctor --calibrate`` and ``backend: auto`` share), measured and stored once when
     absent; ``none``: 0. The store holds batch-1 latencies: other batch sizes are measured."""
     if mode == "none":
         return 0.0
     if mode == "measure" or batch_size != 1:
-        return measure_baseline_ms(bundle, batch_size, threads)
+        return measure_baseline_ms(bundle, batch_size, threads, against)
     from vla_accel.core.calibration import CalibrationStore, calibrate
 
     store = CalibrationStore()
@@ -161,7 +175,7 @@ class InferenceSession:
         t0 = time.perf_counter()
         try:
             baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, int(values["batch_size"]),
-                                       int(values["threads"]))
+                                       int(values["threads"]), against=chain)
         except VlaAccelError as exc:  # the speedup figure is optional; inference must still start
             log.warning("could not measure the torch CPU baseline (speedup will read n/a): %s", exc)
             baseline = 0.0

@@ -456,3 +456,121 @@ __kernel void attention(
         out[(b * seq_len + i) * width + h * head_dim + d] = acc * inv_sum;
     }
 }
+
+/*
+ * attention_blocked: the same function as `attention`, QB queries per work-group.
+ *
+ * `attention` re-reads every key and value row once per query; at a few hundred tokens that is
+ * the bulk of the device's memory traffic. Here one work-group takes QB consecutive queries of one
+ * (sample, head), so each key and value row is read once per QB queries:
+ *   1. the QB query vectors go to local memory (rows padded by one float so that work-items
+ *      reading the same column of different queries hit different banks);
+ *   2. scores[r][j] for all QB x T pairs: work-item l takes pairs l, l + ATT_WG, ... in key-major
+ *      order, so the QB work-items sharing a key read the same row (one cache line, broadcast);
+ *   3. softmax per query row: LANES = ATT_WG / QB work-items per row each reduce a strided part of
+ *      the row (max, then sum of exp), and combine the LANES partial results through local memory;
+ *   4. output: work-item l owns head columns d = l, l + ATT_WG, ... and keeps QB accumulators in
+ *      registers, so each value element is read once per work-group (coalesced along d) and each
+ *      probability is a local-memory broadcast.
+ * Local memory: QB * (Dh + 1) + QB * T + 2 * QB * LANES + 2 * QB floats (about 26 KB for T = 335,
+ * Dh = 64); the host falls back to `attention` on devices with less local memory.
+ * Global size: (ATT_WG * ceil(T / QB), heads, batch); local size: (ATT_WG, 1, 1).
+ */
+#ifndef QB
+#define QB 16
+#endif
+#ifndef ATT_WG
+#define ATT_WG 64
+#endif
+#define LANES (ATT_WG / QB)
+
+__kernel void attention_blocked(
+    __global const float *qkv, __global const float *key_bias, __global float *out,
+    int seq_len, int width, int head_dim, float scale,
+    __local float *query, __local float *scores, __local float *partial, __local float *row_stats)
+{
+    const int q0 = get_group_id(0) * QB;
+    const int h = get_group_id(1);
+    const int b = get_group_id(2);
+    const int lid = get_local_id(0);
+    const int qkv_width = 3 * width;
+    const int query_stride = head_dim + 1;
+    __global const float *tokens = qkv + b * seq_len * qkv_width;
+    __global const float *bias = key_bias + b * seq_len;
+
+    /* 1. queries of this block (zeros past the end of the sequence; their output is not written) */
+    for (int idx = lid; idx < QB * head_dim; idx += ATT_WG) {
+        const int r = idx / head_dim;
+        const int d = idx % head_dim;
+        query[r * query_stride + d] = (q0 + r < seq_len) ? tokens[(q0 + r) * qkv_width + h * head_dim + d] : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    /* 2. scores, key-major so that neighbouring work-items share a key row */
+    for (int idx = lid; idx < QB * seq_len; idx += ATT_WG) {
+        const int j = idx / QB;
+        const int r = idx % QB;
+        __global const float *key = tokens + j * qkv_width + width + h * head_dim;
+        __local const float *q = query + r * query_stride;
+        float dot = 0.0f;
+        for (int d = 0; d < head_dim; ++d) {
+            dot += q[d] * key[d];
+        }
+        scores[r * seq_len + j] = dot * scale + bias[j];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    /* 3. softmax: LANES work-items per row */
+    const int row = lid / LANES;
+    const int lane = lid % LANES;
+    __local float *row_scores = scores + row * seq_len;
+    float local_max = -INFINITY;
+    for (int j = lane; j < seq_len; j += LANES) {
+        local_max = fmax(local_max, row_scores[j]);
+    }
+    partial[row * LANES + lane] = local_max;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0) {
+        float m = partial[row * LANES];
+        for (int l = 1; l < LANES; ++l) {
+            m = fmax(m, partial[row * LANES + l]);
+        }
+        row_stats[row] = m;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const float row_max = row_stats[row];
+    float local_sum = 0.0f;
+    for (int j = lane; j < seq_len; j += LANES) {
+        const float e = exp(row_scores[j] - row_max);
+        row_scores[j] = e;
+        local_sum += e;
+    }
+    partial[QB * LANES + row * LANES + lane] = local_sum;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0) {
+        float s = 0.0f;
+        for (int l = 0; l < LANES; ++l) {
+            s += partial[QB * LANES + row * LANES + l];
+        }
+        row_stats[QB + row] = 1.0f / s;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    /* 4. probabilities x values, QB accumulators per head column */
+    for (int d = lid; d < head_dim; d += ATT_WG) {
+        float acc[QB];
+        for (int r = 0; r < QB; ++r) {
+            acc[r] = 0.0f;
+        }
+        __global const float *value = tokens + 2 * width + h * head_dim + d;
+        for (int j = 0; j < seq_len; ++j) {
+            const float v = value[j * qkv_width];
+            for (int r = 0; r < QB; ++r) {
+                acc[r] += scores[r * seq_len + j] * v;
+            }
+        }
+        for (int r = 0; r < QB && q0 + r < seq_len; ++r) {
+            out[(b * seq_len + q0 + r) * width + h * head_dim + d] = acc[r] * row_stats[QB + r];
+        }
+    }
+}
