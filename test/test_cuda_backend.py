@@ -45,8 +45,16 @@ def test_without_cuda_load_says_what_is_missing(tiny_bundle):
         backend.load()
     message = str(err.value)
     assert err.value.backend == "cuda" and err.value.missing
+    assert "CUDA device" in message
     assert "NVIDIA driver" in message and "CUDA build of PyTorch" in message and "Jetson" in message
     assert not backend.loaded
+
+
+def test_graph_option_accepts_text_from_parameter_files():
+    from vla_accel.backends.cuda_backend import _flag
+
+    assert [_flag(v) for v in (True, 1, "true", "On", "1")] == [True] * 5
+    assert [_flag(v) for v in (False, 0, "false", "OFF", "no", "0", "")] == [False] * 7
 
 
 def test_precision_int8_is_rejected(tiny_bundle):

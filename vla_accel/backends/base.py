@@ -158,13 +158,18 @@ class Backend(abc.ABC):
     def _close(self) -> None:
         """Release runtime resources."""
 
+    def availability(self) -> Availability:
+        """Instance-level check run by load(): probe() by default; a backend whose options name a
+        library (e.g. a delegate path) overrides this to check that library instead."""
+        return self.probe()
+
     # --- public API ---------------------------------------------------------------------------
     def load(self) -> "Backend":
         if self._loaded:
             return self
         if self._fault.at_load:
             raise BackendError(f"backend '{self.name}': injected load fault ({FAULT_ENV})", reason="injected_fault")
-        self.probe().require(self.name)
+        self.availability().require(self.name)
         self._load()
         self._loaded = True
         return self

@@ -40,6 +40,13 @@ _DRIVER_MARKERS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiact
 _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspaces, lazy modules
 
 
+def _flag(value: Any) -> bool:
+    """A boolean option that may arrive as text from a ROS parameter file or the command line."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
 def _driver_present() -> bool:
     return any(os.path.exists(path) for path in _DRIVER_MARKERS)
 
@@ -56,7 +63,8 @@ class CudaBackend(Backend):
         if not module_available("torch"):
             missing.append("python package torch (a CUDA build)")
         if not _driver_present():
-            missing.append("an NVIDIA GPU with its driver (no /dev/nvidia0 or /proc/driver/nvidia)")
+            missing.append("a CUDA device (no NVIDIA GPU driver found: no /dev/nvidia0, /proc/driver/nvidia or "
+                           "Jetson /dev/nvhost-ctrl-gpu)")
         if missing:
             return Availability(False, tuple(missing), INSTALL_HINT)
         return Availability(True, detail="torch and an NVIDIA driver are present")
@@ -91,7 +99,7 @@ class CudaBackend(Backend):
             )
         self.max_batch = max(1, int(self.options.max_batch))
         self.compile_mode = self.options.extra.get("compile") or None
-        self.use_graphs = bool(self.options.extra.get("cuda_graphs", True)) and self.compile_mode is None
+        self.use_graphs = _flag(self.options.extra.get("cuda_graphs", True)) and self.compile_mode is None
         self._lock = threading.Lock()
         with torch.cuda.device(self.device):
             self.module = self.model.torch_module(self.device, self.dtype)

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import FAULT_ENV, Availability, Backend, DeviceInfo, module_available
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 LITERT_HINT = (
@@ -310,18 +310,6 @@ class LiteRTBackend(Backend):
                 return Availability(False, (str(configured),), f"delegate_path does not exist. {self.delegate_hint}")
             return Availability(True, detail=f"delegate library: {found}")
         return self.probe()
-
-    def load(self) -> "LiteRTBackend":
-        # Same sequence as Backend.load, but the availability check sees the configured delegate
-        # path (probe() is a classmethod and cannot).
-        if self._loaded:
-            return self
-        if self._fault.at_load:
-            raise BackendError(f"backend '{self.name}': injected load fault ({FAULT_ENV})", reason="injected_fault")
-        self.availability().require(self.name)
-        self._load()
-        self._loaded = True
-        return self
 
     # --- loading --------------------------------------------------------------------------------
     def _delegate_path(self) -> str | None:

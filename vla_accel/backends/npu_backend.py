@@ -62,13 +62,11 @@ class NpuBackend(Backend):
             missing.append("ai-edge-litert")
         return Availability(False, tuple(missing), INTEL_NPU_HINT + " Or: " + _delegate_hint())
 
-    def load(self) -> "NpuBackend":
+    def availability(self) -> Availability:
         # probe() cannot see a configured delegate_path; with one, its existence is checked in _load.
-        if self.options.extra.get("delegate_path") and not self._loaded and not self._fault.at_load:
-            self._load()
-            self._loaded = True
-            return self
-        return super().load()
+        if self.options.extra.get("delegate_path"):
+            return Availability(True, detail="delegate_path configured; checked at load")
+        return self.probe()
 
     def _load(self) -> None:
         checked: list[str] = []
