@@ -228,6 +228,19 @@ def test_corrupt_cached_binary_is_rebuilt(cl, tiny_bundle, tmp_path):
     assert cached.read_bytes() != b"not a program binary"
 
 
+def test_unwritable_cache_does_not_stop_loading(cl, tiny_bundle, tmp_path):
+    not_a_folder = tmp_path / "cache_is_a_file"
+    not_a_folder.write_text("x")
+    with OpenCLBackend(tiny_bundle, BackendOptions(cache_dir=not_a_folder)) as backend:
+        assert backend.device_info().detail["program"] == "source"
+
+
+def test_bad_gemm_geometry_is_rejected(cl, tiny_bundle, tmp_path):
+    with pytest.raises(BackendError) as err:
+        OpenCLBackend(tiny_bundle, BackendOptions(cache_dir=tmp_path, extra={"wpt": 0})).load()
+    assert err.value.reason == "bad_option"
+
+
 def test_precompiled_program_binary_loads(cl, tiny_bundle, tmp_path):
     """The FPGA path (options.extra['program_binary']) exercised with a binary this platform made."""
     OpenCLBackend(tiny_bundle, BackendOptions(cache_dir=tmp_path)).load().close()

@@ -25,6 +25,7 @@ try:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import TwistStamped
+    from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
@@ -174,6 +175,23 @@ def _sigint_and_wait(proc: subprocess.Popen, timeout: float = 10.0) -> tuple[flo
     return time.monotonic() - t0, out
 
 
+def _set_parameters(listener: Listener, parameters: list) -> list:
+    """Set each parameter separately on the running node; returns the SetParametersResult list."""
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(listener.node, "vla_node")
+    assert client.wait_for_services(timeout_sec=10.0), "the node's parameter services did not appear"
+    results = []
+    for parameter in parameters:
+        future = client.set_parameters([parameter])
+        deadline = time.monotonic() + 10.0
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert future.done(), f"set_parameters({parameter.name}) timed out"
+        results.append(future.result().results[0])
+    return results
+
+
 @pytest.fixture(scope="module")
 def listener():
     lst = Listener()
@@ -302,6 +320,19 @@ def test_no_backend_loads_reports_error_and_stays_up(listener):
         status = listener.latest_status("vla_accel: backend")
         assert "tensorrt" in status.message.lower()
         assert node.poll() is None  # still up, reporting
+        # Live parameter changes go through the node's validation (descriptors + on-set callback).
+        results = _set_parameters(listener, [
+            Parameter("target_latency_ms", Parameter.Type.DOUBLE, 50.0),
+            Parameter("on_stale", Parameter.Type.STRING, "explode"),
+            Parameter("model", Parameter.Type.STRING, "base"),
+            Parameter("action_clip_low", Parameter.Type.DOUBLE_ARRAY, [0.0]),
+            Parameter("threads", Parameter.Type.INTEGER, 999),
+        ])
+        assert results[0].successful, results[0].reason
+        assert not results[1].successful and "one of" in results[1].reason
+        assert not results[2].successful and "read-only" in results[2].reason.lower()
+        assert not results[3].successful and "together" in results[3].reason
+        assert not results[4].successful
         elapsed, out = _sigint_and_wait(node)
     finally:
         if node.poll() is None:

@@ -318,3 +318,47 @@ def test_real_tiny_model_through_the_pipelined_loop(tiny_bundle):
         direct.close()
     got = next(c for c in collector.chunks if c.stamp_ns == 20)
     np.testing.assert_allclose(got.values, expected.values, atol=1e-5)
+
+
+class GatedBackend(StateEchoBackend):
+    """Call 0 blocks until the test opens the gate: lets a test look at the loop mid-inference."""
+
+    def __init__(self, model, options=None):
+        super().__init__(model, options)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def _infer(self, inputs):
+        if not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(STOP_BOUND_S)
+        return super()._infer(inputs)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_pipeline_prepares_the_next_frame_while_the_backend_is_busy(tiny_bundle, pipeline):
+    backend = GatedBackend(tiny_bundle, BackendOptions(max_batch=1))
+    engine = Engine(tiny_bundle, backend, memory="pool", pool_size=2)
+    collector = Collector()
+    loop = InferenceLoop(engine, pipeline=pipeline, on_chunks=collector.on_chunks).start()
+    try:
+        loop.submit(make_obs(tiny_bundle.spec, 1))
+        assert backend.entered.wait(STOP_BOUND_S)  # frame 1 is inside the backend, held there
+        loop.submit(make_obs(tiny_bundle.spec, 2))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and engine.preprocessor.strategy.free_count > 0:
+            time.sleep(0.005)
+        if pipeline:
+            # frame 2 was taken and preprocessed into the second pooled buffer set meanwhile
+            assert loop.pending_frames() == 0 and engine.preprocessor.strategy.free_count == 0
+        else:
+            # serial: frame 2 waits in its slot until frame 1 is done
+            assert loop.pending_frames() == 1 and engine.preprocessor.strategy.free_count == 1
+        backend.gate.set()
+        assert collector.wait_for(2)
+    finally:
+        backend.gate.set()
+        loop.stop(timeout=STOP_BOUND_S)
+        engine.close()
+    assert [c.stamp_ns for c in collector.chunks] == [1, 2]
+    assert engine.preprocessor.strategy.free_count == 2  # every pooled set came back

@@ -244,6 +244,13 @@ class OpenCLBackend(Backend):
                 reason="bad_option",
             )
         self.wpt = int(self.options.extra.get("wpt", 4))
+        blocked_local_bytes = 4 * (self.tile * self.wpt * self.tile + self.tile * (self.tile * self.wpt + 1))
+        if self.wpt < 1 or blocked_local_bytes > int(self.device.local_mem_size):
+            raise BackendError(
+                f"opencl: wpt {self.wpt} with tile {self.tile} needs {blocked_local_bytes} bytes of local memory; "
+                f"device '{self.device.name}' has {self.device.local_mem_size} (wpt must be >= 1)",
+                reason="bad_option",
+            )
         self.reduce_wg = _pow2_at_most(min(256, max_wg, max(1, self.config.hidden_dim)))
         self.attention_wg = _pow2_at_most(min(64, max_wg))
         self.program, self.program_origin = self._build_program()
@@ -281,17 +288,20 @@ class OpenCLBackend(Backend):
                 log.warning("opencl: cached program %s unusable (%s); rebuilding", cache_file, exc)
         try:
             program = cl.Program(self.context, source).build(options=build_options)
-        except cl.RuntimeError as exc:
+        except cl.Error as exc:
             raise BackendError(
                 f"opencl: building {KERNEL_SOURCE.name} for '{self.device.name}' failed: {exc}",
                 reason="kernel_build_failed",
             ) from exc
         binaries = program.get_info(cl.program_info.BINARIES)
         if binaries and binaries[0]:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(bytes(binaries[0]))
-            os.replace(tmp, cache_file)  # atomic: a killed process never leaves half a binary
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(bytes(binaries[0]))
+                os.replace(tmp, cache_file)  # atomic: a killed process never leaves half a binary
+            except OSError as exc:  # the cache only saves compile time: run on without it
+                log.warning("opencl: cannot cache the compiled program in %s (%s)", cache_file.parent, exc)
         return program, "source"
 
     def _load_program_binary(self, path: Path, build_options: list[str]):

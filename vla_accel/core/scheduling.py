@@ -433,7 +433,9 @@ class InferenceLoop:
         return self._slots.pending()
 
     def submit(self, observation: "Observation") -> None:
-        """Hand over a frame; returns at once. A frame still waiting for the same stream is superseded."""
+        """Hand over a frame; returns at once. A frame still waiting for the same stream is superseded.
+        Sets ``observation.received_ns`` (monotonic) when it is 0. Frames submitted while the loop is
+        stopped wait in their slot for ``start()`` (one per stream)."""
         if not observation.received_ns:
             observation.received_ns = _now_ns()
         self.metrics.record_received(1, t_ns=observation.received_ns)
@@ -480,9 +482,9 @@ class InferenceLoop:
         pool_size = getattr(getattr(self.engine.preprocessor, "strategy", None), "size", None)
         if pool_size is not None and pool_size < wanted:
             logger.warning(
-                "inference loop '%s': the engine's buffer pool has %d sets; %d batches in flight "
-                "would need %d (Engine(pool_size=...)); pipelining with %d", self.name, pool_size,
-                wanted, wanted, pool_size,
+                "inference loop '%s': queue_depth %d needs %d pooled buffer sets but the engine has %d "
+                "(Engine(pool_size=...)); pipelining with %d batches in flight", self.name, self.queue_depth,
+                wanted, pool_size, pool_size,
             )
             return max(1, int(pool_size))
         return wanted
@@ -541,10 +543,10 @@ class InferenceLoop:
         def run() -> None:
             try:
                 target()
-            except BaseException as exc:  # a bug in a stage must be reported, not vanish with the thread
-                logger.exception("inference loop '%s': stage %s died", self.name, threading.current_thread().name)
+            except BaseException as exc:  # noqa: BLE001 (a bug in a stage must be reported, not vanish)
+                logger.exception("inference loop '%s': stage %s died; stop() and start() the loop to recover",
+                                 self.name, threading.current_thread().name)
                 self._report(exc)
-                raise
 
         return run
 

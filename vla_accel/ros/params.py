@@ -303,7 +303,9 @@ def declare_all(node: Any, overrides: Mapping[str, Any] | None = None) -> dict[s
             descriptor.floating_point_range = [
                 FloatingPointRange(from_value=float(pdef.low), to_value=float(pdef.high), step=0.0)]
         default = defaults.get(pdef.name, pdef.default)
-        # An empty list has no element type for rclpy to infer; give the type explicitly.
-        node.declare_parameter(pdef.name, Parameter(pdef.name, param_type, default).value, descriptor)
+        # A ParameterValue carries its type: an empty list default would otherwise be inferred as a
+        # byte array, and setting [0.1, ...] later would fail with a type mismatch.
+        node.declare_parameter(pdef.name, Parameter(pdef.name, param_type, default).get_parameter_value(),
+                               descriptor)
     current = {p.name: node.get_parameter(p.name).value for p in PARAMETERS}
     return node_parameters(current)

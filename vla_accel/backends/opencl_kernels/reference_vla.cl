@@ -10,6 +10,14 @@
  * Compile-time constants (passed as -D build options by the host):
  *   TILE      edge of the square work-group of the GEMM kernels (16 by default: 256 work-items)
  *   WPT       outputs per work-item along each axis in `linear_blocked` (4 by default)
+ *   QB        queries per work-group in `attention_blocked` (16 by default)
+ *   ATT_WG    work-items per work-group in `attention_blocked` (64 by default; a multiple of QB)
+ *
+ * Kernels, in the order one forward pass uses them: im2col_patches, linear (patch embedding),
+ * add_positions, embed_tokens, linear (state), broadcast_rows (action queries), key_bias; per block
+ * layer_norm, linear (qkv), attention_blocked / attention, linear (proj + residual), layer_norm,
+ * linear (fc1 + GELU), linear (fc2 + residual); layer_norm and linear + tanh on the action queries.
+ * Each `linear` launch is `linear` or `linear_blocked`, whichever suits its size on the device.
  *
  * Written for OpenCL C 1.2 so the same source builds on PoCL, NVIDIA, Mali and (offline, with
  * aoc / v++) FPGA toolchains: no 2.0 features, no extensions, no printf.
