@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -138,50 +138,6 @@ def _device_kind(cl, device) -> str:
     if device.type & cl.device_type.ACCELERATOR:
         return "fpga"
     return "cpu"
-
-
-def gather_inputs(
-    spec, inputs: Mapping[str, np.ndarray], max_batch: int, backend: str
-) -> tuple[int, dict[str, np.ndarray]]:
-    """Check named inputs against the spec; returns (batch, C-contiguous arrays in the spec's dtypes).
-
-    Wrong names, shapes or a batch over ``max_batch`` raise InputError (the frame is dropped and
-    counted by the engine); values are converted only when their dtype differs (e.g. int64 tokens).
-    """
-    expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    for cam in spec.cameras:
-        expected[cam.input] = (cam.shape, np.dtype(cam.dtype))
-    ins = spec.instruction
-    expected[ins.input] = ((ins.max_tokens,), np.dtype(np.int32))
-    expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(np.float32))
-    if spec.state is not None:
-        expected[spec.state.input] = ((spec.state.dims,), np.dtype(np.float32))
-    missing = sorted(set(expected) - set(inputs))
-    if missing:
-        raise InputError(f"{backend}: missing inputs {missing}; expected {sorted(expected)}", reason="missing_input")
-    batch = None
-    out: dict[str, np.ndarray] = {}
-    for name, (shape, dtype) in expected.items():
-        arr = np.asarray(inputs[name])
-        if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape):
-            raise InputError(
-                f"{backend}: input '{name}' has shape {arr.shape}, expected (batch, {', '.join(map(str, shape))})",
-                reason="bad_input_shape",
-            )
-        if batch is None:
-            batch = arr.shape[0]
-        elif arr.shape[0] != batch:
-            raise InputError(f"{backend}: inputs disagree on the batch size ({arr.shape[0]} vs {batch})", reason="bad_input_shape")
-        out[name] = np.ascontiguousarray(arr, dtype=dtype)
-    if not batch:
-        raise InputError(f"{backend}: empty batch", reason="bad_input_shape")
-    if batch > max_batch:
-        raise InputError(
-            f"{backend}: batch {batch} is larger than max_batch {max_batch} this backend was loaded for "
-            f"(buffers are preallocated; raise BackendOptions.max_batch)",
-            reason="batch_too_large",
-        )
-    return batch, out
 
 
 @dataclass
@@ -458,7 +414,7 @@ class OpenCLBackend(Backend):
 
     def _build_plan(self, batch: int) -> list[_Launch]:
         """Every kernel launch of one forward pass at ``batch``, arguments bound once."""
-        cl, cfg, spec, w = self._cl, self.config, self.spec, self.weights
+        cfg, spec, w = self.config, self.spec, self.weights
         i32, f32 = np.int32, np.float32
         d, t = cfg.hidden_dim, cfg.num_tokens
         plan: list[_Launch] = []
