@@ -367,7 +367,7 @@ def test_package_xml_declares_the_interfaces_group():
         assert f"<exec_depend>{dep}</exec_depend>" in text
     cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     # the Python sources must be installed AFTER rosidl_generate_interfaces (Kilted: ros2/rosidl_python#141)
-    assert cmake.index("rosidl_generate_interfaces(") < cmake.index("install(DIRECTORY ${PROJECT_NAME}/")
+    assert cmake.index("rosidl_generate_interfaces(") < cmake.index("install(DIRECTORY \"${VLA_ACCEL_PY_SRC}/\"")
     for msg_file in sorted((REPO / "msg").glob("*.msg")):
         assert f'"msg/{msg_file.name}"' in cmake
 

@@ -11,6 +11,7 @@ No rclpy at import: only ``declare_all`` touches it.
 """
 from __future__ import annotations
 
+import array
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -277,6 +278,7 @@ def declare_all(node: Any, overrides: Mapping[str, Any] | None = None) -> dict[s
     them at declaration). Raises ParameterError when the resulting set is invalid.
     """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+    from rclpy.exceptions import ParameterUninitializedException
     from rclpy.parameter import Parameter
 
     ros_types = {
@@ -303,9 +305,17 @@ def declare_all(node: Any, overrides: Mapping[str, Any] | None = None) -> dict[s
             descriptor.floating_point_range = [
                 FloatingPointRange(from_value=float(pdef.low), to_value=float(pdef.high), step=0.0)]
         default = defaults.get(pdef.name, pdef.default)
-        # A ParameterValue carries its type: an empty list default would otherwise be inferred as a
-        # byte array, and setting [0.1, ...] later would fail with a type mismatch.
-        node.declare_parameter(pdef.name, Parameter(pdef.name, param_type, default).get_parameter_value(),
-                               descriptor)
-    current = {p.name: node.get_parameter(p.name).value for p in PARAMETERS}
+        if isinstance(default, list) and not default:
+            # rclpy infers an empty list as a byte array (then [0.1, ...] is refused as a type mismatch):
+            # declare the type alone; unset reads back as the empty default below.
+            node.declare_parameter(pdef.name, param_type, descriptor)
+        else:
+            node.declare_parameter(pdef.name, default, descriptor)
+    current = {}
+    for pdef in PARAMETERS:
+        try:
+            value = node.get_parameter(pdef.name).value
+        except ParameterUninitializedException:
+            value = []
+        current[pdef.name] = list(value) if isinstance(value, (list, tuple, array.array)) else value
     return node_parameters(current)
