@@ -123,11 +123,12 @@ class Listener:
         rclpy.shutdown(context=self.context)
 
 
-def _start_node(extra: list[str]) -> subprocess.Popen:
+def _start_node(extra: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args",
            "-p", "backend:=torch", "-p", "model:=tiny", "-p", "stale_image_timeout_s:=1.0",
            "-p", "on_stale:=hold", "-p", "on_shutdown:=hold", "-p", "stats_period_s:=0.5", *extra]
-    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env={**_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def _start_camera(seconds: float, stamps: Path, compressed: bool = False) -> subprocess.Popen:
@@ -338,4 +339,39 @@ def test_no_backend_loads_reports_error_and_stays_up(listener):
         if node.poll() is None:
             node.kill()
             node.communicate()
+    assert node.returncode == 0 and elapsed < 6.0, out[-3000:]
+
+
+def test_backend_failure_mid_stream_switches_to_the_fallback(listener, tmp_path):
+    """VLA_ACCEL_FAULT makes onnxruntime fail after 40 inferences: the node switches to torch without
+    stopping, the chunks say so, and /diagnostics reports the switch (backend WARN, last switch)."""
+    with listener.lock:
+        listener.chunks.clear()
+        listener.diagnostics.clear()
+    node = _start_node(["-p", "backend:=onnxruntime", "-p", "fallback:=[torch]", "-p", "speedup_baseline:=none"],
+                       env={"VLA_ACCEL_FAULT": "onnxruntime:infer:after=40"})
+    camera = None
+    try:
+        _node_ready(listener, node)
+        camera = _start_camera(4.0, tmp_path / "stamps.txt")
+        listener.wait_for(lambda: any(m.backend == "torch" for _, m in listener.chunks), 40,
+                          "chunks from the fallback backend")
+        listener.wait_for(lambda: listener.latest_status("vla_accel: backend").level == b"\x01", 5,
+                          "backend WARN after the switch")
+        camera.wait(30)
+        elapsed, out = _sigint_and_wait(node)
+    finally:
+        if camera is not None and camera.poll() is None:
+            camera.kill()
+        if node.poll() is None:
+            node.kill()
+            node.communicate()
+    with listener.lock:
+        backends = [m.backend for _, m in listener.chunks]
+    assert backends[0] == "onnxruntime" and backends[-1] == "torch", backends
+    switch_at = backends.index("torch")
+    assert all(b == "torch" for b in backends[switch_at:])  # no flapping back
+    status = {kv.key: kv.value for kv in listener.latest_status("vla_accel: backend").values}
+    assert status["backend switches"] == "1" and status["last switch"].startswith("onnxruntime -> torch")
+    assert "injected" in status["last switch"]
     assert node.returncode == 0 and elapsed < 6.0, out[-3000:]

@@ -376,3 +376,80 @@ def test_config_yaml_files_parse_as_ros_parameter_files():
     for path in CONFIGS:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert list(data) == ["/**"] and "ros__parameters" in data["/**"], path.name
+
+
+def test_cv_bridge_path_for_encodings_the_core_does_not_decode():
+    bridge = conversions.make_cv_bridge()
+    if bridge is None:
+        pytest.skip("missing: cv_bridge (optional); install with: sudo apt install ros-$ROS_DISTRO-cv-bridge")
+    _need("sensor_msgs", "sensor_msgs (ROS 2 message wheels)")
+    from sensor_msgs.msg import Image
+
+    msg = bridge.cv2_to_imgmsg(np.full((4, 6), 1000, dtype=np.uint16), encoding="mono16")
+    frame = conversions.image_msg_to_frame(msg, bridge)
+    assert isinstance(frame, np.ndarray) and frame.shape == (4, 6, 3) and frame.dtype == np.uint8
+    raw = Image(height=2, width=2, step=6, encoding="rgb8")
+    raw.data = bytes(12)
+    assert isinstance(conversions.image_msg_to_frame(raw, bridge), RawImage)  # the numpy view stays the default
+
+
+def test_stage_changes_live_parameters():
+    current = params.node_parameters()
+    staged, reason = params.stage_changes(current, [("target_latency_ms", 40.0), ("dry_run", True)], running=True)
+    assert reason == "" and staged["target_latency_ms"] == 40.0 and staged["dry_run"] is True
+    assert current["dry_run"] is False  # the input is not modified
+    assert params.stage_changes(current, [("model", "base")], running=True) == (
+        None, "'model' is read-only while running (restart the node to change it)")
+    assert params.stage_changes(current, [("model", "base")], running=False)[0]["model"] == "base"
+    assert "one of" in params.stage_changes(current, [("on_stale", "explode")], running=True)[1]
+    assert "together" in params.stage_changes(current, [("action_clip_low", [0.0])], running=True)[1]
+
+
+# --- the session (model + backend chain + engine + loop), no ROS ------------------------------------
+def test_session_runs_the_engine_and_applies_clip_overrides(tiny_spec):
+    pytest.importorskip("torch", reason="missing: torch; install with: pip install torch==2.13.0 (CPU build)")
+    import threading
+
+    from vla_accel.ros.session import InferenceSession
+
+    got, done = [], threading.Event()
+
+    def on_chunks(chunks):
+        got.extend(chunks)
+        done.set()
+
+    values = params.node_parameters({"speedup_baseline": "measure", "warmup_iterations": 1,
+                                     "action_clip_low": [-0.001] * 7, "action_clip_high": [0.001] * 7})
+    session = InferenceSession(values, on_chunks=on_chunks)
+    session.load_model()
+    cams = [diagnostics.CameraInput("primary", "/camera/image_raw", "raw")]
+    asm = ObservationAssembler(session.spec, cams, session.metrics, initial_instruction="pick up the block")
+    asm.set_joint_state([], np.zeros(8))
+    session.load()
+    assert session.state.status == "running" and session.state.active == "torch"
+    assert session.metrics.baseline_ms > 0  # measured torch CPU baseline
+    session.start()
+    try:
+        obs = asm.on_frame("primary", _rgb_frame(), 42, "cam")
+        session.submit(obs)
+        assert done.wait(30), "no chunk from the session"
+    finally:
+        assert session.stop(timeout=2.0)
+    chunk = got[0]
+    assert chunk.stamp_ns == 42 and chunk.frame_id == "cam" and chunk.backend == "torch"
+    assert chunk.values.shape == (10, 7) and np.all(np.abs(chunk.values) <= 0.001 + 1e-7)
+    session.apply_clip([], [])  # back to the spec's bounds
+    np.testing.assert_allclose(session.engine.postprocessor.clip_high, tiny_spec.action.clip_high)
+    with pytest.raises(Exception, match="7 values"):
+        session.apply_clip([0.0], [1.0])
+
+
+def test_session_reports_failure_when_no_backend_loads():
+    from vla_accel.errors import BackendError
+    from vla_accel.ros.session import InferenceSession
+
+    values = params.node_parameters({"backend": "tensorrt", "speedup_baseline": "none"})
+    session = InferenceSession(values, on_chunks=lambda chunks: None)
+    with pytest.raises(BackendError):
+        session.load()
+    assert session.state.status == "failed" and "tensorrt" in session.state.error

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--node-transports", default="LARGE_DATA",
                        help="comma-separated FASTDDS_BUILTIN_TRANSPORTS settings to compare; 'default' = unset "
                             "(default: LARGE_DATA)")
+    group.add_argument("--node-qos", default="sensor_data", choices=("sensor_data", "reliable"),
+                       help="image QoS of camera and node (default: sensor_data, best effort)")
     group.add_argument("--node-startup-timeout", type=float, default=120.0,
                        help="seconds to wait for the node's first chunk (default: 120)")
 
@@ -51,17 +53,20 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise VlaAccelError(f"bench node needs rclpy and the built vla_accel messages ({exc}): run ./run.sh setup "
                             "and source .ros_build/env.sh", reason="missing_ros") from exc
-    backends = getattr(args, "backends", None) or ["torch"]
-    backend = backends[0] if backends and backends[0] not in ("torch", "onnxruntime", "openvino") or \
-        len(backends) == 1 else "torch"
+    backend = (getattr(args, "backends", None) or ["torch"])[0]  # the node runs one backend (+ its fallbacks)
     seconds = max(3.0, float(getattr(args, "seconds", 10.0) or 10.0))
     results = []
     for transport in [t.strip() for t in args.node_transports.split(",") if t.strip()]:
         results.append(measure(model=args.model, backend=backend, transport=transport, seconds=seconds,
                                rate=args.node_rate, width=args.node_width, height=args.node_height,
-                               threads=int(getattr(args, "threads", 0) or 0),
+                               threads=int(getattr(args, "threads", 0) or 0), qos=args.node_qos,
                                startup_timeout=args.node_startup_timeout))
     print_table(results)
+    breakdown = in_process_breakdown(args.model, args.node_width, args.node_height)
+    print("in-process breakdown of the node's own work, p50 over 300 calls (no graph, no threads): "
+          + ", ".join(f"{k} {v:.3f} ms" for k, v in breakdown.items()))
+    for r in results:
+        r["in_process_breakdown_ms"] = breakdown
     json_path = getattr(args, "json_path", None)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(*, model: str, backend: str, transport: str, seconds: float, rate: float, width: int, height: int,
-            threads: int, startup_timeout: float) -> dict[str, Any]:
+            threads: int, startup_timeout: float, qos: str = "sensor_data") -> dict[str, Any]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile
@@ -86,9 +91,11 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
         env["FASTDDS_BUILTIN_TRANSPORTS"] = transport
     node_cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args", "-p", f"backend:={backend}",
                 "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=none",
-                "-p", "stats_period_s:=0.5"]
+                "-p", "stats_period_s:=0.5", "-p", f"input_qos:={qos}"]
     camera_cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", str(rate), "--width", str(width),
                   "--height", str(height), "--seconds", str(seconds + startup_timeout + 10)]
+    if qos == "reliable":
+        camera_cmd.append("--reliable")
     print(f"[bench node] {backend} / {model}, FASTDDS_BUILTIN_TRANSPORTS={transport}: starting node and camera",
           file=sys.stderr)
     # This process's participant reads FASTDDS_BUILTIN_TRANSPORTS at creation: match the graph's.
@@ -106,11 +113,15 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     latest_diag: dict[str, str] = {}
     recording = threading.Event()
 
+    window_start_ns = [0]
+
     def on_chunk(msg):
         now = time.time_ns()
-        if recording.is_set():
+        stamp = stamp_to_ns(msg.header.stamp)
+        # only frames captured inside the window: chunks of start-up frames arriving late are not steady state
+        if recording.is_set() and stamp >= window_start_ns[0]:
             with lock:
-                e2e_ms.append((now - stamp_to_ns(msg.header.stamp)) / 1e6)
+                e2e_ms.append((now - stamp) / 1e6)
         first_chunk.set()
 
     def on_diag(msg):
@@ -125,7 +136,7 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, QoSProfile(depth=10))
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    result: dict[str, Any] = {"backend": backend, "model": model, "transport": transport, "rate_hz": rate,
+    result: dict[str, Any] = {"backend": backend, "model": model, "transport": transport, "qos": qos, "rate_hz": rate,
                               "image": f"{width}x{height} rgb8"}
     try:
         deadline = time.monotonic() + startup_timeout
@@ -136,7 +147,8 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
                                     reason="node_failed")
             if time.monotonic() > deadline:
                 raise VlaAccelError(f"no action chunk within {startup_timeout:.0f} s", reason="node_timeout")
-        time.sleep(0.5)  # let the first (warm-up affected) chunks pass
+        time.sleep(1.0)  # let the first (warm-up affected) chunks pass
+        window_start_ns[0] = time.time_ns()
         recording.set()
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
@@ -176,14 +188,76 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     return result
 
 
+def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) -> dict[str, float]:
+    """p50 of each step the node does per frame, timed in this process on real messages: what the
+    graph figures above add on top is thread hand-off, GIL contention with inference and DDS."""
+    import array
+
+    import numpy as np
+    from geometry_msgs.msg import TwistStamped
+    from sensor_msgs.msg import Image
+
+    from vla_accel.core.metrics import InferenceMetrics
+    from vla_accel.core.preprocess import Preprocessor
+    from vla_accel.core.types import ActionChunk
+    from vla_accel.models import load_model
+    from vla_accel.msg import ActionChunk as ActionChunkMsg
+    from vla_accel.ros import conversions
+    from vla_accel.ros.diagnostics import CameraInput
+    from vla_accel.ros.inputs import ObservationAssembler
+
+    spec = load_model(model).spec
+    msg = Image()
+    msg.height, msg.width, msg.step, msg.encoding = height, width, width * 3, "rgb8"
+    data = array.array("B")
+    data.frombytes(np.random.default_rng(0).integers(0, 256, width * height * 3, dtype=np.uint8).tobytes())
+    msg.data = data
+    cams = [CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
+    assembler = ObservationAssembler(spec, cams, InferenceMetrics(), "/vla/instruction", "pick up the block")
+    if spec.state is not None:
+        assembler.set_joint_state([], np.zeros(spec.state.dims))
+    preprocessor = Preprocessor(spec, 1)
+    chunk = ActionChunk(1, spec.action.dt, spec.action.names,
+                        np.zeros((spec.action.steps, spec.action.dims), np.float32), spec.action.space)
+
+    def on_frame():
+        obs = None
+        for cam in reversed(spec.cameras):  # secondary frames are stored, then the primary builds the observation
+            obs = assembler.on_frame(cam.name, conversions.image_msg_to_raw(msg), 1) or obs
+        return obs
+
+    obs = on_frame()
+
+    def prepare():
+        preprocessor.prepare([obs]).release()
+
+    steps = {
+        "image callback (view + validate + assemble)": on_frame,
+        "preprocess (resize + normalise + tokenise)": prepare,
+        "ActionChunk message": lambda: conversions.fill_chunk_msg(ActionChunkMsg(), chunk),
+        "first-action TwistStamped": lambda: conversions.fill_twist(TwistStamped(), chunk.values[0], chunk.names,
+                                                                    chunk.space, chunk.dt, 1, ""),
+    }
+    out = {}
+    for name, step in steps.items():
+        step()
+        samples = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
+            step()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        out[name] = percentiles(samples)["p50"]
+    return out
+
+
 def print_table(results: list[dict[str, Any]]) -> None:
     print("\nvla-accel bench node: node overhead and end-to-end latency (ms), same machine, one run")
-    header = (f"{'transport':<12}{'backend':<12}{'chunks/s':>9}{'overhead p50':>14}{'overhead p99':>14}"
+    header = (f"{'transport':<12}{'qos':<13}{'backend':<12}{'chunks/s':>9}{'overhead p50':>14}{'overhead p99':>14}"
               f"{'infer p50':>11}{'total p50':>11}{'e2e p50':>10}{'e2e p90':>10}{'e2e p99':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['transport']:<12}{r['backend']:<12}{r['chunks_per_s']:>9.1f}{r['node_overhead_p50_ms']:>14.3f}"
+        print(f"{r['transport']:<12}{r['qos']:<13}{r['backend']:<12}{r['chunks_per_s']:>9.1f}{r['node_overhead_p50_ms']:>14.3f}"
               f"{r['node_overhead_p99_ms']:>14.3f}{r['inference_p50_ms']:>11.2f}{r['total_p50_ms']:>11.2f}"
               f"{r['end_to_end_p50_ms']:>10.2f}{r['end_to_end_p90_ms']:>10.2f}{r['end_to_end_p99_ms']:>10.2f}")
     goal = all(r["node_overhead_p50_ms"] <= 1.0 for r in results)

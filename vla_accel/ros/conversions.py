@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vla_accel.core.image import normalize_encoding
+from vla_accel.core.image import RAW_ENCODINGS, normalize_encoding
 from vla_accel.core.types import ActionChunk, RawImage
 
 FIRST_ACTION_TYPES = ("auto", "twist", "float64_array", "none")
@@ -73,11 +73,31 @@ def compressed_msg_to_raw(msg: Any) -> RawImage:
     return RawImage(data=_buffer_view(msg.data), encoding=normalize_encoding(msg.format))
 
 
-def cv_bridge_available() -> bool:
-    """cv_bridge is an optional alternative (e.g. for exotic encodings); the numpy view is the default."""
+def make_cv_bridge() -> Any:
+    """A cv_bridge.CvBridge when the ROS package is importable, else None. It is only used for raw
+    encodings the core does not decode (16-bit, YUV, Bayer, ...); the numpy view stays the default."""
     from vla_accel.backends.base import module_available
 
-    return module_available("cv_bridge")
+    if not module_available("cv_bridge"):
+        return None
+    from cv_bridge import CvBridge
+
+    return CvBridge()
+
+
+def image_msg_to_frame(msg: Any, bridge: Any = None) -> RawImage | np.ndarray:
+    """sensor_msgs/Image -> a RawImage view, or, for encodings the core cannot decode and when a
+    cv_bridge is given, the RGB array cv_bridge converts it to. A frame cv_bridge cannot convert
+    either is returned as the RawImage, which the core then rejects as unknown_encoding."""
+    raw = image_msg_to_raw(msg)
+    if bridge is None or normalize_encoding(raw.encoding) in RAW_ENCODINGS:
+        return raw
+    from cv_bridge import CvBridgeError
+
+    try:
+        return np.ascontiguousarray(bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+    except CvBridgeError:
+        return raw
 
 
 # --- chunks ---------------------------------------------------------------------------------------

@@ -251,6 +251,27 @@ def cross_check(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def stage_changes(current: Mapping[str, Any], changes: list[tuple[str, Any]],
+                  running: bool) -> tuple[dict[str, Any] | None, str]:
+    """Validate live changes (the node's on-set callback): (new values, "") or (None, reason).
+    While ``running``, read-only parameters are refused (their descriptors say so too)."""
+    staged = dict(current)
+    for name, value in changes:
+        if isinstance(value, (tuple, array.array)):
+            value = list(value)
+        pdef = BY_NAME.get(name)
+        if pdef is not None and pdef.read_only and running:
+            return None, f"'{name}' is read-only while running (restart the node to change it)"
+        reason = validate(name, value)
+        if reason:
+            return None, reason
+        staged[name] = value
+    problems = cross_check(staged)
+    if problems:
+        return None, "; ".join(problems)
+    return staged, ""
+
+
 def load_params_file(path: str, node_name: str = "vla_node") -> dict[str, Any]:
     """Read a ROS 2 parameters YAML (``<node>: {ros__parameters: {...}}``, ``/**`` wildcard accepted)."""
     import yaml

@@ -47,8 +47,6 @@ from vla_accel.ros import conversions, diagnostics, params
 from vla_accel.ros.inputs import ObservationAssembler
 
 log = logging.getLogger("vla_accel.vla_node")
-# Parameters that may change while running (all others are read_only in their descriptors).
-LIVE_PARAMETERS = {p.name for p in params.PARAMETERS if not p.read_only}
 
 
 class VlaNode(Node):
@@ -61,6 +59,7 @@ class VlaNode(Node):
         self.assembler: ObservationAssembler | None = None
         self.cameras: list[diagnostics.CameraInput] = []
         self.streamer = None
+        self.bridge = None
         self._stream_lock = threading.Lock()
         self._last_action: np.ndarray | None = None
         self._stale = False
@@ -101,6 +100,7 @@ class VlaNode(Node):
         """Subscribe and start inference."""
         values, spec = self.values, self.session.spec
         qos = qos_profile_sensor_data if values["input_qos"] == "sensor_data" else QoSProfile(depth=5)
+        self.bridge = conversions.make_cv_bridge()  # optional: exotic raw encodings only
         for cam in self.cameras:
             if cam.transport == "compressed":
                 self.create_subscription(CompressedImage, cam.topic,
@@ -172,7 +172,7 @@ class VlaNode(Node):
     # --- callbacks: inputs ----------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
         entry_ns = time.monotonic_ns()
-        raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_raw(msg)
+        raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
         obs = self.assembler.on_frame(camera, raw, conversions.stamp_to_ns(msg.header.stamp), msg.header.frame_id)
         if obs is not None:
             with self._overhead_lock:
@@ -197,20 +197,10 @@ class VlaNode(Node):
                               drop.source, drop.reason, drop.message)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
-        staged = dict(self.values)
-        for change in changes:
-            value = change.value
-            if isinstance(value, (list, tuple)) or type(value).__name__ == "array":
-                value = list(value)
-            if change.name in params.BY_NAME and change.name not in LIVE_PARAMETERS and self.session is not None:
-                return SetParametersResult(successful=False, reason=f"'{change.name}' is read-only while running")
-            reason = params.validate(change.name, value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            staged[change.name] = value
-        problems = params.cross_check(staged)
-        if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
+        staged, reason = params.stage_changes(self.values, [(c.name, c.value) for c in changes],
+                                              running=self.session is not None)
+        if staged is None:
+            return SetParametersResult(successful=False, reason=reason)
         if self.session is not None and self.session.engine is not None:
             try:
                 self.session.apply_clip(staged["action_clip_low"], staged["action_clip_high"])
