@@ -62,6 +62,8 @@ PARITY_CASES = [
     ("tiny", "onnxruntime", "fp32"),
     ("tiny", "openvino", "fp32"),
     ("tiny", "openvino", "default"),  # OpenVINO's own choice (bf16 on AVX512-BF16 / AMX CPUs)
+    ("tiny", "onnxruntime", "int8"),  # dynamic quantisation of the fp32 export
+    ("tiny-2cam", "onnxruntime", "int8"),
     ("tiny-2cam", "onnxruntime", "fp32"),
     ("tiny-2cam", "openvino", "fp32"),
     pytest.param("base", "torch", "fp32", marks=pytest.mark.slow),
@@ -80,8 +82,8 @@ def test_parity_with_committed_torch_reference(loaded, model_name, backend, prec
     tolerance = TOLERANCES[ran_at]
     diff = float(np.abs(actions - reference.actions).max())
     assert diff <= tolerance, f"{backend} ({ran_at}) differs from the torch reference by {diff:.2e} > {tolerance:.0e}"
-    if precision == "fp32":
-        assert ran_at == "fp32"
+    if precision in ("fp32", "int8"):
+        assert ran_at == precision
 
 
 def test_openvino_default_precision_is_reported(loaded):
@@ -157,7 +159,7 @@ def test_bad_options_are_backend_errors(tiny_bundle):
     with pytest.raises(BackendError, match="CPU only"):
         create_backend("torch", tiny_bundle, BackendOptions(device="cuda")).load()
     with pytest.raises(BackendError, match="supports precision"):
-        create_backend("onnxruntime", tiny_bundle, BackendOptions(precision="int8"))
+        create_backend("onnxruntime", tiny_bundle, BackendOptions(precision="fp16"))
 
 
 def test_infer_before_load_is_an_error(tiny_bundle):

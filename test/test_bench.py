@@ -24,14 +24,16 @@ def test_bench_backends_writes_json(tmp_path, capsys):
                "--warmup", "1", "--iters", "2", "--json", str(out)])
     assert rc == 0
     table = capsys.readouterr().out
-    assert "speedup" in table and "openvino-default" in table
+    assert "speedup" in table and "openvino-default" in table and "onnxruntime-int8" in table
     report = json.loads(out.read_text())
     assert report["model"] == "tiny" and report["settings"]["batches"] == [1, 2]
     assert report["settings"]["schedule"] == "interleaved"
     rows = report["results"]
-    # torch (the baseline) is added even when not asked for; openvino gets a default-precision row
-    assert sorted({r["variant"] for r in rows}) == ["onnxruntime", "openvino", "openvino-default", "torch"]
-    assert len(rows) == 8
+    # torch (the baseline) is added even when not asked for; openvino gets a default-precision row,
+    # onnxruntime an int8 one
+    assert sorted({r["variant"] for r in rows}) == ["onnxruntime", "onnxruntime-int8", "openvino",
+                                                    "openvino-default", "torch"]
+    assert len(rows) == 10
     for row in rows:
         assert row["iterations"] == 2
         lat = row["latency_ms"]
@@ -41,6 +43,8 @@ def test_bench_backends_writes_json(tmp_path, capsys):
         assert row["max_abs_diff_vs_torch"] >= 0
     fp32_rows = [r for r in rows if r["requested_precision"] == "fp32"]
     assert all(r["max_abs_diff_vs_torch"] < 1e-4 for r in fp32_rows)
+    int8_rows = [r for r in rows if r["variant"] == "onnxruntime-int8"]
+    assert all(r["precision"] == "int8" and r["max_abs_diff_vs_torch"] < 0.15 for r in int8_rows)
     torch_rows = [r for r in rows if r["variant"] == "torch"]
     assert all(r["speedup_vs_torch"] == pytest.approx(1.0) for r in torch_rows)
 
@@ -94,7 +98,8 @@ def test_bench_ready_onnx_model_uses_first_backend_as_baseline(tmp_path, tiny_bu
     data.pop("architecture")
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
     report = bench.run_backends(model=str(tmp_path / "policy.yaml"), backends=["onnxruntime"], batches=[1],
-                                warmup=1, iters=2, openvino_default=False, log=lambda message: None)
+                                warmup=1, iters=2, openvino_default=False, onnxruntime_int8=False,
+                                log=lambda message: None)
     assert report["settings"]["baseline"] == "onnxruntime fp32"
     assert [row["variant"] for row in report["results"]] == ["onnxruntime"]
     assert report["results"][0]["speedup_vs_torch"] == pytest.approx(1.0)

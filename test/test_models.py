@@ -253,6 +253,8 @@ def test_user_onnx_model_file(tmp_path, tiny_bundle):
     assert bundle.export("onnx") == bundle.model_file
     xml = bundle.export("openvino", progress=False)  # onnx -> OpenVINO is a real conversion
     assert xml.suffix == ".xml" and xml.with_suffix(".bin").stat().st_size > 1_000_000
+    quantised = bundle.export("onnx", precision="int8", progress=False)  # quantised from the user's file
+    assert quantised != bundle.model_file and quantised.stat().st_size < bundle.model_file.stat().st_size / 2
     with pytest.raises(ModelFileError, match="onnx -> tflite is not available"):
         bundle.export("tflite")
     with pytest.raises(ModelFileError, match="no reference torch network"):
@@ -289,8 +291,8 @@ def test_export_is_cached_and_ignores_a_killed_export(tmp_path, capsys):
 def test_export_rejects_unknown_format_and_precision(tiny_bundle):
     with pytest.raises(ModelFileError, match="unknown export format"):
         tiny_bundle.export("caffe")
-    with pytest.raises(ModelFileError, match="onnx export supports precision fp32"):
-        tiny_bundle.export("onnx", precision="int8")
+    with pytest.raises(ModelFileError, match="onnx export supports precision fp32, int8"):
+        tiny_bundle.export("onnx", precision="fp16")
 
 
 # --- commands ------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ the backend call, throughput (samples/s), speedup over torch eager fp32 CPU at t
 (S = T_torch / T_backend on p50), parallel efficiency E = S / P (P = threads in use) and the largest
 absolute difference from torch's output on the same inputs. Every statistic comes from
 ``vla_accel.core.metrics``. OpenVINO also gets a row at its default precision (bf16 on CPUs with
-AVX512-BF16 / AMX), reported separately from its fp32 row.
+AVX512-BF16 / AMX) and ONNX Runtime one at int8 (dynamic quantisation), reported separately from the
+fp32 rows; their max|diff| shows what the precision costs.
 
 Other modes (pipeline, batching, memory, realtime, node, gpu, ...) live in
 ``vla_accel.benchmarks.<mode>`` modules with ``add_arguments(parser)`` and ``run(args)``; this
@@ -121,6 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--no-openvino-default", action="store_true",
                         help="skip the extra openvino row at OpenVINO's default precision")
+    parser.add_argument("--no-onnxruntime-int8", action="store_true",
+                        help="skip the extra onnxruntime row with int8 dynamic quantisation")
     parser.add_argument("--seed", type=int, default=7, help="seed of the example inputs (default: 7)")
     parser.add_argument("--block", type=int, default=4,
                         help="interleaved schedule: timed calls per backend per turn, after one untimed call "
@@ -166,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         schedule=args.schedule,
         block=args.block,
+        onnxruntime_int8=not args.no_onnxruntime_int8,
     )
     print(format_table(report))
     if args.json_path is not None:
@@ -190,7 +194,8 @@ class Variant:
     max_abs_diff: dict[int, float] = field(default_factory=dict)
 
 
-def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool = True) -> list[Variant]:
+def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool = True,
+              onnxruntime_int8: bool = True) -> list[Variant]:
     from vla_accel.backends.registry import canonical_name
 
     names = [canonical_name(n) for n in backends]
@@ -202,12 +207,15 @@ def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool 
         out.append(Variant(name, name, "fp32"))
         if name == "openvino" and openvino_default:
             out.append(Variant("openvino-default", name, "default"))
+        if name == "onnxruntime" and onnxruntime_int8:
+            out.append(Variant("onnxruntime-int8", name, "int8"))
     return out
 
 
 def run_backends(*, model: str, backends: list[str], batches: list[int], warmup: int = 5, iters: int = 0,
                  seconds: float = 2.0, threads: int = 0, openvino_default: bool = True, seed: int = 7,
-                 schedule: str = "interleaved", block: int = 4, log=None) -> dict[str, Any]:
+                 schedule: str = "interleaved", block: int = 4, onnxruntime_int8: bool = True,
+                 log=None) -> dict[str, Any]:
     """Run the side-by-side benchmark and return the report (what ``--json`` writes)."""
     from vla_accel.backends.base import BackendOptions, example_inputs
     from vla_accel.backends.registry import create_backend
@@ -227,7 +235,8 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
     bundle = load_model(model)
     # A ready model file (user ONNX / OpenVINO IR) has no torch network: the first backend listed
     # is then the baseline, and the report says so.
-    variants = _variants(backends, openvino_default, torch_baseline=bundle.has_torch_network)
+    variants = _variants(backends, openvino_default, torch_baseline=bundle.has_torch_network,
+                         onnxruntime_int8=onnxruntime_int8)
     max_batch = max(batches)
     try:
         for variant in variants:

@@ -11,7 +11,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="formats", default="onnx",
                         help=f"comma-separated formats: {', '.join(FORMATS)} (default: onnx)")
     parser.add_argument("--precision", default="fp32",
-                        help="fp32 (default); openvino also fp16 (compressed weights); tflite per its exporter")
+                        help="fp32 (default); onnx also int8 (ONNX Runtime dynamic quantisation); openvino also "
+                             "fp16 (compressed weights); tflite per its exporter")
     parser.add_argument("--force", action="store_true", help="export again even if a cached export exists")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 

@@ -33,7 +33,8 @@ CACHE_ENV = "VLA_ACCEL_CACHE"
 MODEL_FORMATS = ("safetensors", "onnx", "tflite", "openvino", "engine")
 EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 # What each export format can be asked for; a request outside this fails before any work is done.
-EXPORT_PRECISIONS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16")}
+# onnx int8: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call).
+EXPORT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16")}
 # The file a model-file format must end with.
 FORMAT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml", "engine": ".engine"}
 ONNX_OPSET = 18
@@ -272,12 +273,13 @@ class ModelBundle:
                 f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}", reason="bad_export_format"
             )
         if not self.has_torch_network:
-            if fmt == self.spec.format:
+            if fmt == self.spec.format and not (fmt == "onnx" and precision == "int8"):
                 return self.model_file
-            if not (fmt == "openvino" and self.spec.format == "onnx"):
+            if not (fmt in ("openvino", "onnx") and self.spec.format == "onnx"):
                 raise ModelFileError(
                     f"model '{self.name}' is a {self.spec.format} file ({self.spec.weights_path()}); conversion "
-                    f"{self.spec.format} -> {fmt} is not available here (only onnx -> openvino is). Provide a "
+                    f"{self.spec.format} -> {fmt} is not available here (only onnx -> openvino and onnx -> int8 "
+                    f"onnx are). Provide a "
                     f"{fmt} model in the spec or use a backend that runs {self.spec.format}.",
                     reason="conversion_unavailable",
                 )
@@ -303,7 +305,9 @@ class ModelBundle:
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             tmp_dir = Path(tempfile.mkdtemp(prefix=f".{fmt}-{precision}.", dir=final_dir.parent))
             try:
-                if fmt == "onnx":
+                if fmt == "onnx" and precision == "int8":
+                    self._quantize_onnx_int8(tmp_dir / filename, report)
+                elif fmt == "onnx":
                     self._export_onnx(tmp_dir / filename, report)
                 else:
                     self._export_openvino(tmp_dir / filename, precision, report)
@@ -352,6 +356,27 @@ class ModelBundle:
 
         onnx.checker.check_model(str(path))
         report.stage(f"checked ONNX model ({path.stat().st_size / 1e6:.1f} MB)")
+
+    def _quantize_onnx_int8(self, path: Path, report: ExportProgress) -> None:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        source = self.export("onnx", precision="fp32", progress=report.enabled)
+        report.stage("quantising to int8 (ONNX Runtime dynamic quantisation: int8 weights, activations "
+                     "quantised per call)")
+        try:
+            model = onnx.load(str(source))
+            # The quantizer re-runs shape inference after rewriting Gemm weights; the exporter's stored
+            # value_info then disagrees with it and fails, so drop it (runtimes infer shapes anyway).
+            del model.graph.value_info[:]
+            staging = path.with_name("fp32_for_quantisation.onnx")
+            onnx.save(model, str(staging))
+            quantize_dynamic(str(staging), str(path), weight_type=QuantType.QInt8)
+            staging.unlink()
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+                ValueError, RuntimeError, OSError) as exc:
+            raise ModelFileError(f"int8 quantisation of {source} failed: {exc}", reason="quantisation_failed") from exc
+        report.stage(f"saved int8 ONNX model ({path.stat().st_size / 1e6:.1f} MB)")
 
     def _export_openvino(self, path: Path, precision: str, report: ExportProgress) -> None:
         import openvino as ov
