@@ -236,45 +236,67 @@ def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str
     return out
 
 
-def gather_inputs(
-    spec, inputs: Mapping[str, np.ndarray], max_batch: int, backend: str
-) -> tuple[int, dict[str, np.ndarray]]:
-    """Check named inputs against the spec; returns (batch, C-contiguous arrays in the spec's dtypes).
-
-    Wrong names, shapes or a batch over ``max_batch`` raise InputError (the frame is dropped and
-    counted by the engine); values are converted only when their dtype differs (e.g. int64 tokens).
-    """
+def input_signature(spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every model input's per-sample shape (after the batch dimension) and dtype, in spec order:
+    the signature every export of the reference network declares."""
     expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     for cam in spec.cameras:
-        expected[cam.input] = (cam.shape, np.dtype(cam.dtype))
+        expected[cam.input] = (tuple(cam.shape), np.dtype(cam.dtype))
     ins = spec.instruction
     expected[ins.input] = ((ins.max_tokens,), np.dtype(np.int32))
     expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(np.float32))
     if spec.state is not None:
         expected[spec.state.input] = ((spec.state.dims,), np.dtype(np.float32))
+    return expected
+
+
+def gather_inputs(
+    spec, inputs: Mapping[str, np.ndarray], max_batch: int | None, backend: str
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Check named inputs against the spec; returns (batch, C-contiguous arrays in the spec's dtypes).
+
+    Every backend checks its inputs here, so a wrong name, shape or a batch over ``max_batch``
+    (None: no limit) raises an InputError naming the tensor instead of a runtime's stack trace
+    (the frame is dropped and counted by the engine); values are converted only when their dtype
+    differs (e.g. int64 tokens), else passed without a copy.
+    """
+    expected = input_signature(spec)
     missing = sorted(set(expected) - set(inputs))
     if missing:
-        raise InputError(f"{backend}: missing inputs {missing}; expected {sorted(expected)}", reason="missing_input")
+        raise InputError(
+            f"backend '{backend}': missing input tensor {', '.join(repr(m) for m in missing)} "
+            f"(model inputs: {', '.join(spec.input_names)})",
+            reason="missing_input",
+        )
     batch = None
     out: dict[str, np.ndarray] = {}
     for name, (shape, dtype) in expected.items():
         arr = np.asarray(inputs[name])
         if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape):
             raise InputError(
-                f"{backend}: input '{name}' has shape {arr.shape}, expected (batch, {', '.join(map(str, shape))})",
+                f"backend '{backend}': input '{name}' has per-sample shape {tuple(arr.shape[1:])}, "
+                f"the model needs {tuple(shape)} (after the batch dimension)",
                 reason="bad_input_shape",
             )
         if batch is None:
             batch = arr.shape[0]
         elif arr.shape[0] != batch:
-            raise InputError(f"{backend}: inputs disagree on the batch size ({arr.shape[0]} vs {batch})", reason="bad_input_shape")
+            raise InputError(
+                f"backend '{backend}': input '{name}' has batch {arr.shape[0]}, other inputs have {batch}",
+                reason="bad_input_shape",
+            )
         out[name] = np.ascontiguousarray(arr, dtype=dtype)
     if not batch:
-        raise InputError(f"{backend}: empty batch", reason="bad_input_shape")
-    if batch > max_batch:
+        raise InputError(f"backend '{backend}': empty batch", reason="bad_input_shape")
+    if max_batch is not None and batch > max_batch:
         raise InputError(
-            f"{backend}: batch {batch} is larger than max_batch {max_batch} this backend was loaded for "
+            f"backend '{backend}': batch {batch} is larger than max_batch {max_batch} this backend was loaded for "
             f"(buffers are preallocated; raise BackendOptions.max_batch)",
             reason="batch_too_large",
         )
     return batch, out
+
+
+def as_model_inputs(backend: str, spec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """gather_inputs without a batch limit: validated arrays in the graph's dtypes."""
+    return gather_inputs(spec, inputs, None, backend)[1]

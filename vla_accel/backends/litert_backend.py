@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 LITERT_HINT = (
@@ -405,8 +405,6 @@ class LiteRTBackend(Backend):
         )
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vla_accel.backends.torch_backend import as_model_inputs
-
         arrays = as_model_inputs(self.name, self.spec, inputs)
         batch = next(iter(arrays.values())).shape[0]
         runner = self._runner_for(batch)

@@ -23,8 +23,8 @@ from typing import Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
-from vla_accel.backends.torch_backend import as_model_inputs, cpu_model_name
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs, module_available
+from vla_accel.backends.torch_backend import cpu_model_name
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 OPENVINO_HINT = "Install OpenVINO: pip install openvino."

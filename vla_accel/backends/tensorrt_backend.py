@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, module_available
+from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, gather_inputs, input_signature, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,11 +131,8 @@ class TensorRTSettings:
 
 def profile_shapes(spec: "ModelSpec", settings: TensorRTSettings) -> dict[str, tuple[tuple[int, ...], ...]]:
     """input name -> (min, opt, max) shapes of the optimisation profile (only the batch varies)."""
-    from vla_accel.backends.torch_backend import _sample_shape
-
     shapes = {}
-    for name in spec.input_names:
-        sample = _sample_shape(spec, name)
+    for name, (sample, _) in input_signature(spec).items():
         shapes[name] = tuple((batch, *sample) for batch in (settings.min_batch, settings.opt_batch, settings.max_batch))
     return shapes
 
@@ -388,9 +385,7 @@ class TensorRTBackend(Backend):
 
     # --- inference ----------------------------------------------------------------------------------
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vla_accel.backends.torch_backend import validate_inputs
-
-        validate_inputs(self.name, self.spec, inputs)
+        gather_inputs(self.spec, inputs, None, self.name)
         batch = int(next(iter(inputs.values())).shape[0])
         if batch > self.settings.max_batch:
             raise InputError(f"backend 'tensorrt': batch {batch} exceeds the engine profile's max_batch "

@@ -4,8 +4,7 @@ This is THE baseline: every speedup in the package is T_torch_cpu / T_backend at
 Options: ``threads`` -> torch.set_num_threads (process-wide in torch; 0 keeps torch's default,
 one thread per core); ``device`` must be "" or "cpu" (GPUs are the ``cuda`` backend).
 
-Also holds two small helpers the CPU backends share (cpu_model_name, validate_inputs); they need no
-heavy runtime.
+Also holds cpu_model_name, shared by the CPU backends; it needs no heavy runtime.
 """
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, module_available
-from vla_accel.errors import BackendError, InputError
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs, module_available
+from vla_accel.errors import BackendError
 
 TORCH_HINT = (
     "Install the CPU build of PyTorch: pip install torch==2.13.0 --index-url "
@@ -37,64 +36,6 @@ def cpu_model_name() -> str:
     except OSError:
         pass  # not Linux: fall through to the portable (less precise) answer
     return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def validate_inputs(backend: str, spec, inputs: Mapping[str, np.ndarray]) -> None:
-    """Every input the spec names is present, batched alike, with the per-sample shape it needs.
-    Catching this here gives an InputError naming the tensor instead of a runtime's stack trace."""
-    batch = None
-    for name in spec.input_names:
-        if name not in inputs:
-            raise InputError(
-                f"backend '{backend}': missing input tensor '{name}' (model inputs: {', '.join(spec.input_names)})",
-                reason="missing_input",
-            )
-        arr = inputs[name]
-        if arr.ndim < 1 or arr.shape[0] < 1:
-            raise InputError(f"backend '{backend}': input '{name}' has no batch dimension: {arr.shape}",
-                             reason="bad_input_shape")
-        if batch is None:
-            batch = arr.shape[0]
-        elif arr.shape[0] != batch:
-            raise InputError(
-                f"backend '{backend}': input '{name}' has batch {arr.shape[0]}, other inputs have {batch}",
-                reason="bad_input_shape",
-            )
-        expected = _sample_shape(spec, name)
-        if expected is not None and tuple(arr.shape[1:]) != expected:
-            raise InputError(
-                f"backend '{backend}': input '{name}' has per-sample shape {tuple(arr.shape[1:])}, "
-                f"the model needs {expected}",
-                reason="bad_input_shape",
-            )
-
-
-def _sample_shape(spec, name: str) -> tuple[int, ...] | None:
-    for cam in spec.cameras:
-        if cam.input == name:
-            return tuple(cam.shape)
-    if name in (spec.instruction.input, spec.instruction.mask_input):
-        return (spec.instruction.max_tokens,)
-    if spec.state is not None and name == spec.state.input:
-        return (spec.state.dims,)
-    return None
-
-
-def input_dtypes(spec) -> dict[str, np.dtype]:
-    """The dtype every exported graph declares for each input."""
-    out = {cam.input: np.dtype(cam.dtype) for cam in spec.cameras}
-    out[spec.instruction.input] = np.dtype(np.int32)
-    out[spec.instruction.mask_input] = np.dtype(np.float32)
-    if spec.state is not None:
-        out[spec.state.input] = np.dtype(np.float32)
-    return out
-
-
-def as_model_inputs(backend: str, spec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validated, C-contiguous inputs in the graph's dtypes (no copy when already so)."""
-    validate_inputs(backend, spec, inputs)
-    dtypes = input_dtypes(spec)
-    return {name: np.ascontiguousarray(inputs[name], dtype=dtypes[name]) for name in spec.input_names}
 
 
 class TorchBackend(Backend):
