@@ -1,0 +1,1 @@
+"""OpenCL C sources of the opencl backend (package data, read with importlib.resources / a path)."""
