@@ -112,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated backends (default: torch,onnxruntime,openvino); torch, the "
                              "baseline, is always added first (for a ready model file the first backend "
                              "listed is the baseline)")
-    parser.add_argument("--batch", type=int_list, default=[1, 8], help="comma-separated batch sizes (default: 1,8)")
+    parser.add_argument("--batch", type=int_list, default=[1, 8, 16, 32],
+                        help="comma-separated batch sizes (default: 1,8,16,32, the sweep of the seed documents)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per backend and batch (default: 5)")
     parser.add_argument("--iters", type=int, default=0,
                         help="timed calls per backend and batch (default: run for --seconds instead)")
