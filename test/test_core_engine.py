@@ -219,12 +219,10 @@ def test_shared_metrics_object_is_used():
 
 def test_tiny_model_on_torch_backend():
     pytest.importorskip("torch", reason="missing: torch; install with pip install torch==2.13.0 (CPU wheel)")
-    try:
-        from vla_accel.backends.registry import create_backend
-        from vla_accel.models import load_model
-    except ImportError as exc:  # the models package is written in parallel; skip until it lands
-        pytest.skip(f"missing: vla_accel.models / torch backend ({exc})")
     import torch
+
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.models import load_model
 
     bundle = load_model("tiny")
     backend = create_backend("torch", bundle, BackendOptions(threads=1))
@@ -254,3 +252,16 @@ def test_tiny_model_on_torch_backend():
         np.testing.assert_allclose(chunk.values, want[i], rtol=1e-5, atol=1e-6)
     assert not np.allclose(chunks[0].values, chunks[1].values)
     assert engine.metrics.snapshot().backend == "torch"
+
+
+def test_instruction_longer_than_the_context_is_counted_and_logged(caplog):
+    engine = Engine(MODEL, MarkerBackend(MODEL))
+    limit = SPEC.instruction.max_tokens
+    with caplog.at_level("WARNING", logger="vla_accel.core.engine"):
+        engine.infer([obs(0.1, 1, instruction="x" * (limit - 2))])  # bos + bytes + eos: fits exactly
+        assert engine.metrics.snapshot().extra == {}
+        engine.infer([obs(0.1, 2, instruction="y" * (limit + 5))])
+        engine.infer([obs(0.1, 3, instruction="y" * (limit + 5))])  # same text: tokenised once
+    assert engine.metrics.snapshot().extra == {"events_instruction_truncated": 1}
+    assert engine.metrics.as_dict()["events_instruction_truncated"] == 1
+    assert any("instruction_truncated" in r.getMessage() or "is cut" in r.getMessage() for r in caplog.records)

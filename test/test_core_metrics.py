@@ -151,3 +151,18 @@ def test_rate_limited_logger_counts_suppressed(caplog):
         assert limited.warning("k", "bad frame %d", 9)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["bad frame 1", "other problem", "bad frame 9 (suppressed 3 similar messages in the last 5 s)"]
+
+
+def test_speedup_compares_the_same_batch_size():
+    m = InferenceMetrics()
+    m.set_baseline_ms(40.0, batch_size=4)  # a baseline measured at batch 4 ...
+    for _ in range(10):
+        m.record_batch(1, 0.1, 10.0, 0.1)  # ... while the backend runs batch 1
+    assert m.snapshot().speedup == 0.0  # unknown, not 40 / 10
+    m.set_baseline_ms(20.0, batch_size=1)
+    snap = m.snapshot()
+    assert snap.speedup == pytest.approx(2.0) and snap.baseline_ms == 20.0
+    for _ in range(30):
+        m.record_batch(4, 0.1, 16.0, 0.1)  # batch 4 now dominates the window
+    snap = m.snapshot()
+    assert snap.speedup == pytest.approx(40.0 / 16.0) and snap.baseline_ms == 40.0

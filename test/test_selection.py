@@ -75,6 +75,49 @@ def test_mid_stream_failure_switches_within_one_frame_and_loses_no_batch(tiny_bu
         chain.close()
 
 
+def test_non_finite_outputs_switch_to_the_next_backend(tiny_bundle, torch_reference, monkeypatch):
+    """A runtime whose numerics break (NaN outputs, injected after 2 good calls) is replaced like one
+    that raises: the NaN batch itself is answered by the fallback, never published."""
+    monkeypatch.setenv(FAULT_ENV, f"{PRIMARY}:nan:after=2")
+    chain = FallbackChain(tiny_bundle, [PRIMARY, SECONDARY]).load()
+    try:
+        served_by = []
+        for frame in range(4):
+            inputs = example_inputs(tiny_bundle.spec, 1, seed=200 + frame)
+            out = chain.infer(inputs)["actions"]
+            assert np.isfinite(out).all()
+            assert np.abs(out - torch_reference.infer(inputs)["actions"]).max() <= 1e-4
+            served_by.append(chain.active_name)
+        assert served_by == [PRIMARY] * 2 + [SECONDARY] * 2
+        assert "non-finite" in chain.failures[PRIMARY]
+    finally:
+        chain.close()
+
+
+def test_close_does_not_wait_forever_for_a_stuck_inference(tiny_bundle):
+    import threading
+
+    chain = FallbackChain(tiny_bundle, [SECONDARY]).load()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_lock():  # stands in for a runtime call that never returns
+        with chain._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold_the_lock, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    try:
+        assert chain.close(timeout=0.2) is False
+        assert chain.loaded  # not torn down under the running call
+    finally:
+        release.set()
+        thread.join(5)
+    assert chain.close() is True and not chain.loaded
+
+
 def test_all_candidates_failing_lists_every_reason(tiny_bundle, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"{PRIMARY}:load,{SECONDARY}:load")
     with pytest.raises(BackendError) as info:

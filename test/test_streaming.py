@@ -17,10 +17,10 @@ SPEC = ActionSpec(steps=STEPS, dims=2, names=("shoulder", "elbow"), space="joint
 NS = 1_000_000_000
 
 
-def make_chunk(stamp_s: float, values: np.ndarray, stream: str = "default") -> ActionChunk:
+def make_chunk(stamp_s: float, values: np.ndarray, stream: str = "default", names=None) -> ActionChunk:
     return ActionChunk(
-        stamp_ns=int(round(stamp_s * NS)), dt=DT, names=SPEC.names, values=values.astype(np.float32),
-        space=SPEC.space, stream=stream,
+        stamp_ns=int(round(stamp_s * NS)), dt=DT, names=tuple(names or SPEC.names),
+        values=values.astype(np.float32), space=SPEC.space, stream=stream,
     )
 
 
@@ -173,6 +173,17 @@ def test_holds_when_the_chunk_runs_out_and_reports_it(mode, hold):
     if mode == "blend":
         # The cross-fade starts from what the robot was actually given during the hold.
         assert np.all(np.abs(resumed.values - np.array(expected)) <= 1.4 * 0.02 / 0.1 + 1e-6)
+
+
+def test_zero_hold_keeps_the_gripper_command():
+    spec = ActionSpec(steps=STEPS, dims=2, names=("vx", "gripper"), space="eef_velocity", dt=DT)
+    streamer = ActionStreamer(spec, "latest")  # eef_velocity: zero hold by default
+    values = np.tile(np.array([[0.4, 1.0]]), (STEPS, 1))
+    streamer.push(make_chunk(1.0, values, names=spec.names), now_ns=int(1.05 * NS))
+    streamer.sample(int(1.5 * NS))
+    held = streamer.sample_detail(int(1.9 * NS))
+    assert held.holding
+    np.testing.assert_allclose(held.values, [0.0, 1.0])  # motion stops, the gripper stays closed
 
 
 def test_default_hold_is_zero_for_velocity_and_delta_spaces():

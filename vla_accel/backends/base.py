@@ -9,8 +9,10 @@ Subclasses implement ``probe`` (cheap: is the runtime importable / the library p
 inside ``_load`` only, never at module import.
 
 Fault injection (for fallback tests and drills on a robot): the environment variable
-``VLA_ACCEL_FAULT`` holds comma-separated ``backend:load`` or ``backend:infer[:after=N]`` entries;
-a matching backend raises BackendError at load, or on every inference after N successful ones.
+``VLA_ACCEL_FAULT`` holds comma-separated ``backend:load``, ``backend:infer[:after=N]`` or
+``backend:nan[:after=N]`` entries; a matching backend raises BackendError at load, raises on every
+inference after N successful ones, or (nan) returns NaN outputs after N good ones, as a runtime whose
+numerics broke would.
 The same can be passed per instance as ``BackendOptions.fault``.
 """
 from __future__ import annotations
@@ -101,18 +103,21 @@ class _Fault:
     def __init__(self, backend: str, spec: str):
         self.at_load = False
         self.infer_after: int | None = None
+        self.nan_after: int | None = None
         for entry in filter(None, (e.strip() for e in spec.split(","))):
             parts = entry.split(":")
-            if parts[0] != backend:
+            if parts[0] != backend or len(parts) < 2:
                 continue
-            if len(parts) >= 2 and parts[1] == "load":
+            after = 0
+            for p in parts[2:]:
+                if p.startswith("after="):
+                    after = int(p.split("=", 1)[1])
+            if parts[1] == "load":
                 self.at_load = True
-            elif len(parts) >= 2 and parts[1] == "infer":
-                after = 0
-                for p in parts[2:]:
-                    if p.startswith("after="):
-                        after = int(p.split("=", 1)[1])
+            elif parts[1] == "infer":
                 self.infer_after = after
+            elif parts[1] == "nan":
+                self.nan_after = after
 
 
 class Backend(abc.ABC):
@@ -183,7 +188,10 @@ class Backend(abc.ABC):
                 reason="injected_fault",
             )
         self._calls += 1
-        return self._infer(inputs)
+        outputs = self._infer(inputs)
+        if self._fault.nan_after is not None and self._calls > self._fault.nan_after:
+            outputs = {name: np.full_like(value, np.nan) for name, value in outputs.items()}
+        return outputs
 
     def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
         inputs = example_inputs(self.spec, batch_size, seed=0)

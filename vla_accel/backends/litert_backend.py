@@ -557,7 +557,9 @@ class LiteRTGpuBackend(LiteRTBackend):
         return str(self.options.device or "gpu:0")
 
     def _parallel_units(self) -> int:
-        return int(self.options.extra.get("parallel_units", 1))
+        # Unknown unless the user states it (extra parallel_units): 0 makes the efficiency read
+        # "unknown" instead of presenting a made-up P as measured.
+        return int(self.options.extra.get("parallel_units", 0))
 
 
 class HexagonBackend(LiteRTBackend):
@@ -576,7 +578,9 @@ class HexagonBackend(LiteRTBackend):
         return "hexagon-dsp"
 
     def _parallel_units(self) -> int:
-        return int(self.options.extra.get("parallel_units", 1))
+        # Unknown unless the user states it (extra parallel_units): 0 makes the efficiency read
+        # "unknown" instead of presenting a made-up P as measured.
+        return int(self.options.extra.get("parallel_units", 0))
 
 
 class QnnBackend(LiteRTBackend):
@@ -612,7 +616,9 @@ class QnnBackend(LiteRTBackend):
         return f"qnn-{self._delegate_options()['backend_type']}"
 
     def _parallel_units(self) -> int:
-        return int(self.options.extra.get("parallel_units", 1))
+        # Unknown unless the user states it (extra parallel_units): 0 makes the efficiency read
+        # "unknown" instead of presenting a made-up P as measured.
+        return int(self.options.extra.get("parallel_units", 0))
 
 
 # Vendor delegates that the ``external`` (and ``npu``) backends look for when none is configured.
@@ -670,4 +676,6 @@ class ExternalDelegateBackend(LiteRTBackend):
         return os.path.basename(self._delegate_path() or "external")
 
     def _parallel_units(self) -> int:
-        return int(self.options.extra.get("parallel_units", 1))
+        # Unknown unless the user states it (extra parallel_units): 0 makes the efficiency read
+        # "unknown" instead of presenting a made-up P as measured.
+        return int(self.options.extra.get("parallel_units", 0))

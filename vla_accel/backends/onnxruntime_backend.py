@@ -163,7 +163,8 @@ class OnnxRuntimeBackend(Backend):
             backend=self.name,
             device="cpu" if on_cpu else provider.replace("ExecutionProvider", "").lower(),
             kind="cpu" if on_cpu else "gpu",
-            parallel_units=threads,
+            # P is the CPU threads on the CPU provider; for a GPU provider ORT does not say (0: unknown).
+            parallel_units=threads if on_cpu else 0,
             precision=self.options.precision,
             runtime_version=f"onnxruntime {self._ort.__version__}",
             detail={

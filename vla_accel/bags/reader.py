@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from vla_accel.bags import messages
+from vla_accel.bags import cdr, messages
 from vla_accel.bags.messages import BagError
 from vla_accel.core.types import RawImage
 
@@ -205,48 +205,58 @@ class BagSource:
 
     # --- messages ----------------------------------------------------------------------------
     def events(self, selection: TopicSelection) -> Iterator[BagEvent]:
-        """Frames and instructions in bag order. Undecodable messages are counted in ``skipped``."""
+        """Frames and instructions in bag order. Undecodable messages are counted in ``skipped``.
+
+        Camera messages are parsed by ``cdr.py`` straight from the serialised bytes (the frame is a
+        view of them, never a copy); JointState and String go through rosbags, given a memoryview
+        so its ``rawdata[4:]`` does not copy the payload either.
+        """
         from rosbags.serde import SerdeError
 
         undecodable = (*_DESERIALISE_ERRORS, SerdeError)
         store = messages.typestore()
         camera_of = {topic: cam for cam, topic in selection.cameras.items()}
+        image_parsers = {messages.IMAGE: cdr.parse_image, messages.COMPRESSED_IMAGE: cdr.parse_compressed_image}
+        state_topic = selection.state
         wanted = [c for c in self._reader.connections if c.topic in selection.types]
         self.skipped.clear()
         for connection, log_ns, raw in self._reader.messages(connections=wanted):
-            typename = connection.msgtype
+            topic, typename, log_ns = connection.topic, connection.msgtype, int(log_ns)
+            camera = camera_of.get(topic)
             try:
-                msg = store.deserialize_cdr(raw, typename)
+                if camera is not None:
+                    fields = image_parsers[typename](raw)
+                else:
+                    msg = store.deserialize_cdr(memoryview(raw), typename)
             except undecodable:
                 # A truncated or corrupt CDR payload: skip it, count it, carry on.
                 self.skipped["undecodable_message"] += 1
                 continue
-            if connection.topic in camera_of:
-                stamp_ns = messages.stamp_to_ns(msg.header.stamp) or int(log_ns)
+            if camera is not None:
                 yield BagEvent(
                     kind=FRAME,
-                    topic=connection.topic,
-                    log_ns=int(log_ns),
-                    stamp_ns=stamp_ns,
-                    camera=camera_of[connection.topic],
-                    image=raw_image_from_message(msg, typename),
-                    frame_id=str(msg.header.frame_id),
+                    topic=topic,
+                    log_ns=log_ns,
+                    stamp_ns=fields.stamp_ns or log_ns,
+                    camera=camera,
+                    image=fields.image,
+                    frame_id=fields.frame_id,
                 )
-            elif connection.topic == selection.state:
+            elif topic == state_topic:
                 yield BagEvent(
                     kind=STATE,
-                    topic=connection.topic,
-                    log_ns=int(log_ns),
-                    stamp_ns=messages.stamp_to_ns(msg.header.stamp) or int(log_ns),
+                    topic=topic,
+                    log_ns=log_ns,
+                    stamp_ns=messages.stamp_to_ns(msg.header.stamp) or log_ns,
                     state=np.asarray(msg.position, dtype=np.float64),
                     joint_names=tuple(msg.name),
                 )
             else:
                 yield BagEvent(
                     kind=INSTRUCTION,
-                    topic=connection.topic,
-                    log_ns=int(log_ns),
-                    stamp_ns=int(log_ns),
+                    topic=topic,
+                    log_ns=log_ns,
+                    stamp_ns=log_ns,
                     text=str(msg.data),
                 )
 

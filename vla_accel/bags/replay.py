@@ -8,7 +8,14 @@ frame stamp. Every latency and rate goes through ``vla_accel.core.metrics``.
 
 Besides the replay itself, each backend gets a bare benchmark (``backend.infer`` on ready input
 tensors, no bag, no decoding) so the report can say what reading and decoding the bag costs on
-top of pure inference.
+top of pure inference. Both are measured the same way and interleaved at the finest grain: after
+each inference of the replay, one bare ``backend.infer`` call of the same batch size runs on the
+same thread and backend instance (timed apart and excluded from the replay's wall time), so a
+change of load on a shared machine hits both sides of the ratio alike. Either way the backend has
+just finished an inference when the next frame's reading and preprocessing start, so the bare calls
+do not warm anything for the replay that its own previous inference would not. ``timing_rounds``
+passes are made (the first one is the recorded pass; the others replay the bag again, writing
+nothing) and the report gives the median round.
 """
 from __future__ import annotations
 
@@ -49,7 +56,8 @@ class ReplayOptions:
     precision: str = "fp32"
     threads: int = 0
     batch_size: int = 1
-    bare_iterations: int = 30
+    bare_iterations: int = 30  # bare calls before the first pass (warm-up and the bare percentiles)
+    timing_rounds: int = 3  # replay passes, each paired with bare calls (offline rate modes only)
     live_speed: float = 1.0  # live mode: 1.0 = recorded timing, 0.5 = half speed
     progress: bool = True
 
@@ -62,6 +70,36 @@ class ChunkTiming:
     stamp_ns: int
     infer_ms: float
     total_ms: float
+
+
+@dataclass
+class TimingRound:
+    """One replay pass and the bare backend around it, per chunk (ms)."""
+
+    replay_ms: float  # wall time per chunk: reading, decoding, preprocessing, inference, postprocessing
+    read_ms: float  # of which reading + deserialising the bag
+    infer_ms: float  # of which the backend's inference stage
+    bare_ms: float  # bare backend.infer per chunk, mean of the calls interleaved with this pass
+    chunks: int
+
+    @property
+    def overhead_pct(self) -> float:
+        """Replay cost per chunk above the bare backend, in percent."""
+        if self.chunks <= 0 or self.bare_ms <= 0:
+            return float("nan")
+        return (self.replay_ms / self.bare_ms - 1.0) * 100.0
+
+    @property
+    def pipeline_overhead_pct(self) -> float:
+        """Everything but inference as a percentage of this pass's own inference time."""
+        if self.infer_ms <= 0:
+            return float("nan")
+        return (self.replay_ms - self.infer_ms) / self.infer_ms * 100.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"replay_ms": self.replay_ms, "read_ms": self.read_ms, "infer_ms": self.infer_ms,
+                "bare_ms": self.bare_ms, "chunks": self.chunks, "overhead_pct": self.overhead_pct,
+                "pipeline_overhead_pct": self.pipeline_overhead_pct}
 
 
 @dataclass
@@ -78,11 +116,15 @@ class BackendRun:
     observations: int = 0  # observations handed to the engine
     dropped: dict[str, int] = field(default_factory=dict)  # frames rejected by the engine, by reason
     snapshot: dict = field(default_factory=dict)  # InferenceMetrics.as_dict() at the end
-    wall_s: float = 0.0  # reading + decoding + inference + post-processing (not bag writing)
+    wall_s: float = 0.0  # reading + decoding + inference + post-processing (not bag writing, not bare calls)
+    bare_s: float = 0.0  # the bare calls interleaved with this pass (excluded from wall_s)
+    bare_calls_ms: list[float] = field(default_factory=list)
     read_s: float = 0.0  # reading + deserialising bag messages
     write_s: float = 0.0  # writing the output bag (reported, not part of the overhead figure)
     infer_s: float = 0.0  # sum of the backend's inference stage
     bare_infer_ms: dict[str, float] = field(default_factory=dict)  # percentiles of bare backend.infer
+    batch_size: int = 1  # observations per bare backend.infer call
+    rounds: list[TimingRound] = field(default_factory=list)  # interleaved bare / replay measurements
     error: str = ""
 
     @property
@@ -113,25 +155,30 @@ class BackendRun:
 
     @property
     def bare_fps(self) -> float:
+        """Observations per second of the bare backend (a call infers ``batch_size`` of them)."""
         mean = self.bare_infer_ms.get("mean", 0.0)
-        return metrics_lib.throughput(1000.0, mean) if mean > 0 else 0.0
+        return metrics_lib.throughput(1000.0 * max(self.batch_size, 1), mean) if mean > 0 else 0.0
+
+    @property
+    def median_round(self) -> TimingRound | None:
+        """The round with the median overhead (the lower one of the middle two for an even count)."""
+        valid = [r for r in self.rounds if r.chunks > 0 and r.bare_ms > 0]
+        if not valid:
+            return None
+        return sorted(valid, key=lambda r: r.overhead_pct)[(len(valid) - 1) // 2]
 
     @property
     def overhead_pct(self) -> float:
-        """Replay cost per chunk above the bare backend's mean inference time, in percent."""
-        if not self.chunks or self.bare_infer_ms.get("mean", 0.0) <= 0:
-            return float("nan")
-        per_chunk_ms = self.wall_s * 1000.0 / len(self.chunks)
-        return (per_chunk_ms / self.bare_infer_ms["mean"] - 1.0) * 100.0
+        """Replay cost per chunk above the bare backend, in percent (the median round's)."""
+        median = self.median_round
+        return median.overhead_pct if median is not None else float("nan")
 
     @property
     def pipeline_overhead_pct(self) -> float:
         """Everything but inference (bag reading, decoding, preprocessing, postprocessing) as a
-        percentage of the inference time of this same replay: immune to the machine's load changing
-        between the bare benchmark and the replay."""
-        if self.infer_s <= 0:
-            return float("nan")
-        return (self.wall_s - self.infer_s) / self.infer_s * 100.0
+        percentage of the inference time of the same pass (median round): no bare run involved."""
+        median = self.median_round
+        return median.pipeline_overhead_pct if median is not None else float("nan")
 
 
 @dataclass
@@ -217,17 +264,21 @@ def _timed_events(source: BagSource, selection: TopicSelection, run: BackendRun,
         yield event
 
 
-def bare_benchmark(backend, spec, batch_size: int, iterations: int) -> dict[str, float]:
-    """Percentiles (ms) of ``backend.infer`` on ready tensors: the backend alone, no bag, no decode."""
-    from vla_accel.backends.base import example_inputs
-
-    inputs = example_inputs(spec, batch_size, seed=1)
+def bare_samples(backend, inputs: dict[str, np.ndarray], iterations: int) -> list[float]:
+    """``backend.infer`` on ready tensors, timed per call (ms): the backend alone, no bag, no decode."""
     samples = []
     for _ in range(max(int(iterations), 1)):
         t0 = time.perf_counter()
         backend.infer(inputs)
         samples.append((time.perf_counter() - t0) * 1000.0)
-    return metrics_lib.percentiles(samples)
+    return samples
+
+
+def bare_benchmark(backend, spec, batch_size: int, iterations: int) -> dict[str, float]:
+    """Percentiles (ms) of ``backend.infer`` on ready tensors: the backend alone, no bag, no decode."""
+    from vla_accel.backends.base import example_inputs
+
+    return metrics_lib.percentiles(bare_samples(backend, example_inputs(spec, batch_size, seed=1), iterations))
 
 
 def _load_backend(name: str, bundle, options: ReplayOptions):
@@ -263,8 +314,8 @@ def _record_chunks(run: BackendRun, chunks: Sequence[ActionChunk], log_of: dict[
 def _write_stats(run: BackendRun, engine, writer, log_ns: int, model: str) -> None:
     from vla_accel.bags.writer import stats_fields
 
-    snapshot = engine.metrics.snapshot()
     t0 = time.perf_counter()
+    snapshot = engine.metrics.snapshot()  # only taken for the stats message: part of writing it
     writer.write_stats(stats_fields(snapshot), log_ns, backend=run.backend, device=run.device, model=model,
                        label=run.label)
     run.write_s += time.perf_counter() - t0
@@ -280,8 +331,6 @@ def replay_backend(
     result: ReplayResult | None = None,
 ) -> BackendRun:
     """Replay ``bag`` through one backend. Backend failures are reported in ``run.error``."""
-    from vla_accel.core.engine import Engine
-
     run = BackendRun(requested=name, precision=split_backend_spec(name)[1] or options.precision)
     try:
         backend = _load_backend(name, bundle, options)
@@ -297,34 +346,8 @@ def replay_backend(
         info = backend.device_info()
         run.backend, run.device, run.parallel_units = info.backend, info.device, info.parallel_units
         run.precision = info.precision
-        run.bare_infer_ms = bare_benchmark(backend, bundle.spec, options.batch_size, options.bare_iterations)
-        engine = Engine(bundle, backend, max_batch=options.batch_size)
-        engine.metrics.set_device(info)
-        with BagSource(bag) as source:
-            selection = source.select_topics(
-                bundle.spec, options.camera_topics, options.instruction_topic, options.state_topic
-            )
-            builder = ObservationBuilder(bundle.spec, selection, options.rate, engine.metrics)
-            progress = Progress(f"replay {name}", source.message_count(selection), options.progress)
-            events = _timed_events(source, selection, run, progress)
-            t_start = time.perf_counter()
-            if options.rate.kind == "live":
-                last_log_ns = _replay_live(engine, builder.observations(events), run, writer, options)
-            else:
-                last_log_ns = _replay_offline(engine, builder.observations(events), run, writer, options)
-            run.wall_s = time.perf_counter() - t_start - run.write_s
-            progress.update(progress.total, f"{len(run.chunks)} chunks")
-            progress.close()
-            snapshot = engine.metrics.snapshot()
-            run.snapshot = snapshot.as_dict()
-            run.dropped = dict(snapshot.dropped)
-            if writer is not None and last_log_ns is not None:
-                _write_stats(run, engine, writer, last_log_ns, bundle.spec.name)
-            if result is not None:
-                result.primary_frames = builder.frames
-                skipped = collections.Counter(source.skipped)
-                skipped.update(builder.skipped)
-                result.skipped = dict(skipped)
+        run.batch_size = max(int(options.batch_size), 1)
+        _timed_rounds(bag, bundle, backend, info, options, run, writer, result)
     except BackendError as exc:
         run.error = f"failed during replay: {exc}"
         log.warning("replay: backend %s failed: %s", name, exc)
@@ -333,8 +356,84 @@ def replay_backend(
     return run
 
 
-def _replay_offline(engine, observations: Iterator[TimedObservation], run: BackendRun, writer, options: ReplayOptions) -> int | None:
-    """Every observation in bag order, in batches of ``batch_size``; stats once per bag second."""
+def _timed_rounds(bag: Path, bundle, backend, info, options: ReplayOptions, run: BackendRun, writer,
+                  result: ReplayResult | None) -> None:
+    """A bare block (warm-up), then ``timing_rounds`` replay passes with a bare call after each
+    inference: the first pass is the recorded one (chunks, output bag, metrics); later passes only
+    time the same replay again. Live mode paces frames by the bag's clock, so its wall time says
+    nothing about cost: one pass, no interleaving, compared with the bare block."""
+    from vla_accel.backends.base import example_inputs
+
+    inputs = example_inputs(bundle.spec, run.batch_size, seed=1)
+    live = options.rate.kind == "live"
+    block = bare_samples(backend, inputs, options.bare_iterations)
+    paired = None if live else inputs
+    passes: list[BackendRun] = []
+    for index in range(1 if live else max(int(options.timing_rounds), 1)):
+        if index == 0:
+            target = run
+            _replay_pass(bag, bundle, backend, info, options, target, writer, result, f"replay {run.requested}", paired)
+        else:
+            target = BackendRun(requested=run.requested, backend=run.backend, device=run.device,
+                                precision=run.precision)
+            _replay_pass(bag, bundle, backend, info, options, target, None, None, "", paired)
+            if len(target.chunks) != len(run.chunks):
+                log.warning("replay %s: timing pass %d gave %d chunks, the recorded pass %d", run.requested,
+                            index + 1, len(target.chunks), len(run.chunks))
+        passes.append(target)
+    run.bare_infer_ms = metrics_lib.percentiles(block + [ms for done in passes for ms in done.bare_calls_ms])
+    for done in passes:
+        chunks = len(done.chunks)
+        scale = 1000.0 / chunks if chunks else float("nan")  # seconds per pass -> ms per chunk
+        bare_calls = done.bare_calls_ms or block
+        run.rounds.append(TimingRound(
+            replay_ms=done.wall_s * scale,
+            read_ms=done.read_s * scale,
+            infer_ms=done.infer_s * scale,
+            bare_ms=float(np.mean(bare_calls)) / run.batch_size,
+            chunks=chunks,
+        ))
+
+
+def _replay_pass(bag: Path, bundle, backend, info, options: ReplayOptions, run: BackendRun, writer,
+                 result: ReplayResult | None, progress_label: str, bare_inputs=None) -> None:
+    """One replay of the bag through a fresh Engine into ``run`` (chunks, timings, drops); with
+    ``bare_inputs``, a bare ``backend.infer`` on them follows each inference (see the module doc)."""
+    from vla_accel.core.engine import Engine
+
+    engine = Engine(bundle, backend, max_batch=options.batch_size)
+    engine.metrics.set_device(info)
+    with BagSource(bag) as source:
+        selection = source.select_topics(
+            bundle.spec, options.camera_topics, options.instruction_topic, options.state_topic
+        )
+        builder = ObservationBuilder(bundle.spec, selection, options.rate, engine.metrics)
+        progress = Progress(progress_label, source.message_count(selection), options.progress and bool(progress_label))
+        events = _timed_events(source, selection, run, progress)
+        t_start = time.perf_counter()
+        if options.rate.kind == "live":
+            last_log_ns = _replay_live(engine, builder.observations(events), run, writer, options)
+        else:
+            last_log_ns = _replay_offline(engine, builder.observations(events), run, writer, options, bare_inputs)
+        run.wall_s = time.perf_counter() - t_start - run.write_s - run.bare_s
+        progress.update(progress.total, f"{len(run.chunks)} chunks")
+        progress.close()
+        snapshot = engine.metrics.snapshot()
+        run.snapshot = snapshot.as_dict()
+        run.dropped = dict(snapshot.dropped)
+        if writer is not None and last_log_ns is not None:
+            _write_stats(run, engine, writer, last_log_ns, bundle.spec.name)
+        if result is not None:
+            result.primary_frames = builder.frames
+            skipped = collections.Counter(source.skipped)
+            skipped.update(builder.skipped)
+            result.skipped = dict(skipped)
+
+
+def _replay_offline(engine, observations: Iterator[TimedObservation], run: BackendRun, writer, options: ReplayOptions,
+                    bare_inputs: dict[str, np.ndarray] | None = None) -> int | None:
+    """Every observation in bag order, in batches of ``batch_size``; stats once per bag second.
+    With ``bare_inputs``, each inference is followed by one timed bare call (in ``run.bare_s``)."""
     batch: list[TimedObservation] = []
     last_log_ns: int | None = None
     next_stats_ns: int | None = None
@@ -347,6 +446,12 @@ def _replay_offline(engine, observations: Iterator[TimedObservation], run: Backe
         chunks = engine.infer([t.observation for t in batch])
         _record_chunks(run, chunks, log_of, writer, run.device, len(batch))
         batch.clear()
+        if bare_inputs is not None and chunks:
+            t0 = time.perf_counter()
+            engine.backend.infer(bare_inputs)
+            elapsed = time.perf_counter() - t0
+            run.bare_s += elapsed
+            run.bare_calls_ms.append(elapsed * 1000.0)
 
     for timed in observations:
         batch.append(timed)

@@ -64,9 +64,18 @@ class Engine:
         if not self.metrics.model:
             self.metrics.model = self.model_name
         self._drop_log = RateLimitedLogger(log, log_interval_s)
+        self.preprocessor.on_instruction_truncated = self._instruction_truncated
         if not getattr(backend, "loaded", True):
             backend.load()
         self.refresh_device()
+
+    def _instruction_truncated(self, text: str, needed: int, limit: int) -> None:
+        self.metrics.record_event("instruction_truncated")
+        self._drop_log.warning(
+            "instruction_truncated",
+            "instruction needs %d tokens, the model reads %d (instruction.max_tokens): the end is cut: %r",
+            needed, limit, text[:120],
+        )
 
     @property
     def memory(self) -> str:

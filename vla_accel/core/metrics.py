@@ -305,6 +305,7 @@ class InferenceMetrics:
         self.hardware_id = ""
         self.parallel_units = 0
         self.baseline_ms = 0.0
+        self._baselines: dict[int, float] = {}  # batch size -> CPU baseline ms
         self.reset()
 
     def reset(self) -> None:
@@ -315,6 +316,7 @@ class InferenceMetrics:
             self.frames_processed = 0
             self.backend_switches = 0
             self._dropped: dict[str, int] = {}
+            self._events: dict[str, int] = {}
             self._backend_errors: dict[str, int] = {}
             self._stages = {name: LatencyWindow(self._window) for name in STAGES}
             self._batch_sizes = LatencyWindow(self._window)
@@ -334,10 +336,18 @@ class InferenceMetrics:
         """Identity from a backend's DeviceInfo (name, device, hardware_id, parallel units)."""
         self.set_backend(info.backend, info.device, info.hardware_id, info.parallel_units)
 
-    def set_baseline_ms(self, baseline_ms: float) -> None:
-        """The CPU baseline inference latency (ms, same batch size) that speedup is measured against."""
+    def set_baseline_ms(self, baseline_ms: float, batch_size: int = 1) -> None:
+        """The CPU baseline inference latency (ms) at ``batch_size`` that speedup is measured against.
+
+        Speedup compares like with like: the snapshot takes the batch size the backend ran most often
+        in the window and divides that size's baseline by that size's inference p50; with no baseline
+        for that size, speedup is 0 (unknown) rather than a ratio of two different batch sizes."""
         with self._lock:
-            self.baseline_ms = float(baseline_ms) if baseline_ms and baseline_ms > 0 else 0.0
+            if baseline_ms and baseline_ms > 0:
+                self._baselines[int(batch_size)] = float(baseline_ms)
+            else:
+                self._baselines.pop(int(batch_size), None)
+            self.baseline_ms = self._baselines.get(1, 0.0) or next(iter(self._baselines.values()), 0.0)
 
     def record_switch(self, new_backend: str = "") -> None:
         """A fallback switched backends (the new identity should follow via set_device)."""
@@ -355,6 +365,12 @@ class InferenceMetrics:
     def record_dropped(self, reason: str, count: int = 1) -> None:
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+    def record_event(self, name: str, count: int = 1) -> None:
+        """Something worth counting that is neither a drop nor an error (e.g. instruction_truncated);
+        reported in the snapshot's ``extra`` as ``events_<name>``."""
+        with self._lock:
+            self._events[name] = self._events.get(name, 0) + count
 
     def record_backend_error(self, reason: str, dropped_frames: int) -> None:
         """A backend call failed: counts the error by its reason and the frames lost as backend_error."""
@@ -428,8 +444,8 @@ class InferenceMetrics:
             latency = {name: window.percentiles() for name, window in self._stages.items()}
             total = self._stages["total"]
             jitter = latency["total"]["p99"] - latency["total"]["p50"]
-            infer_p50 = latency["infer"]["p50"]
-            s = speedup(self.baseline_ms, infer_p50)
+            baseline_ms, infer_p50 = self._matching_baseline(latency["infer"]["p50"])
+            s = speedup(baseline_ms, infer_p50)
             return MetricsSnapshot(
                 model=self.model,
                 backend=self.backend,
@@ -450,10 +466,30 @@ class InferenceMetrics:
                 throughput_hz=self._processed_rate.rate_hz(now),
                 output_rate_hz=self._output_rate.rate_hz(now),
                 mean_batch_size=self._batch_sizes.mean(),
-                baseline_ms=self.baseline_ms,
+                baseline_ms=baseline_ms,
                 speedup=s,
                 parallel_efficiency=parallel_efficiency(s, self.parallel_units),
+                extra={f"events_{name}": count for name, count in sorted(self._events.items())},
             )
+
+    def _matching_baseline(self, infer_p50: float) -> tuple[float, float]:
+        """(baseline ms, inference p50 ms) at the same batch size; call with the lock held.
+
+        record_batch appends to the infer window and the batch-size window together, so the two rings
+        are aligned sample by sample."""
+        if not self._baselines:
+            return 0.0, infer_p50
+        sizes = self._batch_sizes.values()
+        infer = self._stages["infer"].values()
+        if len(sizes) == 0 or len(sizes) != len(infer):
+            return self._baselines.get(1, 0.0), infer_p50
+        rounded = np.rint(sizes).astype(np.int64)
+        values, counts = np.unique(rounded, return_counts=True)
+        batch = int(values[np.argmax(counts)])
+        baseline = self._baselines.get(batch, 0.0)
+        if not baseline:
+            return 0.0, infer_p50
+        return baseline, float(np.percentile(infer[rounded == batch], 50))
 
     def as_dict(self) -> dict[str, Any]:
         return self.snapshot().as_dict()

@@ -280,6 +280,10 @@ class Preprocessor:
         self._lock = threading.Lock()
         ins = spec.instruction
         self._token_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Instructions longer than the model's context (max_tokens) are cut, as every VLA does; that
+        # is counted (once per distinct instruction: tokens are cached) and logged, never silent.
+        self.instructions_truncated = 0
+        self.on_instruction_truncated: Callable[[str, int, int], None] | None = None
         self._tokens_name, self._mask_name = ins.input, ins.mask_input
         self._state = spec.state
         if spec.state is not None and spec.state.normalization == "mean_std":
@@ -313,6 +317,11 @@ class Preprocessor:
         ids = np.empty(length, dtype=np.int32)
         mask = np.empty(length, dtype=np.float32)
         self.tokenizer.encode_into(text, ids, mask)
+        needed = self.tokenizer.needed_tokens(text)
+        if needed > length:
+            self.instructions_truncated += 1
+            if self.on_instruction_truncated is not None:
+                self.on_instruction_truncated(text, needed, length)
         if len(self._token_cache) >= _TOKEN_CACHE_SIZE:
             self._token_cache.clear()
         self._token_cache[text] = (ids, mask)

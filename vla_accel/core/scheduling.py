@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 SHUTDOWN = "shutdown"  # frames still waiting (or in flight) when the loop stopped
+# ``ActionChunk.timings_ms`` key set by the loop: ms its frame waited in the slot because the worker was
+# still busy with earlier batches (queueing behind their inference). The hand-off to an idle worker
+# (its wake-up) is not in it, so callers can subtract this and still count that hand-off as overhead.
+QUEUED = "queued"
 INTERNAL_ERROR = "internal_error"  # frames of a batch lost to an unexpected (non-BackendError) exception
 
 
@@ -335,13 +339,19 @@ class AdaptiveBatchSizer:
 class _Handoff:
     """A prepared or inferred batch moving between pipeline stages."""
 
-    __slots__ = ("observations", "prepared", "outputs", "started_ns")
+    __slots__ = ("observations", "prepared", "outputs", "started_ns", "queued_ms")
 
-    def __init__(self, observations, prepared, started_ns):
+    def __init__(self, observations, prepared, started_ns, queued_ms=None):
         self.observations = observations
         self.prepared = prepared
         self.outputs = None
         self.started_ns = started_ns
+        self.queued_ms = queued_ms or {}
+
+
+def _queued_ms(observations: Sequence["Observation"], free_since_ns: int) -> dict[tuple[str, int], float]:
+    """(stream, stamp) -> ms each frame waited before the taking stage was free (0 when it was idle)."""
+    return {(o.stream, o.stamp_ns): max(0, free_since_ns - _arrival_ns(o)) / 1e6 for o in observations}
 
 
 _SENTINEL = object()
@@ -567,27 +577,32 @@ class InferenceLoop:
         return self._batches_in_flight == 0 and self._slots.pending() == 0
 
     def _serial_worker(self) -> None:
-        # prepare / run / finish rather than engine.infer: infer counts frames as received, and
-        # submit() already did.
+        free_since_ns = _now_ns()  # when the worker last became free to take frames (for QUEUED)
         while not self._stop.is_set():
             observations = self._take()
             if not observations:
                 continue
-            started = time.perf_counter()
-            try:
-                prepared = self.engine.prepare(observations)
-            except Exception as exc:  # noqa: BLE001 (reported through on_error; the loop must go on)
-                self._batch_failed(observations, exc)
-                continue
-            try:
-                outputs = self.engine.run(prepared)
-                chunks = self.engine.finish(prepared, outputs)
-            except Exception as exc:  # noqa: BLE001
-                prepared.release()
-                self._batch_failed(observations, exc)
-                continue
-            self._batch_done(len(observations), (time.perf_counter() - started) * 1000.0)
-            self._deliver(chunks)
+            self._serial_batch(observations, _queued_ms(observations, free_since_ns))
+            free_since_ns = _now_ns()
+
+    def _serial_batch(self, observations: list["Observation"], queued_ms: dict[tuple[str, int], float]) -> None:
+        # prepare / run / finish rather than engine.infer: infer counts frames as received, and
+        # submit() already did.
+        started = time.perf_counter()
+        try:
+            prepared = self.engine.prepare(observations)
+        except Exception as exc:  # noqa: BLE001 (reported through on_error; the loop must go on)
+            self._batch_failed(observations, exc)
+            return
+        try:
+            outputs = self.engine.run(prepared)
+            chunks = self.engine.finish(prepared, outputs)
+        except Exception as exc:  # noqa: BLE001
+            prepared.release()
+            self._batch_failed(observations, exc)
+            return
+        self._batch_done(len(observations), (time.perf_counter() - started) * 1000.0)
+        self._deliver(chunks, queued_ms)
 
     def _pre_stage(self) -> None:
         while not self._stop.is_set():
@@ -596,6 +611,7 @@ class InferenceLoop:
             # pool is never exhausted.
             if not self._credits.acquire(timeout=0.05):
                 continue
+            free_since_ns = _now_ns()
             observations: list = []
             while not self._stop.is_set() and not observations:
                 observations = self._take()
@@ -603,13 +619,14 @@ class InferenceLoop:
                 self._credits.release()
                 break
             started_ns = _now_ns()
+            queued_ms = _queued_ms(observations, free_since_ns)
             try:
                 prepared = self.engine.prepare(observations)
             except Exception as exc:  # noqa: BLE001
                 self._credits.release()
                 self._batch_failed(observations, exc)
                 continue
-            if not self._put(self._to_infer, _Handoff(observations, prepared, started_ns)):
+            if not self._put(self._to_infer, _Handoff(observations, prepared, started_ns, queued_ms)):
                 prepared.release()
                 self._credits.release()
                 self.metrics.record_dropped(SHUTDOWN, prepared.size)
@@ -644,7 +661,7 @@ class InferenceLoop:
             finally:
                 self._finished(handoff)
             self._batch_done(len(handoff.observations), (_now_ns() - handoff.started_ns) / 1e6)
-            self._deliver(chunks)
+            self._deliver(chunks, handoff.queued_ms)
 
     def _put(self, q: queue.Queue, item: Any) -> bool:
         while not self._stop.is_set():
@@ -694,9 +711,11 @@ class InferenceLoop:
             self.metrics.record_dropped(getattr(exc, "reason", "") or INTERNAL_ERROR, len(observations))
         self._report(exc)
 
-    def _deliver(self, chunks: list["ActionChunk"]) -> None:
+    def _deliver(self, chunks: list["ActionChunk"], queued_ms: dict[tuple[str, int], float] | None = None) -> None:
         if not chunks:
             return
+        for chunk in chunks:
+            chunk.timings_ms[QUEUED] = (queued_ms or {}).get((chunk.stream, chunk.stamp_ns), 0.0)
         self.chunks_delivered += len(chunks)
         try:
             self._on_chunks(chunks)

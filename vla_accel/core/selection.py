@@ -257,7 +257,9 @@ class FallbackChain:
             while True:
                 backend = self._active
                 try:
-                    return backend.infer(inputs)
+                    outputs = backend.infer(inputs)
+                    _check_finite(self.active_name, outputs)
+                    return outputs
                 except InputError:
                     raise  # bad input would fail on every backend: not a reason to switch
                 except Exception as exc:  # noqa: BLE001 - a runtime can fail in any way; the next one takes over
@@ -296,15 +298,33 @@ class FallbackChain:
             except (VlaAccelError, RuntimeError, OSError) as exc:  # closing a broken backend may fail too
                 log.warning("closing failed backend %s: %s", backend.name, exc)
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 5.0) -> bool:
+        """Close the active backend. Waits at most ``timeout`` s for an inference in flight (a stuck
+        runtime call must not hang the node's shutdown); returns False, logging it, when it could not."""
+        if not self._lock.acquire(timeout=timeout):
+            log.error("backend %s is still inside an inference call after %.1f s; not closing it",
+                      self.active_name, timeout)
+            return False
+        try:
             self._close_active()
+            return True
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "FallbackChain":
         return self.load()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_finite(backend: str, outputs: Mapping[str, np.ndarray]) -> None:
+    """A runtime that starts returning NaN/inf is failing: raise so the chain switches, instead of the
+    frames being dropped one by one after it (actions must never be NaN)."""
+    for name, array in outputs.items():
+        if not np.isfinite(array).all():
+            raise BackendError(f"backend '{backend}' returned non-finite values in '{name}'",
+                               reason="non_finite_output")
 
 
 def build_backend(

@@ -19,7 +19,9 @@ successive chunks in one of three ways:
   within a chunk per second, ``spread``: the largest difference between any two predictions).
 
 When the newest chunk runs out the streamer holds (``hold="last"``: keep the last action, for
-position-like spaces; ``hold="zero"``: output zeros, for velocity and delta spaces) and says so
+position-like spaces; ``hold="zero"``: zero motion, for velocity and delta spaces, except that
+absolute channels (a dimension named like ``gripper``) keep their last value, so a closed gripper
+does not open when the chunks run out: the same rule as the node's stop action) and says so
 (``holding``, ``hold_samples``). ``max_step_change`` optionally limits how far any dimension may move
 between two consecutive samples (a rate limiter applied after everything else, holds included).
 
@@ -157,6 +159,8 @@ class ActionStreamer:
         self.ensemble_decay = float(ensemble_decay)
         self.interpolate = interpolate
         self.dims = action_spec.dims
+        # Channels that are commands, not motion: a zero hold keeps them (see the module docstring).
+        self._absolute = np.array(["gripper" in name.lower() for name in action_spec.names][: self.dims], dtype=bool)
         self.max_step_change: np.ndarray | None = None
         if max_step_change is not None:
             limit = np.broadcast_to(np.asarray(max_step_change, dtype=np.float64), (self.dims,)).copy()
@@ -253,6 +257,8 @@ class ActionStreamer:
         values, holding, used, newest = result
         if holding and self.hold == "zero":
             values = np.zeros(self.dims)
+            if self._last_output is not None:
+                values[self._absolute] = self._last_output[self._absolute]
             used = 0
         elif holding and self._last_output is not None and self.mode != "blend":
             values = self._last_output

@@ -37,6 +37,9 @@ class Tokenizer(Protocol):
     def encode_into(self, text: str, ids_row: np.ndarray, mask_row: np.ndarray) -> int:
         """Write ids and mask of the templated ``text`` into the rows; return the token count."""
 
+    def needed_tokens(self, text: str) -> int:
+        """Tokens the templated ``text`` needs untruncated (more than max_tokens: it will be cut)."""
+
 
 def validate_instruction(text: object, spec: "ModelSpec | InstructionSpec") -> str:
     """Return ``text`` as a str if it is an acceptable instruction, else raise InstructionError.
@@ -116,6 +119,10 @@ class ByteTokenizer:
         mask_row[count:] = 0.0
         return count
 
+    def needed_tokens(self, text: str) -> int:
+        """Tokens the templated ``text`` needs untruncated (bos + bytes + eos)."""
+        return len(apply_template(self.prompt_template, text).encode("utf-8")) + 2
+
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Allocating convenience: (ids int32 (max_tokens,), mask float32 (max_tokens,))."""
         ids = np.zeros(self.max_tokens, dtype=np.int32)
@@ -174,6 +181,10 @@ class HuggingFaceTokenizer:
         mask_row[:count] = 1.0
         mask_row[count:] = 0.0
         return count
+
+    def needed_tokens(self, text: str) -> int:
+        """Tokens the templated ``text`` needs untruncated."""
+        return len(self._tokenizer.encode(apply_template(self.prompt_template, text)).ids)
 
     def decode(self, ids: np.ndarray) -> str:
         return self._tokenizer.decode([int(i) for i in np.asarray(ids).tolist()])
