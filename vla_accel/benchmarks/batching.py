@@ -57,6 +57,10 @@ def compare(model: str, backend: str, streams: int, delay_ms: float, kind: str, 
     names = [f"/robot{i}" for i in range(streams)]
     sums = {1: [0, 0.0, []], streams: [0, 0.0, []]}
     try:
+        # Warm both batch sizes outside the timed rounds: the cuda backend captures a CUDA graph per
+        # batch size on first use, which would otherwise eat the first round (seen: 0 frames/s).
+        for batch in (1, streams):
+            engine.backend.warmup(batch_size=batch, iterations=3)
         for r in range(rounds):
             for batch in (1, streams):
                 chunks = ChunkLog()
