@@ -83,6 +83,108 @@ def test_sqlite3_storage_and_bare_mcap_file_read_the_same(tmp_path, sample):
         assert source.select_topics(spec).cameras == {"primary": CAMERA_TOPIC}
 
 
+def _serialised_images(bag_path):
+    """(type name, serialised CDR bytes) of every image message of a bag, read through rosbags."""
+    from vla_accel.bags.reader import open_reader
+
+    reader = open_reader(bag_path)
+    try:
+        wanted = [c for c in reader.connections if c.msgtype in messages.IMAGE_TYPES]
+        return [(c.msgtype, bytes(raw)) for c, _log_ns, raw in reader.messages(connections=wanted)]
+    finally:
+        reader.close()
+
+
+def _assert_same_frame(fields, msg, typename):
+    from vla_accel.bags.reader import raw_image_from_message
+
+    expected = raw_image_from_message(msg, typename)
+    assert fields.stamp_ns == messages.stamp_to_ns(msg.header.stamp)
+    assert fields.frame_id == msg.header.frame_id
+    for name in ("encoding", "height", "width", "step", "is_bigendian"):
+        assert getattr(fields.image, name) == getattr(expected, name), name
+    assert bytes(fields.image.data) == bytes(expected.data)
+
+
+def test_zero_copy_cdr_parser_agrees_with_rosbags(sample):
+    from rosbags.serde import SerdeError
+
+    from vla_accel.bags import cdr
+
+    store = messages.typestore()
+    parse = {messages.IMAGE: cdr.parse_image, messages.COMPRESSED_IMAGE: cdr.parse_compressed_image}
+    images = _serialised_images(sample.path)
+    assert {t for t, _ in images} == set(messages.IMAGE_TYPES)
+    checked = 0
+    for typename, raw in images:
+        try:
+            msg = store.deserialize_cdr(raw, typename)
+        except SerdeError:  # the sample's cut message: the parser must refuse it too
+            with pytest.raises(ValueError):
+                parse[typename](raw)
+            continue
+        fields = parse[typename](raw)
+        _assert_same_frame(fields, msg, typename)
+        # a view of the message buffer, not a copy
+        assert isinstance(fields.image.data, memoryview) and fields.image.data.obj is raw
+        big_endian = store.serialize_cdr(msg, typename, little_endian=False)
+        _assert_same_frame(parse[typename](big_endian), msg, typename)
+        checked += 1
+    assert checked >= 4 * sample.counts[CAMERA_TOPIC] // 5
+
+    typename, raw = next((t, r) for t, r in images if t == messages.IMAGE)
+    msg = store.deserialize_cdr(raw, typename)
+    for cut in (0, 3, 4, 9, 20, 40, len(raw) // 2, len(raw) - 1):
+        with pytest.raises(ValueError):
+            cdr.parse_image(raw[:cut])
+    assert len(raw) % 4 == 0  # CDR pads to 4 bytes: up to 3 more are accepted, like rosbags does
+    _assert_same_frame(cdr.parse_image(raw + b"\0" * 3), msg, typename)
+    for extra in (b"\0" * 4, b"\0" * 64):
+        with pytest.raises(SerdeError):
+            store.deserialize_cdr(raw + extra, typename)
+        with pytest.raises(ValueError, match="after the last field"):
+            cdr.parse_image(raw + extra)
+    with pytest.raises(ValueError, match="encapsulation"):
+        cdr.parse_image(b"\x00\x07\x00\x00" + raw[4:])
+
+
+def test_zero_copy_mcap_reader_yields_what_rosbags_yields(sample, tmp_path):
+    from vla_accel.bags.mcap import McapMessages
+
+    spec = ModelSpec.from_yaml(SPECS / "tiny-2cam.yaml")
+    mcap_file = next(sample.path.glob("*.mcap"))
+    for path in (sample.path, mcap_file):
+        with BagSource(path) as source:
+            assert source._mcap is not None  # the fast path is the one in use for MCAP bags
+            selection = source.select_topics(spec)
+            selection.types.update(source.topics)  # every topic, not only the selected ones
+            fast = [(topic, log_ns, bytes(data)) for topic, log_ns, data in source._raw_messages(selection)]
+            source._mcap.close()
+            source._mcap = None  # the same bag through rosbags' reader
+            slow = [(topic, int(log_ns), bytes(data)) for topic, log_ns, data in source._raw_messages(selection)]
+        assert len(fast) == sum(sample.counts.values()) and fast == slow
+    # what it does not handle goes to rosbags: sqlite3 bags, files without an MCAP summary
+    other = make_sample_bag(tmp_path / "sample_db3", frames=2, storage="sqlite3", broken=False)
+    with BagSource(other.path) as source:
+        assert source._mcap is None
+    (tmp_path / "not.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\0" * 64)
+    assert McapMessages.open(tmp_path / "not.mcap") is None
+    # a broken record inside a chunk is a clear BagError, not a crash deep in the reader
+    broken = tmp_path / "broken.mcap"
+    data = bytearray(mcap_file.read_bytes())
+    with McapMessages.open(mcap_file) as reader:
+        first = reader.chunks[0].offset
+    record = first + 9 + 28 + 4 + 8  # chunk header: times, size, crc, compression "", records length
+    while data[record] != 0x05:  # skip the schema / channel records to the first message
+        record += 9 + int.from_bytes(data[record + 1:record + 9], "little")
+    data[record + 1:record + 9] = (1 << 40).to_bytes(8, "little")
+    broken.write_bytes(bytes(data))
+    with BagSource(broken) as source:
+        with pytest.raises(BagError, match="runs past") as err:
+            list(source.events(source.select_topics(spec)))
+    assert err.value.reason == "corrupt_bag"
+
+
 def test_topic_selection_errors_name_what_exists(sample, tmp_path):
     spec = ModelSpec.from_yaml(SPECS / "tiny.yaml")
     with BagSource(sample.path) as source:
@@ -146,6 +248,12 @@ def test_two_backend_replay_report(two_backend_replay, sample):
         assert row["chunks"] == expected_chunks == row["infer_ms"]["count"]
         assert row["speedup"] > 0 and row["bare_infer_ms"]["mean"] > 0
         assert row["overhead_pct"] is not None
+        # bare and replay measured interleaved, in three rounds; the table shows the median one
+        rounds = row["timing_rounds"]
+        assert len(rounds) == 3 and all(r["chunks"] == expected_chunks for r in rounds)
+        assert all(r["bare_ms"] > 0 and r["replay_ms"] > r["infer_ms"] > 0 for r in rounds)
+        assert row["overhead_pct"] == sorted(r["overhead_pct"] for r in rounds)[1]
+        assert row["replay_ms_per_chunk"] in [r["replay_ms"] for r in rounds]
     assert rows["torch"]["speedup"] == pytest.approx(1.0)
     assert report["skipped"] == {"empty_instruction": 1, "undecodable_message": 1}
     dev = report["deviation"]["onnxruntime"]

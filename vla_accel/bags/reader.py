@@ -2,14 +2,16 @@
 
 ``BagSource`` opens a bag directory (or a bare ``.mcap`` / ``.db3`` file), picks the camera and
 instruction topics (from arguments, or by message type), and yields ``BagEvent``s in bag order:
-frames as ``RawImage`` views over the message bytes (no copy, the same conversion the live node
-does) and instructions as text. Messages that cannot even be deserialised are counted by reason
-and skipped; judging image content (encoding, size, JPEG integrity) is left to the core image
+frames as ``RawImage`` views over the message bytes (no copy; the same fields the live node's
+conversion takes) and instructions as text. Single-file MCAP bags are read by ``mcap.py`` (a chunk
+is read once, messages are views of it) and camera messages parsed by ``cdr.py``; other bags go
+through rosbags. Messages that cannot even be deserialised are counted by reason and skipped; judging image content (encoding, size, JPEG integrity) is left to the core image
 decoder so the bag replay and the live node reject exactly the same frames for the same reasons.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,14 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from vla_accel.bags import cdr, messages
+from vla_accel.bags import cdr, mcap, messages
 from vla_accel.bags.messages import BagError
 from vla_accel.core.types import RawImage
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec
 
+log = logging.getLogger(__name__)
 FRAME = "frame"
 STATE = "state"
 JOINT_STATE = "sensor_msgs/msg/JointState"
@@ -85,10 +88,32 @@ def open_reader(path: str | Path):
     return reader
 
 
+def single_mcap_file(path: Path) -> Path | None:
+    """The one uncompressed MCAP file of a bag (a bare .mcap file, or a bag directory holding just
+    that), which ``mcap.McapMessages`` reads without copying; None for anything else."""
+    if path.is_file():
+        return path if path.suffix == ".mcap" else None
+    try:
+        import yaml
+
+        info = yaml.safe_load((path / "metadata.yaml").read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
+        files = list(info.get("relative_file_paths") or [])
+        storage = str(info.get("storage_identifier", ""))
+        compressed = str(info.get("compression_mode") or "").lower() not in ("", "none")
+    except (OSError, KeyError, TypeError, AttributeError, ImportError, ValueError) as exc:
+        log.debug("bag %s: no fast MCAP path (%s)", path, exc)
+        return None
+    if storage != "mcap" or compressed or len(files) != 1 or not str(files[0]).endswith(".mcap"):
+        return None
+    candidate = path / Path(str(files[0])).name
+    return candidate if candidate.is_file() else None
+
+
 def raw_image_from_message(msg, typename: str) -> RawImage:
     """sensor_msgs Image / CompressedImage (rosbags or rclpy object) -> RawImage over its bytes.
 
-    The live node's own conversion, so a bag frame and a live frame become the same RawImage.
+    The live node's own conversion (replay itself parses frames with ``cdr.py``; the tests check
+    that both give the same RawImage).
     """
     from vla_accel.ros.conversions import compressed_msg_to_raw, image_msg_to_raw
 
@@ -108,6 +133,11 @@ class BagSource:
             {c.topic: c.msgcount for c in self._reader.connections}
         )
         self.skipped: collections.Counter[str] = collections.Counter()  # reason -> messages
+        mcap_file = single_mcap_file(self.path)
+        self._mcap = mcap.McapMessages.open(mcap_file) if mcap_file is not None else None
+        # Built once per process (~0.1 s: the Kilted types plus our .msg files): here, with opening
+        # the bag, rather than on the first message of a timed replay.
+        messages.typestore()
 
     # --- topics ------------------------------------------------------------------------------
     def select_topics(
@@ -218,10 +248,9 @@ class BagSource:
         camera_of = {topic: cam for cam, topic in selection.cameras.items()}
         image_parsers = {messages.IMAGE: cdr.parse_image, messages.COMPRESSED_IMAGE: cdr.parse_compressed_image}
         state_topic = selection.state
-        wanted = [c for c in self._reader.connections if c.topic in selection.types]
         self.skipped.clear()
-        for connection, log_ns, raw in self._reader.messages(connections=wanted):
-            topic, typename, log_ns = connection.topic, connection.msgtype, int(log_ns)
+        for topic, log_ns, raw in self._raw_messages(selection):
+            typename, log_ns = self.topics[topic], int(log_ns)
             camera = camera_of.get(topic)
             try:
                 if camera is not None:
@@ -260,6 +289,15 @@ class BagSource:
                     text=str(msg.data),
                 )
 
+    def _raw_messages(self, selection: TopicSelection) -> Iterator[tuple[str, int, bytes | memoryview]]:
+        """(topic, log time, serialised message) of the selected topics, in bag order."""
+        if self._mcap is not None:
+            yield from self._mcap.messages(selection.types)
+            return
+        wanted = [c for c in self._reader.connections if c.topic in selection.types]
+        for connection, log_ns, raw in self._reader.messages(connections=wanted):
+            yield connection.topic, log_ns, raw
+
     @property
     def start_ns(self) -> int:
         return int(self._reader.start_time)
@@ -272,6 +310,8 @@ class BagSource:
         return sum(self.counts[t] for t in selection.types)
 
     def close(self) -> None:
+        if self._mcap is not None:
+            self._mcap.close()
         self._reader.close()
 
     def __enter__(self) -> "BagSource":

@@ -74,7 +74,7 @@ class ChunkTiming:
 
 @dataclass
 class TimingRound:
-    """One replay pass and the bare backend around it, per chunk (ms)."""
+    """One replay pass and the bare calls interleaved with it, per chunk (ms)."""
 
     replay_ms: float  # wall time per chunk: reading, decoding, preprocessing, inference, postprocessing
     read_ms: float  # of which reading + deserialising the bag
@@ -272,13 +272,6 @@ def bare_samples(backend, inputs: dict[str, np.ndarray], iterations: int) -> lis
         backend.infer(inputs)
         samples.append((time.perf_counter() - t0) * 1000.0)
     return samples
-
-
-def bare_benchmark(backend, spec, batch_size: int, iterations: int) -> dict[str, float]:
-    """Percentiles (ms) of ``backend.infer`` on ready tensors: the backend alone, no bag, no decode."""
-    from vla_accel.backends.base import example_inputs
-
-    return metrics_lib.percentiles(bare_samples(backend, example_inputs(spec, batch_size, seed=1), iterations))
 
 
 def _load_backend(name: str, bundle, options: ReplayOptions):

@@ -67,7 +67,8 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
                     metrics_lib.speedup(base_p50, infer["p50"]), run.parallel_units
                 ),
                 "bare_infer_ms": run.bare_infer_ms,
-                "bare_throughput_hz": run.bare_fps,
+                # same round as the ms column, so the two agree (run.bare_fps pools every bare call)
+                "bare_throughput_hz": metrics_lib.throughput(1000.0, median.bare_ms) if median else run.bare_fps,
                 "bare_ms_per_chunk": median.bare_ms if median else float("nan"),
                 "replay_ms_per_chunk": median.replay_ms if median else float("nan"),
                 "bag_read_ms_per_chunk": median.read_ms if median else float("nan"),

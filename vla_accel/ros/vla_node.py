@@ -71,6 +71,12 @@ class VlaNode(Node):
         # (see _on_chunks).
         self._overhead_lock = threading.Lock()
         self._entry_ns: dict[int, int] = {}  # source stamp -> callback entry (monotonic ns)
+        # Messages the delivering thread refills for every chunk (one thread delivers: the serial worker,
+        # or the pipeline's post stage; publish() serialises synchronously, so reuse is safe). Building
+        # nested rosidl messages is Python attribute work on every frame, after inference evicted the
+        # caches; refilling skips the constructors. Timers and shutdown build their own messages.
+        self._chunk_msg = ActionChunkMsg()
+        self._first_action_msg: Any = None
         self._make_publishers()
 
     # --- phases ---------------------------------------------------------------------------------
@@ -219,14 +225,14 @@ class VlaNode(Node):
         for chunk in chunks:
             t = chunk.timings_ms
             msg = conversions.fill_chunk_msg(
-                ActionChunkMsg(), chunk, device=device, inference_latency_ms=t.get("infer", 0.0),
+                self._chunk_msg, chunk, device=device, inference_latency_ms=t.get("infer", 0.0),
                 total_latency_ms=t.get("total", 0.0), batch_size=int(t.get("batch_size", 1)))
             self.chunk_pub.publish(msg)
             if self.streamer is not None:
                 with self._stream_lock:
                     self.streamer.push(chunk)
             elif not self.values["dry_run"]:
-                self._publish_action(chunk.values[0], chunk.stamp_ns, chunk.frame_id, chunk.dt)
+                self._publish_action(chunk.values[0], chunk.stamp_ns, chunk.frame_id, chunk.dt, reuse=True)
             with self._overhead_lock:
                 entry_ns = self._entry_ns.pop(chunk.stamp_ns, None)
             if entry_ns is not None:
@@ -240,16 +246,23 @@ class VlaNode(Node):
                     diagnostics.NODE_OVERHEAD, elapsed_ms - t.get("infer", 0.0) - t.get(QUEUED, 0.0))
         self.session.metrics.record_published(chunks)
 
-    def _publish_action(self, action: np.ndarray, stamp_ns: int, frame_id: str, dt: float) -> None:
+    def _publish_action(self, action: np.ndarray, stamp_ns: int, frame_id: str, dt: float, reuse: bool = False) -> None:
+        """Publish one action. ``reuse``: refill the delivering thread's message (only that thread
+        may pass it); timers and shutdown run on other threads and build a fresh one."""
         if self.action_pub is None:
             return
         spec = self.session.spec.action
+        msg = self._first_action_msg if reuse else None
         if self.action_kind == "twist":
             from geometry_msgs.msg import TwistStamped
 
-            msg = conversions.fill_twist(TwistStamped(), action, spec.names, spec.space, dt, stamp_ns, frame_id)
+            msg = TwistStamped() if msg is None else msg
+            conversions.fill_twist(msg, action, spec.names, spec.space, dt, stamp_ns, frame_id)
         else:
-            msg = conversions.fill_float64_array(Float64MultiArray(), action, spec.names, MultiArrayDimension)
+            msg = Float64MultiArray() if msg is None else msg
+            conversions.fill_float64_array(msg, action, spec.names, MultiArrayDimension)
+        if reuse:
+            self._first_action_msg = msg
         self.action_pub.publish(msg)
         self._last_action = np.array(action, dtype=np.float32)
 
