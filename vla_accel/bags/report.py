@@ -214,10 +214,11 @@ def render_markdown(
         "Bare = `backend.infer` on ready tensors (no bag, no decoding). Replay = reading and "
         "deserialising the bag, decoding and preprocessing frames, inference and postprocessing, per "
         "chunk (writing the output bag excluded). Goal: replay within 20 % of bare. Measured "
-        "interleaved on the same thread, backend and batch size: bare block, replay pass, bare block, "
-        "... ; each pass is compared with the mean of the bare blocks before and after it, and the "
-        "table shows the median round (`rounds` lists every round's figure). `read + decode on top of "
-        "inference` compares with the inference time of the same pass.",
+        "interleaved: after each inference of a replay pass one bare call of the same batch size runs on "
+        "the same thread and backend (timed apart, excluded from the replay time); each pass is compared "
+        "with its own bare calls, per observation, and the table shows the median pass (`rounds` lists "
+        "every pass). `read + decode on top of inference` compares with the inference time of the same "
+        "pass.",
         "",
         "| backend | bare ms/chunk | bare Hz | replay ms/chunk | of which bag read ms | preprocess p50 ms | "
         "on top of bare | rounds | read + decode on top of inference |",

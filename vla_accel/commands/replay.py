@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="backend intra-op threads (0 = runtime default)")
     parser.add_argument("--batch-size", type=int, default=1, help="observations per inference (default 1)")
     parser.add_argument("--bare-iterations", type=int, default=30, help="iterations of the bare backend benchmark")
+    parser.add_argument("--timing-rounds", type=int, default=3,
+                        help="replay passes timed against interleaved bare calls; the median is reported (default: 3)")
     parser.add_argument("--out", help="output folder (default: ./replay_reports/<bag>_<time>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -121,6 +123,7 @@ def run(args) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         bare_iterations=args.bare_iterations,
+        timing_rounds=args.timing_rounds,
         live_speed=args.live_speed,
         progress=not args.no_progress,
     )
