@@ -178,6 +178,69 @@ def test_large_frames_resize_like_small_ones():
     np.testing.assert_allclose(out, bilinear_reference(img, 16, 16).transpose(2, 0, 1), atol=1e-2)
 
 
+def expected_resize(rgb: np.ndarray, out_h: int, out_w: int, resize: str) -> np.ndarray:
+    """The documented resize modes, on top of bilinear_reference: HxWx3 float64, border = NaN."""
+    h, w = rgb.shape[:2]
+    out = np.full((out_h, out_w, 3), np.nan)
+    if resize == "stretch":
+        out[:] = bilinear_reference(rgb, out_h, out_w)
+    elif resize == "letterbox":
+        scale = min(out_h / h, out_w / w)
+        rh, rw = max(1, min(out_h, round(h * scale))), max(1, min(out_w, round(w * scale)))
+        top, left = (out_h - rh) // 2, (out_w - rw) // 2
+        out[top:top + rh, left:left + rw] = bilinear_reference(rgb, rh, rw)
+    else:  # center_crop
+        scale = max(out_h / h, out_w / w)
+        ext_y, ext_x = out_h / scale, out_w / scale
+        out[:] = bilinear_reference(rgb, out_h, out_w, (h - ext_y) / 2, (w - ext_x) / 2, ext_y, ext_x)
+    return out
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("encoding, row_padding", [
+    (e, p) for e in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8") for p in (0, 3)
+])
+def test_every_encoding_layout_and_mode_matches_the_reference(rng, resize, layout, encoding, row_padding):
+    # Odd sizes and ratios (neither side an integer multiple), wide source: every mode differs.
+    pixels = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    if encoding == "mono8":
+        frame = RawImage(pixels[:, :, 0].tobytes() if row_padding == 0 else
+                         np.pad(pixels[:, :, 0], ((0, 0), (0, row_padding))).tobytes(),
+                         "mono8", 23, 37, 37 + row_padding)
+        rgb = np.repeat(pixels[:, :, :1], 3, axis=2)
+    else:
+        frame, rgb = encode_raw(pixels, encoding, row_padding=row_padding), pixels
+    out_h, out_w = 9, 11
+    base = expected_resize(rgb, out_h, out_w, resize)
+    border = np.isnan(base)
+    assert border.any() == (resize == "letterbox")
+    cases = [  # (dtype, normalize, color, mean, std, expected from the 0..255 RGB resize, tolerance)
+        ("float32", "zero_one", "rgb", None, None, base / 255.0, 1e-5),
+        ("float32", "mean_std", "bgr", [0.1, 0.2, 0.3], [0.5, 0.25, 2.0],
+         (base[:, :, ::-1] / 255.0 - np.array([0.1, 0.2, 0.3])) / np.array([0.5, 0.25, 2.0]), 1e-5),
+        ("float16", "minus_one_one", "rgb", None, None, base / 127.5 - 1.0, 1e-3),  # float16 ulp near 1
+        ("uint8", "none", "bgr", None, None, base[:, :, ::-1], None),
+    ]
+    for dtype, normalize, color, mean, std, want, atol in cases:
+        extra = {"mean": mean, "std": std} if mean is not None else {}
+        spec = make_spec(height=out_h, width=out_w, resize=resize, layout=layout, dtype=dtype,
+                         normalize=normalize, color=color, **extra)
+        got = image_tensor(spec, frame)
+        assert got.dtype == np.dtype(dtype)
+        got = (got.transpose(1, 2, 0) if layout == "NCHW" else got).astype(np.float64)
+        assert not got[border].any(), "letterbox border must be 0 after normalisation"
+        inside = ~border
+        if dtype == "uint8":
+            rounded = np.rint(want[inside])
+            # float32 rounding may tip a value lying on .5 either way; nothing else may differ.
+            tie = np.abs(want[inside] - np.floor(want[inside]) - 0.5) < 1e-3
+            mismatch = got[inside] != rounded
+            assert not (mismatch & ~tie).any() and (np.abs(got[inside] - rounded) <= 1).all()
+        else:
+            np.testing.assert_allclose(got[inside], want[inside], rtol=0, atol=atol)
+
+
 def test_tokens_mask_and_state_rows():
     spec = make_spec()
     batch = Preprocessor(spec, 2).prepare([
