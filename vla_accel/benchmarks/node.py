@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def measure(*, model: str, backend: str, transport: str, seconds: float, rate: float, width: int, height: int,
-            threads: int, startup_timeout: float, qos: str = "sensor_data", node_executor: str = "events") -> dict[str, Any]:
+            threads: int, startup_timeout: float, qos: str = "sensor_data",
+            node_executor: str = "events") -> dict[str, Any]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile
@@ -265,12 +266,14 @@ def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print("\nvla-accel bench node: node overhead and end-to-end latency (ms), same machine, one run")
-    header = (f"{'transport':<12}{'qos':<13}{'backend':<13}{'executor':<17}{'chunks/s':>9}{'overhead p50':>14}{'overhead p99':>14}"
+    header = (f"{'transport':<12}{'qos':<13}{'backend':<13}{'executor':<17}{'chunks/s':>9}"
+              f"{'overhead p50':>14}{'overhead p99':>14}"
               f"{'infer p50':>11}{'total p50':>11}{'e2e p50':>10}{'e2e p90':>10}{'e2e p99':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['transport']:<12}{r['qos']:<13}{r['backend']:<13}{r.get('executor', ''):<17}{r['chunks_per_s']:>9.1f}{r['node_overhead_p50_ms']:>14.3f}"
+        print(f"{r['transport']:<12}{r['qos']:<13}{r['backend']:<13}{r.get('executor', ''):<17}{r['chunks_per_s']:>9.1f}"
+              f"{r['node_overhead_p50_ms']:>14.3f}"
               f"{r['node_overhead_p99_ms']:>14.3f}{r['inference_p50_ms']:>11.2f}{r['total_p50_ms']:>11.2f}"
               f"{r['end_to_end_p50_ms']:>10.2f}{r['end_to_end_p90_ms']:>10.2f}{r['end_to_end_p99_ms']:>10.2f}")
     goal = all(r["node_overhead_p50_ms"] <= 1.0 for r in results)

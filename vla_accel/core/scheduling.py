@@ -48,6 +48,8 @@ SHUTDOWN = "shutdown"  # frames still waiting (or in flight) when the loop stopp
 # ``ActionChunk.timings_ms`` key set by the loop: ms its frame waited in the slot because the worker was
 # still busy with earlier batches (queueing behind their inference). The hand-off to an idle worker
 # (its wake-up) is not in it, so callers can subtract this and still count that hand-off as overhead.
+# With pipeline=True it covers the slot wait only: a prepared batch waiting for the busy infer stage is
+# not in it (an overhead figure built on it errs high there, never low).
 QUEUED = "queued"
 INTERNAL_ERROR = "internal_error"  # frames of a batch lost to an unexpected (non-BackendError) exception
 

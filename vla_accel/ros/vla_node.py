@@ -137,6 +137,14 @@ class VlaNode(Node):
         finally:
             if self.session is not None and not self.session.stop(timeout=2.0):
                 self.get_logger().error("inference threads did not stop within 2 s")
+        # A last /diagnostics with the final counters: inputs counted since the last periodic one
+        # (up to stats_period_s of them) would otherwise never reach the monitors.
+        if self.context.ok():  # not after an external rclpy.shutdown(): publishing would raise
+            self._publish_diagnostics()
+            try:
+                self.diag_pub.wait_for_all_acked(Duration(seconds=0.3))
+            except (AttributeError, RuntimeError) as exc:  # best effort, as for the stop action
+                log.debug("wait_for_all_acked: %s", exc)
         self.get_logger().info(f"stopped in {time.monotonic() - t0:.2f} s")
 
     # --- set-up helpers -------------------------------------------------------------------------
@@ -380,10 +388,12 @@ def main(args: list[str] | None = None) -> int:
     executor = None
     try:
         node = VlaNode()
-        executor = make_executor(node.values["executor"])
-        executor.add_node(node)
         if node.configure():
             node.activate()
+        # Added once every subscription and timer exists: the EventsExecutor registers a node's
+        # entities when the node is added (entities created later were sometimes never served).
+        executor = make_executor(node.values["executor"])
+        executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
