@@ -271,6 +271,27 @@ def test_assembler_two_cameras_waits_for_the_secondary():
     assert obs is not None and set(obs.images) == {first, second} and obs.images[second][0, 0, 0] == 9
 
 
+def test_assembler_drops_observations_built_on_stale_secondary_inputs():
+    spec = ModelSpec.from_yaml(SPECS / "tiny-2cam.yaml")
+    metrics = InferenceMetrics()
+    cams = [diagnostics.CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
+    asm = ObservationAssembler(spec, cams, metrics, initial_instruction="stack the cups", max_input_age_s=1.0)
+    first, second = spec.cameras[0].name, spec.cameras[1].name
+    s = 1_000_000_000
+    asm.set_joint_state([], list(range(spec.state.dims)), now_ns=10 * s)
+    asm.on_frame(second, _rgb_frame(value=9), 1, received_ns=10 * s)
+    assert asm.on_frame(first, _rgb_frame(), 2, received_ns=10 * s + s // 2) is not None  # both fresh
+    # The wrist camera goes silent: 1.5 s later its last frame is too old to attach.
+    assert asm.on_frame(first, _rgb_frame(), 3, received_ns=11 * s + s // 2) is None
+    assert metrics.dropped() == {"stale_camera": 1}
+    asm.on_frame(second, _rgb_frame(value=9), 4, received_ns=11 * s + s // 2)
+    # Now the joint state is the stale one.
+    assert asm.on_frame(first, _rgb_frame(), 5, received_ns=11 * s + s // 2 + 1) is None
+    assert metrics.dropped()["stale_state"] == 1
+    asm.set_joint_state([], list(range(spec.state.dims)), now_ns=11 * s + s // 2 + 2)
+    assert asm.on_frame(first, _rgb_frame(), 6, received_ns=11 * s + s // 2 + 3) is not None
+
+
 def test_joint_state_vector_by_position_and_errors():
     np.testing.assert_allclose(joint_state_vector(2, (), [], [1.0, 2.0, 3.0]), [1.0, 2.0])
     with pytest.raises(Exception, match="needs 4"):

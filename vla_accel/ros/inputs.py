@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 MISSING_INSTRUCTION = "missing_instruction"
 MISSING_STATE = "missing_state"
 MISSING_CAMERA = "missing_camera"
+STALE_CAMERA = "stale_camera"
+STALE_STATE = "stale_state"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ObservationAssembler:
 
     def __init__(self, spec: "ModelSpec", cameras: Sequence[CameraInput], metrics: "InferenceMetrics",
                  instruction_topic: str = "", initial_instruction: str = "",
-                 on_drop: Callable[[Drop], None] | None = None):
+                 on_drop: Callable[[Drop], None] | None = None, max_input_age_s: float | None = None):
         if [c.name for c in cameras] != [c.name for c in spec.cameras]:
             raise ValueError(f"cameras {[c.name for c in cameras]} do not match the spec's "
                              f"{[c.name for c in spec.cameras]}")
@@ -62,6 +64,12 @@ class ObservationAssembler:
         self._on_drop = on_drop
         self._lock = threading.Lock()
         self._latest_images: dict[str, np.ndarray] = {}
+        # Secondary cameras and the joint state are attached by their latest value; with
+        # max_input_age_s one older than that (against the triggering frame) drops the observation
+        # (stale_camera / stale_state) rather than acting on a frozen view of the world.
+        self._max_age_ns = int(max_input_age_s * 1e9) if max_input_age_s and max_input_age_s > 0 else None
+        self._latest_images_ns: dict[str, int] = {}
+        self._state_ns = 0
         self._instruction = ""
         self._instruction_ns = 0
         self.instructions_received = 0
@@ -94,7 +102,7 @@ class ObservationAssembler:
             return InstructionView(self.instruction_topic, self._instruction, age, self.instructions_received,
                                    dict(self.instruction_drops))
 
-    def set_joint_state(self, names: Sequence[str], positions: Sequence[float]) -> bool:
+    def set_joint_state(self, names: Sequence[str], positions: Sequence[float], now_ns: int | None = None) -> bool:
         """sensor_msgs/JointState (names, positions) -> the model's state vector."""
         state_spec = self.spec.state
         if state_spec is None:
@@ -108,6 +116,7 @@ class ObservationAssembler:
             return False
         with self._lock:
             self._state = vector
+            self._state_ns = time.monotonic_ns() if now_ns is None else now_ns
         return True
 
     # --- frames ---------------------------------------------------------------------------------
@@ -120,7 +129,9 @@ class ObservationAssembler:
         cam.record_frame(received_ns)
         primary = camera == self.primary
         try:
-            rgb = decode_image(image)
+            spec_cam = self.spec.camera(camera)
+            # JPEG/PNG: decode at a reduced size that still covers twice the model input (DCT scaling).
+            rgb = decode_image(image, (2 * spec_cam.height, 2 * spec_cam.width))
         except InputError as exc:
             cam.record_drop(exc.reason)
             if primary:
@@ -130,20 +141,28 @@ class ObservationAssembler:
         if not primary:
             with self._lock:
                 self._latest_images[camera] = rgb
+                self._latest_images_ns[camera] = received_ns
             return None
         with self._lock:
             instruction = self._instruction
             state = self._state
+            state_ns = self._state_ns
             images = {camera: rgb}
             missing = [c for c in self.cameras if c != camera and c not in self._latest_images]
             images.update({c: self._latest_images[c] for c in self.cameras if c in self._latest_images and c != camera})
+            stale = [] if self._max_age_ns is None else [
+                c for c in images if c != camera and received_ns - self._latest_images_ns[c] > self._max_age_ns]
         reason, message = None, ""
         if missing:
             reason, message = MISSING_CAMERA, f"no frame yet from camera(s) {missing}"
+        elif stale:
+            reason, message = STALE_CAMERA, f"camera(s) {stale} sent nothing for over {self._max_age_ns / 1e9:g} s"
         elif not instruction:
             reason, message = MISSING_INSTRUCTION, f"no instruction yet: publish a std_msgs/String on {self.instruction_topic}"
         elif self.spec.state is not None and state is None:
             reason, message = MISSING_STATE, "the model needs the robot state: no sensor_msgs/JointState received yet"
+        elif self.spec.state is not None and self._max_age_ns is not None and received_ns - state_ns > self._max_age_ns:
+            reason, message = STALE_STATE, f"no sensor_msgs/JointState for over {self._max_age_ns / 1e9:g} s"
         if reason:
             self._count_dropped(reason, received_ns)
             self._report(Drop(camera, reason, message))

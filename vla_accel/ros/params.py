@@ -104,7 +104,8 @@ PARAMETERS: tuple[ParameterDef, ...] = (
     _p("min_input_rate_hz", "float", 0.0, "input rate below it turns diagnostics WARN (0 = none)",
        low=0.0, high=1000.0),
     _p("stale_image_timeout_s", "float", 1.0, "no frame for this long: inputs are stale (STALE diagnostics, "
-       "on_stale action)", low=0.0, high=3600.0),
+       "on_stale action); also the oldest a secondary camera frame or joint state may be when attached",
+       low=0.01, high=3600.0),
     _p("stale_instruction_timeout_s", "float", 0.0, "instruction older than this is stale (0 = never)",
        low=0.0, high=86400.0),
     _p("on_stale", "str", "hold", "published once when inputs go stale: hold, zero or none",

@@ -45,7 +45,10 @@ def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
     from vla_accel.backends.registry import backend_class
 
     extra = parse_backend_extra(values.get("backend_extra", ""))
-    if values.get("delegate_path"):
+    # delegate_path names the primary backend's delegate library: a fallback (e.g. hexagon behind qnn)
+    # must look for its own library, not be handed another vendor's.
+    primary = values["backend"]
+    if values.get("delegate_path") and (name == primary or primary == "auto"):
         extra.setdefault("delegate_path", values["delegate_path"])
     precision = values["precision"]
     supported = getattr(backend_class(name), "precisions", ("fp32",))
@@ -174,13 +177,15 @@ class InferenceSession:
                              active=chain.active_name, device=info.device, precision=info.precision, error=skipped)
         t0 = time.perf_counter()
         try:
-            baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, int(values["batch_size"]),
-                                       int(values["threads"]), against=chain)
+            # The node serves one stream, so its batches hold one observation: the baseline is measured
+            # at batch 1 (metrics compares a baseline only with inferences of the same batch size).
+            baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, 1, int(values["threads"]),
+                                       against=chain)
         except VlaAccelError as exc:  # the speedup figure is optional; inference must still start
             log.warning("could not measure the torch CPU baseline (speedup will read n/a): %s", exc)
             baseline = 0.0
         self.load_times_ms["baseline"] = (time.perf_counter() - t0) * 1e3
-        self.metrics.set_baseline_ms(baseline)
+        self.metrics.set_baseline_ms(baseline, batch_size=1)
         memory = values["memory"]
         if values["pipeline"] and memory == "static":
             memory = "pool"  # overlapping batches cannot share one static buffer set

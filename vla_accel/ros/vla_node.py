@@ -175,7 +175,8 @@ class VlaNode(Node):
                 topic += "/compressed"  # image_transport's naming
             self.cameras.append(diagnostics.CameraInput(cam.name, topic, transport))
         self.assembler = ObservationAssembler(spec, self.cameras, self.session.metrics, values["instruction_topic"],
-                                              values["instruction"], on_drop=self._on_drop)
+                                              values["instruction"], on_drop=self._on_drop,
+                                              max_input_age_s=values["stale_image_timeout_s"])
         kind = conversions.resolve_first_action_type(values["first_action_type"], spec.action.space)
         self.action_kind = kind
         if kind == "twist":
@@ -229,6 +230,11 @@ class VlaNode(Node):
 
     # --- callbacks: outputs (the loop's worker thread) ------------------------------------------
     def _on_chunks(self, chunks) -> None:
+        if self._stale:
+            # Inputs went stale (e.g. the instruction timed out) and the hold was published: chunks
+            # computed meanwhile must not override it. Counted, not silent.
+            self.session.metrics.record_event("chunks_withheld_stale", len(chunks))
+            return
         device = self.session.device
         for chunk in chunks:
             t = chunk.timings_ms
