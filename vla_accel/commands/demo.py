@@ -260,7 +260,7 @@ def run_without_ros(args: argparse.Namespace) -> int:
     cams = [diagnostics.CameraInput(c.name, "synthetic", "compressed" if args.compressed else "raw")
             for c in session.spec.cameras]
     assembler = ObservationAssembler(session.spec, cams, session.metrics, "synthetic",
-                                     "pick up the red block and put it in the bowl")
+                                     "pick up the red block")
     if session.spec.state is not None:
         assembler.set_joint_state([], np.zeros(session.spec.state.dims))
     session.load()

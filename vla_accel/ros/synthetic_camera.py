@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0 = until Ctrl-C)")
     p.add_argument("--topic", default="/camera/image_raw")
     p.add_argument("--compressed", action="store_true", help="publish JPEG CompressedImage on <topic>/compressed")
-    p.add_argument("--instruction", default="pick up the red block and put it in the bowl")
+    p.add_argument("--instruction", default="pick up the red block")
     p.add_argument("--instruction-topic", default="/vla/instruction")
     p.add_argument("--joint-states-topic", default="/joint_states")
     p.add_argument("--joints", type=int, default=8, help="joint positions published (0 = no joint states)")
