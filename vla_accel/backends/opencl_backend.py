@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vla_accel.core.fileio import atomic_write_bytes
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
@@ -251,11 +252,8 @@ class OpenCLBackend(Backend):
             ) from exc
         binaries = program.get_info(cl.program_info.BINARIES)
         if binaries and binaries[0]:
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
             try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(bytes(binaries[0]))
-                os.replace(tmp, cache_file)  # atomic: a killed process never leaves half a binary
+                atomic_write_bytes(cache_file, bytes(binaries[0]))  # a killed process never leaves half a binary
             except OSError as exc:  # the cache only saves compile time: run on without it
                 log.warning("opencl: cannot cache the compiled program in %s (%s)", cache_file.parent, exc)
         return program, "source"

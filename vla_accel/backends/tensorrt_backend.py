@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from vla_accel.core.fileio import atomic_write_bytes
 from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, gather_inputs, input_signature, module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 
@@ -178,14 +177,7 @@ class EngineCache:
         engine, sidecar = self.paths(key)
         self.folder.mkdir(parents=True, exist_ok=True)
         for path, payload in ((engine, bytes(data)), (sidecar, json.dumps(dict(meta), indent=2, sort_keys=True).encode())):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(payload)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_write_bytes(path, payload)
         return engine
 
     def discard(self, key: str) -> None:

@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from vla_accel.core.fileio import atomic_write_text
 from vla_accel.errors import VlaAccelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,15 +153,7 @@ class CalibrationStore:
         records = self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"version": FORMAT_VERSION, "records": {k: asdict(v) for k, v in sorted(records.items())}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return self.path
+        return atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
 
 
 def measure_backend(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import keyword
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from vla_accel.core.fileio import atomic_path, atomic_write_text
 from vla_accel.errors import BackendUnavailableError, ModelFileError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,7 +139,7 @@ def export_tflite(
             seconds=round(time.perf_counter() - started, 2),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        _atomic_write_text(target.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
+        atomic_write_text(target.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
     report.stage(f"done: {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 
@@ -159,21 +159,6 @@ def _importable(module: str) -> bool:
     from vla_accel.backends.base import module_available
 
     return module_available(module)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def named_input_module(module, input_names: tuple[str, ...], output_name: str):
@@ -220,15 +205,9 @@ def _convert_fp32(bundle: "ModelBundle", batch: int, target: Path, report, progr
     report.stage(f"converting with litert-torch {litert_torch.__version__} (batch {batch})")
     with torch.no_grad():
         edge_model = litert_torch.convert(module, sample_kwargs=kwargs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tflite", dir=target.parent)
-    os.close(fd)
-    try:
-        edge_model.export(tmp)
-        _check_signature(Path(tmp), spec)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target, suffix=".tflite") as tmp:
+        edge_model.export(str(tmp))
+        _check_signature(tmp, spec)
     return {"converter": f"litert-torch {litert_torch.__version__}", "source": "torch"}
 
 
@@ -277,15 +256,8 @@ def _quantize(bundle: "ModelBundle", source: Path, precision: str, batch: int, t
         result = quant.quantize(calibration, enable_progress_report=False)
         meta["scheme"] = "full-integer int8 (weights, activations, inputs and outputs)"
         meta["calibration_samples"] = len(samples) * batch
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tflite", dir=target.parent)
-    os.close(fd)
-    os.unlink(tmp)  # export_model refuses to overwrite
-    try:
-        result.export_model(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(target, suffix=".tflite") as tmp:  # a fresh name: export_model refuses to overwrite
+        result.export_model(str(tmp))
     return meta
 
 

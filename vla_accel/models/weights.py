@@ -13,12 +13,11 @@ file and how to regenerate it) instead of silently producing wrong actions.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from vla_accel.core.fileio import atomic_path
 from vla_accel.errors import ModelFileError
 from vla_accel.models.architecture import NETWORK_NAME, NetworkConfig, parameter_shapes
 
@@ -74,15 +73,8 @@ def save_weights(path: Path, tensors: dict[str, np.ndarray], config: NetworkConf
         "tensor_digest": digest,
         "seed": str(config.seed),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return digest
 
 
