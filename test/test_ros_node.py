@@ -140,6 +140,14 @@ def _start_camera(seconds: float, stamps: Path, compressed: bool = False) -> sub
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _kill_leftovers(*procs: subprocess.Popen | None) -> None:
+    """After a failed test: no camera or node process may outlive it."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _stop_camera(camera: subprocess.Popen) -> None:
     """Cameras stream until stopped; SIGINT makes them write their stamps file and exit."""
     camera.send_signal(signal.SIGINT)
@@ -238,11 +246,7 @@ def test_node_end_to_end_raw_stream(listener, tmp_path):
         listener.wait_for(lambda: len(listener.actions) > 0, 5, "actions")
         elapsed, out = _sigint_and_wait(node)
     finally:
-        if camera is not None and camera.poll() is None:
-            camera.kill()
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
+        _kill_leftovers(camera, node)
     assert node.returncode == 0, out[-3000:]
     assert elapsed < 10.0, f"SIGINT -> exit took {elapsed:.1f} s"
     assert "did not stop" not in out, out[-3000:]
@@ -310,11 +314,7 @@ def test_node_compressed_stream_and_corrupt_jpeg(listener, tmp_path):
         _stop_camera(camera)
         elapsed, out = _sigint_and_wait(node)
     finally:
-        if camera is not None and camera.poll() is None:
-            camera.kill()
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
+        _kill_leftovers(camera, node)
     assert node.returncode == 0 and elapsed < 10.0, out[-3000:]
     values = {kv.key: kv.value for kv in listener.latest_status("vla_accel: inference").values}
     assert int(values["dropped: unknown_encoding"]) >= 1
@@ -346,9 +346,7 @@ def test_no_backend_loads_reports_error_and_stays_up(listener):
         assert not results[4].successful
         elapsed, out = _sigint_and_wait(node)
     finally:
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
+        _kill_leftovers(node)
     assert node.returncode == 0 and elapsed < 10.0, out[-3000:]
 
 
@@ -371,11 +369,7 @@ def test_backend_failure_mid_stream_switches_to_the_fallback(listener, tmp_path)
         _stop_camera(camera)
         elapsed, out = _sigint_and_wait(node)
     finally:
-        if camera is not None and camera.poll() is None:
-            camera.kill()
-        if node.poll() is None:
-            node.kill()
-            node.communicate()
+        _kill_leftovers(camera, node)
     with listener.lock:
         backends = [m.backend for _, m in listener.chunks]
     assert backends[0] == "onnxruntime" and backends[-1] == "torch", backends
