@@ -333,8 +333,20 @@ def test_inference_status_ok_with_every_key():
                 "dropped: truncated", "dropped: superseded", "backend", "device", "model", "backend switches"):
         assert key in keys, key
     assert inference.value("speedup over CPU") == "2.00"  # 8 ms baseline / 4 ms
+    assert inference.value("speedup at start-up (side by side)") == "n/a"  # not measured
     assert inference.value("latency p50 (ms)") == "4.00"
     assert [r.name for r in reports] == ["vla_accel: inference", "vla_accel: backend", "vla_accel: input primary"]
+
+
+def test_startup_side_by_side_speedup_is_reported_next_to_the_live_one():
+    metrics = _metrics_with_traffic(infer_ms=16.0)  # the live run is slower than the start-up baseline
+    metrics.set_value("startup_speedup", 1.03)
+    state = diagnostics.BackendState(status="running", candidates=("torch",), active="torch", device="cpu",
+                                     precision="fp32")
+    inference = diagnostics.build_reports(metrics.snapshot(), state, [_cam_view()], None,
+                                          diagnostics.DiagnosticsConfig())[0]
+    assert inference.value("speedup over CPU") == "0.50"
+    assert inference.value("speedup at start-up (side by side)") == "1.03"
 
 
 def test_levels_warn_error_stale():

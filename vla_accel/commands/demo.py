@@ -206,7 +206,8 @@ def run_with_ros(args: argparse.Namespace) -> int:
 def print_diagnostics(diag) -> None:
     levels = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
     print("[diagnostics] /diagnostics (as rqt_robot_monitor shows it):")
-    keys = ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)", "speedup over CPU", "input rate (Hz)",
+    keys = ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)", "speedup over CPU", "CPU baseline latency (ms)",
+            "speedup at start-up (side by side)", "input rate (Hz)",
             "frames received", "frames processed", "frames dropped", "rate (Hz)", "instruction")
     for status in diag.status:
         level = levels.get(status.level[0] if isinstance(status.level, bytes) else status.level, "?")

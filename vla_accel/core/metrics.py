@@ -306,6 +306,7 @@ class InferenceMetrics:
         self.parallel_units = 0
         self.baseline_ms = 0.0
         self._baselines: dict[int, float] = {}  # batch size -> CPU baseline ms
+        self._values: dict[str, float] = {}  # set_value: reported in the snapshot's extra
         self.reset()
 
     def reset(self) -> None:
@@ -365,6 +366,11 @@ class InferenceMetrics:
     def record_dropped(self, reason: str, count: int = 1) -> None:
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+    def set_value(self, name: str, value: float) -> None:
+        """A named figure measured once (e.g. startup_speedup), reported in the snapshot's ``extra``."""
+        with self._lock:
+            self._values[name] = float(value)
 
     def record_event(self, name: str, count: int = 1) -> None:
         """Something worth counting that is neither a drop nor an error (e.g. instruction_truncated);
@@ -469,7 +475,7 @@ class InferenceMetrics:
                 baseline_ms=baseline_ms,
                 speedup=s,
                 parallel_efficiency=parallel_efficiency(s, self.parallel_units),
-                extra={f"events_{name}": count for name, count in sorted(self._events.items())},
+                extra={**self._values, **{f"events_{name}": count for name, count in sorted(self._events.items())}},
             )
 
     def _matching_baseline(self, infer_p50: float) -> tuple[float, float]:
