@@ -49,19 +49,13 @@ def build(model_name: str) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vla_accel.models.reference import REFERENCE_DIR
+    from vla_accel.models.reference import REFERENCE_DIR, save_reference
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["tiny"])
     args = parser.parse_args(argv)
     for name in args.models:
-        path = REFERENCE_DIR / f"{name}_representative_fp32.npz"
-        arrays = build(name)
-        np.savez_compressed(path, **arrays)
-        size = path.stat().st_size
-        print(f"{path}: actions {arrays['actions'].shape}, content {arrays['content_hash']}, {size} bytes")
-        if size > MAX_BYTES:
-            print(f"error: {path} is {size} bytes (limit {MAX_BYTES})", file=sys.stderr)
+        if not save_reference(REFERENCE_DIR / f"{name}_representative_fp32.npz", build(name), MAX_BYTES):
             return 1
     return 0
 

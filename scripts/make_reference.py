@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 
 from vla_accel.models import builtin_models, load_model
-from vla_accel.models.reference import REFERENCE_DIR, build_reference, reference_path
+from vla_accel.models.reference import build_reference, reference_path, save_reference
 
 MAX_BYTES = 200_000  # keep the repository small
 
@@ -25,16 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=builtin_models(), help="built-in model names")
     args = parser.parse_args(argv)
-    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        bundle = load_model(name)
-        arrays = build_reference(bundle)
-        path = reference_path(name, "fp32")
-        np.savez_compressed(path, **arrays)
-        size = path.stat().st_size
-        print(f"{path}: actions {arrays['actions'].shape}, content {arrays['content_hash']}, {size} bytes")
-        if size > MAX_BYTES:
-            print(f"error: {path} is {size} bytes (limit {MAX_BYTES})", file=sys.stderr)
+        if not save_reference(reference_path(name, "fp32"), build_reference(load_model(name)), MAX_BYTES):
             return 1
     return 0
 

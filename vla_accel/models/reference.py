@@ -12,13 +12,14 @@ Tolerances are per precision (max absolute difference of the normalised actions,
 """
 from __future__ import annotations
 
-import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vla_accel.errors import ModelFileError
+from vla_accel.models.weights import tensor_digest
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "test" / "data" / "reference"
 REFERENCE_SEED = 20240917
@@ -29,13 +30,21 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2, "int8": 1.5e-1}
 REGENERATE_HINT = "regenerate with: .venv/bin/python scripts/make_reference.py"
 
 
-def inputs_digest(inputs: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(inputs):
-        arr = np.ascontiguousarray(inputs[name])
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
+# The reference inputs are fingerprinted exactly as the weights are (names, dtypes, shapes, bytes).
+inputs_digest = tensor_digest
+
+
+def save_reference(path: Path, arrays: dict[str, np.ndarray], max_bytes: int) -> bool:
+    """Write a reference file (compressed npz), print what it holds; False when it is over ``max_bytes``
+    (references are committed: the repository stays small)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    size = path.stat().st_size
+    print(f"{path}: actions {arrays['actions'].shape}, content {arrays['content_hash']}, {size} bytes")
+    if size > max_bytes:
+        print(f"error: {path} is {size} bytes (limit {max_bytes})", file=sys.stderr)
+        return False
+    return True
 
 
 def reference_path(model_name: str, precision: str = "fp32", directory: Path | None = None) -> Path:
