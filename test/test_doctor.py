@@ -47,7 +47,7 @@ def test_doctor_load_runs_available_backends_on_the_tiny_model(capsys):
 
 
 def test_doctor_calibrate_stores_measurements(capsys, tmp_path, monkeypatch):
-    from vla_accel.core import calibration
+    from vla_accel.backends import calibration
 
     path = tmp_path / "calibration.json"
     monkeypatch.setattr(calibration, "default_calibration_path", lambda: path)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from vla_accel.backends.base import FAULT_ENV, BackendOptions, example_inputs, module_available
-from vla_accel.core.calibration import CalibrationRecord, CalibrationStore, machine_id, measure_backend
-from vla_accel.core.selection import FallbackChain, available_backends, resolve_backends
+from vla_accel.backends.calibration import CalibrationRecord, CalibrationStore, machine_id, measure_backend
+from vla_accel.backends.selection import FallbackChain, available_backends, resolve_backends
 from vla_accel.errors import BackendError, InputError, SpecError, UnknownBackendError
 
 # Two CPU backends that load in well under a second once their exports are cached.

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = None
     if args.calibrate:
         from vla_accel.backends.registry import backend_class
-        from vla_accel.core.calibration import CalibrationStore, calibrate
+        from vla_accel.backends.calibration import CalibrationStore, calibrate
 
         store = CalibrationStore()
         runnable = {r["backend"] for r in rows if r["available"] and (not r.get("load") or r["load"]["ok"])}

@@ -3,7 +3,7 @@
 The three stages are separate methods (``prepare``, ``run``, ``finish``) so a scheduler can overlap
 them across batches (prepare N+1 while N infers, with ``memory="pool"``); ``infer`` runs them in
 series for callers that do not need that. ``backend`` is a plain attribute: a fallback wrapper
-(core.selection.FallbackChain) may sit there, or a caller may swap it at run time.
+(backends.selection.FallbackChain) may sit there, or a caller may swap it at run time.
 
 Counting: ``prepare`` counts rejected observations as drops by their error's ``reason`` (and logs
 them rate-limited); ``run`` counts a failed backend call (BackendError, re-raised) as a backend

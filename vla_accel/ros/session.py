@@ -2,7 +2,7 @@
 
 ``InferenceSession(values)`` takes the node's parameter dict (vla_accel.ros.params) and
 * ``load()``: loads the model, builds the backend candidates (``backend`` + ``fallback``, or
-  ``auto``) behind core.selection.FallbackChain, warms it up, measures or reads the torch-CPU
+  ``auto``) behind backends.selection.FallbackChain, warms it up, measures or reads the torch-CPU
   baseline for the speedup figure, and builds the core Engine and InferenceLoop;
 * ``start()`` / ``submit(observation)`` / ``stop()``: run the loop; chunks go to ``on_chunks``.
 ``vla-accel demo --no-ros`` drives the same class in-process, so both paths run the same code.
@@ -32,7 +32,7 @@ BASELINE_ITERATIONS = 30
 
 def candidate_backends(values: dict[str, Any], bundle: Any = None) -> list[str]:
     """The ordered backends to try: backend (or auto's measured choice) then fallback, no repeats."""
-    from vla_accel.core.selection import resolve_backends
+    from vla_accel.backends.selection import resolve_backends
 
     options = backend_options(values, "torch") if values["backend"] == "auto" else None
     return resolve_backends(values["backend"], requirement="latency", fallback=values.get("fallback") or [],
@@ -99,14 +99,14 @@ def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, against: Any
 
 def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int, against: Any = None,
                     side_by_side: dict | None = None) -> float:
-    """``measure``: now; ``cache``: the torch fp32 record of core.calibration's store (the file
+    """``measure``: now; ``cache``: the torch fp32 record of backends.calibration's store (the file
     ``vla-accel doctor --calibrate`` and ``backend: auto`` share), measured and stored once when
     absent; ``none``: 0. The store holds batch-1 latencies: other batch sizes are measured."""
     if mode == "none":
         return 0.0
     if mode == "measure" or batch_size != 1:
         return measure_baseline_ms(bundle, batch_size, threads, against, side_by_side=side_by_side)
-    from vla_accel.core.calibration import CalibrationStore, calibrate
+    from vla_accel.backends.calibration import CalibrationStore, calibrate
 
     store = CalibrationStore()
     record = store.get(bundle.content_hash(), BASELINE_BACKEND, "fp32")
@@ -155,7 +155,7 @@ class InferenceSession:
         can run (``state`` then says why) or VlaAccelError for a bad model / parameters."""
         from vla_accel.core.engine import Engine
         from vla_accel.core.scheduling import InferenceLoop
-        from vla_accel.core.selection import FallbackChain
+        from vla_accel.backends.selection import FallbackChain
 
         if self.bundle is None:
             self.load_model()

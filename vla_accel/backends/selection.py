@@ -23,7 +23,7 @@ from vla_accel.errors import BackendError, InputError, SpecError, UnknownBackend
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.backends.base import Backend, BackendOptions, DeviceInfo
-    from vla_accel.core.calibration import CalibrationRecord, CalibrationStore
+    from vla_accel.backends.calibration import CalibrationRecord, CalibrationStore
     from vla_accel.models.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def resolve_backends(
         have no record (each for about ``measure_budget_s``; measured records are stored).
     candidates: restrict ``auto`` to these backends (default: every backend whose probe succeeds).
     """
-    from vla_accel.core.calibration import REQUIREMENTS, CalibrationStore, calibrate
+    from vla_accel.backends.calibration import REQUIREMENTS, CalibrationStore, calibrate
 
     if requirement not in REQUIREMENTS:
         raise SpecError(f"requirement must be one of {', '.join(REQUIREMENTS)}; got {requirement!r}")
