@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs, module_available
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.optional import module_available
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.registry import backend_class, create_backend
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 from vla_accel.models.reference import TOLERANCES, inputs_digest, load_reference

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from vla_accel.backends.base import BackendOptions, module_available
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.optional import module_available
 from vla_accel.backends.npu_backend import NpuBackend, intel_npu_device_nodes
 from vla_accel.backends.registry import create_backend
 from vla_accel.errors import BackendUnavailableError

@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, module_available
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.optional import module_available
 from vla_accel.backends.registry import backend_class, create_backend
 from vla_accel.backends.tensorrt_backend import (
     EngineCache,

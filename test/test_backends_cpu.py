@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs, module_available
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.optional import module_available
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.registry import backend_class, create_backend, list_backends
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, UnknownBackendError
 from vla_accel.models import load_model

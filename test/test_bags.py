@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import module_available
+from vla_accel.core.optional import module_available
 from vla_accel.bags import messages
 from vla_accel.bags.compare import TOLERANCE_PROFILES, compare_chunks, tolerance_for
 from vla_accel.bags.messages import BagError

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vla_accel.backends.base import module_available
+from vla_accel.core.optional import module_available
 
 pytestmark = pytest.mark.ros
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vla_accel.backends.base import module_available
+from vla_accel.core.optional import module_available
 from vla_accel.cli import main
 from vla_accel.commands import bench
 from vla_accel.errors import VlaAccelError

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.cuda_backend import CudaBackend
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 from vla_accel.models.reference import TOLERANCES, load_reference

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vla_accel.backends.base import example_inputs
+from vla_accel.core.spec import example_inputs
 from vla_accel.core.spec import ModelSpec
 from vla_accel.errors import ModelFileError, SpecError
 from vla_accel.models import SPECS_DIR, builtin_models, load_model
@@ -320,7 +320,7 @@ def test_corrupt_user_onnx_file(tmp_path, tiny_bundle):
     bundle = load_model(path, cache_dir=tmp_path)
     with pytest.raises(ModelFileError, match="corrupt"):
         bundle.export("openvino", progress=False)
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
     from vla_accel.backends.registry import create_backend
 
     if not module_available("onnxruntime"):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.opencl_backend import OpenCLBackend
 from vla_accel.errors import BackendError, InputError, ModelFileError
 from vla_accel.models.reference import load_reference

@@ -8,7 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import FAULT_ENV, BackendOptions, example_inputs, module_available
+from vla_accel.backends.base import FAULT_ENV, BackendOptions
+
+from vla_accel.core.optional import module_available
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.calibration import CalibrationRecord, CalibrationStore, machine_id, measure_backend
 from vla_accel.backends.selection import FallbackChain, available_backends, resolve_backends
 from vla_accel.errors import BackendError, InputError, SpecError, UnknownBackendError

@@ -171,7 +171,9 @@ def measure_backend(
     (and a first export) is not counted in the budget. Raises the backend's error when it cannot run."""
     import dataclasses
 
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import canonical_name, create_backend
     from vla_accel.core.metrics import percentiles, throughput
 

@@ -23,7 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs, module_available
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs
+
+from vla_accel.core.optional import module_available
 from vla_accel.errors import BackendError, BackendUnavailableError
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,9 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs, module_available
+from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs
+
+from vla_accel.core.optional import module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 LITERT_HINT = (

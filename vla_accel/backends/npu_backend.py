@@ -21,7 +21,9 @@ from typing import Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, module_available
+from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo
+
+from vla_accel.core.optional import module_available
 from vla_accel.errors import BackendUnavailableError
 
 INTEL_NPU_HINT = (

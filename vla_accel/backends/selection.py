@@ -271,7 +271,7 @@ class FallbackChain:
                     # loop: the same batch runs again on the new backend
 
     def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
-        from vla_accel.backends.base import example_inputs
+        from vla_accel.core.spec import example_inputs
 
         inputs = example_inputs(self.spec, batch_size, seed=0)
         for _ in range(iterations):

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from vla_accel.core.fileio import atomic_write_bytes
-from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, gather_inputs, input_signature, module_available
+from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, gather_inputs
+from vla_accel.core.optional import module_available
+from vla_accel.core.spec import input_signature
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover

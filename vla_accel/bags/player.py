@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def require_ros(need_own_messages: bool = True) -> None:
     """Raise a clear error naming what is missing for live replay (rclpy, built vla_accel messages)."""
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     if not module_available("rclpy"):
         raise VlaAccelError(

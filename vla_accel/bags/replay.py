@@ -355,7 +355,7 @@ def _timed_rounds(bag: Path, bundle, backend, info, options: ReplayOptions, run:
     inference: the first pass is the recorded one (chunks, output bag, metrics); later passes only
     time the same replay again. Live mode paces frames by the bag's clock, so its wall time says
     nothing about cost: one pass, no interleaving, compared with the bare block."""
-    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.spec import example_inputs
 
     inputs = example_inputs(bundle.spec, run.batch_size, seed=1)
     live = options.rate.kind == "live"

@@ -337,7 +337,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = backend_rows(result)
     images: list[Path] = []
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     if plots and not module_available("matplotlib"):
         log.warning("report: matplotlib is not installed, so no plots (pip install -r requirements/bags.txt)")

@@ -105,7 +105,8 @@ def _time_backend(backend, inputs, batch, warmup, seconds, min_iters) -> tuple[l
 
 def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup=5, cpu_threads=0,
                   cuda_device="", opencl_device="", log=print) -> list[Row]:
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
     from vla_accel.models import load_model
 
@@ -230,7 +231,8 @@ def reference_parity(models: list[str], variants: list[str], cuda_device: str = 
 
 def opencl_profile(models: list[str], batches: list[int], opencl_device: str = "", log=print) -> list[dict[str, Any]]:
     """OpenCL event-profiled device time per stage (ms) of one forward pass, per model and batch."""
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
     from vla_accel.models import load_model
 

@@ -218,7 +218,8 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
                  schedule: str = "interleaved", block: int = 4, onnxruntime_int8: bool = True,
                  log=None) -> dict[str, Any]:
     """Run the side-by-side benchmark and return the report (what ``--json`` writes)."""
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
     from vla_accel.backends.torch_backend import cpu_model_name
     from vla_accel.core import metrics

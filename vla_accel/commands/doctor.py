@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def system_facts() -> dict[str, Any]:
     """CPU, cores, OS, Python; OpenCL platforms when pyopencl imports; CUDA when torch imports."""
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
     from vla_accel.backends.torch_backend import cpu_model_name
 
     facts: dict[str, Any] = {
@@ -109,7 +109,7 @@ def _options_for(cls, precision: str, batch: int):
 def backend_report(names: list[str], *, model=None, load: bool = False, precision: str = "",
                    batch: int = 1) -> list[dict[str, Any]]:
     """One entry per backend: available, detail / missing + hint, and with ``load`` the device."""
-    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import backend_class
 
     rows: list[dict[str, Any]] = []

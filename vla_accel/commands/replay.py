@@ -82,7 +82,7 @@ def _out_dir(args) -> Path:
 
 
 def _require_rosbags() -> None:
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     if not module_available("rosbags"):
         raise VlaAccelError(

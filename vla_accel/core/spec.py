@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from vla_accel.errors import SpecError
 
 RESIZE_MODES = ("stretch", "letterbox", "center_crop")
@@ -359,3 +361,42 @@ def _build(kind: type, data: Any, what: str):
         return kind(**kwargs)
     except TypeError as exc:
         raise SpecError(f"{what}: {exc}") from exc
+
+
+def example_inputs(spec: ModelSpec, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid model inputs for a spec (warm-up, parity tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for cam in spec.cameras:
+        shape = (batch, *cam.shape)
+        if cam.dtype == "uint8":
+            out[cam.input] = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        else:
+            out[cam.input] = rng.standard_normal(shape).astype(cam.dtype)
+    ins = spec.instruction
+    n = ins.max_tokens
+    lengths = rng.integers(1, n + 1, size=batch)
+    tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
+    mask = np.zeros((batch, n), dtype=np.float32)
+    for b, length in enumerate(lengths):
+        tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
+        mask[b, :length] = 1.0
+    out[ins.input] = tokens
+    out[ins.mask_input] = mask
+    if spec.state is not None:
+        out[spec.state.input] = rng.standard_normal((batch, spec.state.dims)).astype(np.float32)
+    return out
+
+
+def input_signature(spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Every model input's per-sample shape (after the batch dimension) and dtype, in spec order:
+    the signature every export of the reference network declares."""
+    expected: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for cam in spec.cameras:
+        expected[cam.input] = (tuple(cam.shape), np.dtype(cam.dtype))
+    ins = spec.instruction
+    expected[ins.input] = ((ins.max_tokens,), np.dtype(np.int32))
+    expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(np.float32))
+    if spec.state is not None:
+        expected[spec.state.input] = ((spec.state.dims,), np.dtype(np.float32))
+    return expected

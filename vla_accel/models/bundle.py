@@ -12,16 +12,15 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_accel.errors import ModelFileError, SpecError
 from vla_accel.models.architecture import NetworkConfig
+from vla_accel.models.progress import ExportProgress
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -44,20 +43,6 @@ def default_cache_dir() -> Path:
     """$VLA_ACCEL_CACHE, else ~/.cache/vla_accel."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vla_accel"
-
-
-class ExportProgress:
-    """Stage messages with elapsed seconds on stderr (silent when disabled)."""
-
-    def __init__(self, label: str, enabled: bool = True):
-        self.label = label
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def stage(self, message: str) -> None:
-        if self.enabled:
-            elapsed = time.perf_counter() - self.start
-            print(f"[vla-accel export {self.label}] {elapsed:6.1f}s  {message}", file=sys.stderr, flush=True)
 
 
 def _sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
@@ -284,7 +269,7 @@ class ModelBundle:
                     reason="conversion_unavailable",
                 )
         if fmt == "tflite":
-            from vla_accel.models.export_tflite import export_tflite  # another engineer's module; heavy deps
+            from vla_accel.models.export_tflite import export_tflite  # heavy dependencies, imported on use
 
             return export_tflite(self, precision, progress, force)
         allowed = EXPORT_PRECISIONS[fmt]
@@ -324,7 +309,7 @@ class ModelBundle:
     def _export_onnx(self, path: Path, report: ExportProgress) -> None:
         import torch
 
-        from vla_accel.backends.base import example_inputs
+        from vla_accel.core.spec import example_inputs
 
         report.stage("loading weights into the torch network")
         module = self.torch_module()

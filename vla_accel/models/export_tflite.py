@@ -77,7 +77,7 @@ def tflite_path(bundle: "ModelBundle", precision: str, batch: int = 1) -> Path:
 
 
 def converter_available() -> bool:
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     return module_available("litert_torch") and module_available("ai_edge_quantizer")
 
@@ -115,7 +115,7 @@ def export_tflite(
                    if not _importable(mod)]
         raise BackendUnavailableError("tflite", missing, CONVERTER_HINT)
 
-    from vla_accel.models.bundle import ExportProgress
+    from vla_accel.models.progress import ExportProgress
 
     source = None
     if precision != "fp32":  # quantised variants are rewritten from the fp32 file
@@ -156,7 +156,7 @@ def _is_current(target: Path, precision: str) -> bool:
 
 
 def _importable(module: str) -> bool:
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     return module_available(module)
 
@@ -195,7 +195,7 @@ def _convert_fp32(bundle: "ModelBundle", batch: int, target: Path, report, progr
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "y" if progress else "n")
     import litert_torch
 
-    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.spec import example_inputs
 
     spec = bundle.spec
     report.stage("loading weights into the torch network")

@@ -67,7 +67,7 @@ def build_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_B
     """Run the torch network on the seeded example inputs; returns the arrays to store."""
     import torch
 
-    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.spec import example_inputs
 
     inputs = example_inputs(bundle.spec, batch=batch, seed=seed)
     module = bundle.torch_module()
@@ -86,7 +86,7 @@ def build_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_B
 
 def load_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ReferenceCase:
     """The committed reference for ``bundle`` with its inputs regenerated and verified."""
-    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.spec import example_inputs
 
     path = reference_path(bundle.name, precision, directory)
     if not path.is_file():

@@ -76,7 +76,7 @@ def compressed_msg_to_raw(msg: Any) -> RawImage:
 def make_cv_bridge() -> Any:
     """A cv_bridge.CvBridge when the ROS package is importable, else None. It is only used for raw
     encodings the core does not decode (16-bit, YUV, Bayer, ...); the numpy view stays the default."""
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     if not module_available("cv_bridge"):
         return None

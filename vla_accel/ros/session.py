@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.backends.base import BackendOptions
+
+from vla_accel.core.spec import example_inputs
 from vla_accel.core.metrics import InferenceMetrics, percentiles
 from vla_accel.errors import BackendError, VlaAccelError
 from vla_accel.ros.diagnostics import BackendState
