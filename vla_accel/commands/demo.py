@@ -98,27 +98,35 @@ def node_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+NODE_READY_TIMEOUT_S = 120.0  # model load + backend warm-up + CPU baseline on a busy 2-core machine
+CAMERA_ATTEMPTS = 3
+
+
 def run_with_ros(args: argparse.Namespace) -> int:
     env = demo_environment(args.domain_id, not args.no_large_data)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "FASTDDS_BUILTIN_TRANSPORTS") if k in env})
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import QoSProfile
 
     from vla_accel.msg import ActionChunk, InferenceStats
-    from vla_accel.ros.conversions import chunk_values_from_msg, stamp_to_ns
+    from vla_accel.ros.synthetic_camera import NO_SUBSCRIBER_EXIT
 
     camera_cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", str(args.rate),
-                  "--width", str(args.width), "--height", str(args.height), "--seconds", str(args.seconds + 120)]
+                  "--width", str(args.width), "--height", str(args.height), "--seconds", str(args.seconds + 120),
+                  "--wait-subscribers", "20", "--require-subscriber"]
     if args.compressed:
         camera_cmd.append("--compressed")
+    image_topic = "/camera/image_raw/compressed" if args.compressed else "/camera/image_raw"
     print(f"[demo] ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} FASTDDS_BUILTIN_TRANSPORTS="
           f"{env.get('FASTDDS_BUILTIN_TRANSPORTS', '(default)')}")
-    print("[demo] camera: " + " ".join(camera_cmd[1:]))
     print("[demo] node:   " + " ".join(node_command(args)[1:]))
-    camera = subprocess.Popen(camera_cmd, env=env)
+    t_start = time.monotonic()
+    # The node first: it measures its CPU baseline while the machine is quiet, then subscribes. The
+    # camera starts once the node's subscription is visible, and itself waits to be matched.
     node_proc = subprocess.Popen(node_command(args), env=env)
+    camera: subprocess.Popen | None = None
     rclpy.init(args=[])
     viewer = rclpy.create_node("vla_demo_viewer")
     state: dict[str, Any] = {"chunks": 0, "last_chunk": None, "stats": None, "diag": None, "first_at": None}
@@ -140,14 +148,16 @@ def run_with_ros(args: argparse.Namespace) -> int:
             with lock:
                 state["diag"] = msg
 
-    viewer.create_subscription(ActionChunk, "/vla/action_chunk", on_chunk, QoSProfile(depth=10))
+    chunk_sub = viewer.create_subscription(ActionChunk, "/vla/action_chunk", on_chunk, QoSProfile(depth=10))
     viewer.create_subscription(InferenceStats, "/vla/stats", on_stats, QoSProfile(depth=10))
     viewer.create_subscription(DiagnosticArray, "/diagnostics", on_diag, QoSProfile(depth=10))
     executor = SingleThreadedExecutor()
     executor.add_node(viewer)
     rc = 0
+    interrupted = False
+    camera_started = None
+    attempts = 0
     try:
-        started = time.monotonic()
         last_print = 0.0
         last_diag_print = 0.0
         while True:
@@ -157,57 +167,111 @@ def run_with_ros(args: argparse.Namespace) -> int:
                 print(f"[demo] the node exited early with code {node_proc.returncode}", file=sys.stderr)
                 rc = 1
                 break
-            with lock:
-                first_at, chunk, stats, diag = state["first_at"], state["last_chunk"], state["stats"], state["diag"]
-            if first_at is None:
-                if now - started > 120:
-                    print("[demo] no action chunk within 120 s of start: giving up", file=sys.stderr)
+            if camera is None:
+                # Ready: the node subscribes to the camera and its chunk publisher matched ours.
+                if viewer.count_subscribers(image_topic) > 0 and chunk_sub.get_publisher_count() > 0:
+                    print(f"[demo] node ready after {now - t_start:.1f} s (subscribed to {image_topic}, "
+                          f"/vla/action_chunk matched)")
+                    print("[demo] camera: " + " ".join(camera_cmd[1:]))
+                    camera = subprocess.Popen(camera_cmd, env=env)
+                    camera_started, attempts = now, attempts + 1
+                elif now - t_start > NODE_READY_TIMEOUT_S:
+                    what = [] if viewer.count_subscribers(image_topic) else [f"no subscriber on {image_topic}"]
+                    what += [] if chunk_sub.get_publisher_count() else ["/vla/action_chunk matched no publisher"]
+                    print(f"[demo] the node was not ready within {NODE_READY_TIMEOUT_S:.0f} s: {'; '.join(what)}. "
+                          "Check that every process runs with the same ROS_DOMAIN_ID and "
+                          "FASTDDS_BUILTIN_TRANSPORTS, and the node's log above", file=sys.stderr)
                     rc = 1
                     break
                 continue
+            if camera.poll() is not None and state["first_at"] is None:
+                if camera.returncode == NO_SUBSCRIBER_EXIT and attempts < CAMERA_ATTEMPTS:
+                    print(f"[demo] the camera never matched the node (attempt {attempts} of {CAMERA_ATTEMPTS}): "
+                          "starting it again", file=sys.stderr)
+                    camera = None
+                    continue
+                print(f"[demo] the camera exited with code {camera.returncode} before any chunk", file=sys.stderr)
+                rc = 1
+                break
+            with lock:
+                first_at, chunk, stats, diag = state["first_at"], state["last_chunk"], state["stats"], state["diag"]
+            if first_at is None:
+                if now - camera_started > 120:
+                    print("[demo] no action chunk within 120 s of the camera's start: giving up", file=sys.stderr)
+                    rc = 1
+                    break
+                continue
+            if state.get("first_reported") is None:
+                state["first_reported"] = True
+                print(f"[demo] first action chunk {first_at - t_start:.1f} s after start "
+                      f"({first_at - camera_started:.1f} s after the camera started)", flush=True)
             if now - first_at >= args.seconds:
                 break
             if chunk is not None and now - last_print >= 1.0:
                 last_print = now
-                values = chunk_values_from_msg(chunk)
-                first = " ".join(f"{n}={v:+.3f}" for n, v in zip(chunk.names, values[0]))
-                age_ms = (time.time_ns() - stamp_to_ns(chunk.header.stamp)) / 1e6
-                line = (f"[chunk] #{state['chunks']} stamp={stamp_to_ns(chunk.header.stamp) / 1e9:.3f} "
-                        f"{chunk.backend}@{chunk.device} {chunk.steps}x{chunk.dims} {chunk.action_space} "
-                        f"infer {chunk.inference_latency_ms:.1f} ms total {chunk.total_latency_ms:.1f} ms "
-                        f"(frame->here {age_ms:.1f} ms) | step0: {first}")
-                if stats is not None:
-                    line += (f" | {stats.throughput_hz:.1f} Hz, speedup x{stats.speedup:.2f}, "
-                             f"dropped {stats.frames_dropped} (superseded {stats.frames_superseded})")
-                print(line, flush=True)
+                print(chunk_line(chunk, state["chunks"], stats), flush=True)
             if diag is not None and now - last_diag_print >= 5.0:
                 last_diag_print = now
                 print_diagnostics(diag)
-    except KeyboardInterrupt:
-        print("[demo] interrupted")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        interrupted = True
+        print("[demo] interrupted: stopping the node (it publishes its hold action) and the camera", flush=True)
     finally:
         with lock:
             diag, stats, n_chunks = state["diag"], state["stats"], state["chunks"]
         rc = max(rc, stop_process(node_proc, "node"))
-        stop_process(camera, "camera")
+        if camera is not None:
+            stop_process(camera, "camera")
         executor.shutdown(timeout_sec=1.0)
         viewer.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    print_summary(diag, stats, n_chunks)
+    if interrupted:
+        return rc
+    return rc if n_chunks else 1
+
+
+def chunk_line(chunk, count: int, stats) -> str:
+    from vla_accel.ros.conversions import chunk_values_from_msg, stamp_to_ns
+
+    values = chunk_values_from_msg(chunk)
+    first = " ".join(f"{n}={v:+.3f}" for n, v in zip(chunk.names, values[0]))
+    age_ms = (time.time_ns() - stamp_to_ns(chunk.header.stamp)) / 1e6
+    line = (f"[chunk] #{count} stamp={stamp_to_ns(chunk.header.stamp) / 1e9:.3f} "
+            f"{chunk.backend}@{chunk.device} {chunk.steps}x{chunk.dims} {chunk.action_space} "
+            f"infer {chunk.inference_latency_ms:.1f} ms total {chunk.total_latency_ms:.1f} ms "
+            f"(frame->here {age_ms:.1f} ms) | step0: {first}")
+    if stats is not None:
+        line += " | " + stats_text(stats)
+    return line
+
+
+def stats_text(stats) -> str:
+    """Rate and speedup from /vla/stats, "n/a" (with why) while the node's window has no data yet."""
+    rate = f"{stats.throughput_hz:.1f} Hz" if stats.throughput_hz > 0 else "n/a Hz (rate window filling)"
+    speedup = (f"speedup x{stats.speedup:.2f} (live)" if stats.speedup > 0
+               else "speedup n/a (no baseline or no inference yet)")
+    return (f"{rate}, {speedup}, dropped {stats.frames_dropped} (superseded {stats.frames_superseded})")
+
+
+def print_summary(diag, stats, n_chunks: int) -> None:
     if diag is not None:
         print_diagnostics(diag)
-    print(f"[demo] received {n_chunks} action chunks"
-          + (f"; final stats: {stats.frames_received} frames in, {stats.frames_processed} processed, "
-             f"{stats.frames_dropped} dropped, latency p50 {stats.latency_p50_ms:.1f} ms, "
-             f"speedup over CPU x{stats.speedup:.2f}" if stats is not None else ""))
-    return rc if n_chunks else 1
+    line = f"[demo] received {n_chunks} action chunks"
+    if stats is not None:
+        speedup = f"x{stats.speedup:.2f}" if stats.speedup > 0 else "n/a"
+        line += (f"; final stats: {stats.frames_received} frames in, {stats.frames_processed} processed, "
+                 f"{stats.frames_dropped} dropped, latency p50 {stats.latency_p50_ms:.1f} ms, "
+                 f"speedup over CPU {speedup}")
+    print(line, flush=True)
 
 
 def print_diagnostics(diag) -> None:
     levels = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
     print("[diagnostics] /diagnostics (as rqt_robot_monitor shows it):")
     keys = ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)", "speedup over CPU", "CPU baseline latency (ms)",
-            "speedup at start-up (side by side)", "input rate (Hz)",
+            "speedup at start-up (side by side)", "speedup timing", "parity", "input rate (Hz)",
             "frames received", "frames processed", "frames dropped", "rate (Hz)", "instruction")
     for status in diag.status:
         level = levels.get(status.level[0] if isinstance(status.level, bytes) else status.level, "?")

@@ -15,6 +15,7 @@ import array
 import math
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -73,7 +74,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joints", type=int, default=8, help="joint positions published (0 = no joint states)")
     p.add_argument("--reliable", action="store_true", help="reliable QoS (default: sensor data, best effort)")
     p.add_argument("--stamps-out", default="", help="write each published frame stamp (ns) to this file")
+    p.add_argument("--wait-subscribers", type=float, default=15.0,
+                   help="seconds to wait for the image and instruction topics to match a subscriber (default: 15)")
+    p.add_argument("--require-subscriber", action="store_true",
+                   help=f"exit with code {NO_SUBSCRIBER_EXIT} when the image topic never matched a subscriber "
+                        "(default: publish anyway, like a driver that starts before its consumers)")
+    p.add_argument("--pause-every", type=int, default=0, help="pause after every N frames (0 = never)")
+    p.add_argument("--pause-s", type=float, default=0.0, help="length of each pause (seconds)")
     return p.parse_args(argv)
+
+
+NO_SUBSCRIBER_EXIT = 3
+
+
+def wait_for_match(count: Callable[[], int], timeout_s: float, ok: Callable[[], bool] = lambda: True) -> float | None:
+    """Seconds until ``count()`` (matched endpoints) was positive, or None when ``timeout_s`` passed."""
+    t0 = time.monotonic()
+    while ok():
+        if count() > 0:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 >= timeout_s:
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def unmatched_hint(what: str, topic: str, qos: str) -> str:
+    """What to check when an endpoint never matched its peer (the usual causes, in order)."""
+    import os
+
+    return (f"{what} on {topic} matched nothing. Check: the peer runs with the same ROS_DOMAIN_ID "
+            f"(here {os.environ.get('ROS_DOMAIN_ID', '0 (unset)')}); the same transport settings "
+            f"(FASTDDS_BUILTIN_TRANSPORTS here: {os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')}; "
+            f"participants whose builtin transports differ do not talk); compatible QoS ({qos}: a reliable "
+            f"subscriber does not match a best-effort publisher); and the topic name.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     ins_pub = node.create_publisher(String, args.instruction_topic, ins_qos)
     joint_pub = node.create_publisher(JointState, args.joint_states_topic, qos) if args.joints else None
     # Like a driver that starts before its consumers, but a demo or test wants its first frames
-    # seen: wait (bounded) until the image topic has a subscriber, then send the instruction first.
-    wait_until = time.monotonic() + 15.0
-    while image_pub.get_subscription_count() == 0 and time.monotonic() < wait_until and rclpy.ok():
-        time.sleep(0.05)
+    # seen: wait (bounded) until both topics matched a subscriber, then send the instruction first.
+    qos_name = "reliable" if args.reliable else "sensor_data (best effort)"
+    matched_s = wait_for_match(image_pub.get_subscription_count, args.wait_subscribers, rclpy.ok)
+    if matched_s is None:
+        print("synthetic_camera: " + unmatched_hint(f"for {args.wait_subscribers:g} s the image publisher",
+                                                     image_pub.topic_name, qos_name), file=sys.stderr)
+        if args.require_subscriber:
+            node.destroy_node()
+            if rclpy.ok():
+                rclpy.shutdown()
+            return NO_SUBSCRIBER_EXIT
+    else:
+        print(f"synthetic_camera: {image_pub.topic_name} matched {image_pub.get_subscription_count()} "
+              f"subscriber(s) after {matched_s:.2f} s", file=sys.stderr)
+        # The instruction's subscriber is normally matched by now (same node); bounded anyway.
+        if wait_for_match(ins_pub.get_subscription_count, 5.0, rclpy.ok) is None:
+            print("synthetic_camera: " + unmatched_hint("the instruction publisher", ins_pub.topic_name,
+                                                         "reliable, transient local"), file=sys.stderr)
     ins_pub.publish(String(data=args.instruction))
     time.sleep(0.2)  # let the instruction arrive before the first frame
     scene = SyntheticScene(args.width, args.height)
@@ -141,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             stamps.append(stamp.sec * 1_000_000_000 + stamp.nanosec)
             sent += 1
             next_t += period
+            if args.pause_every and sent % args.pause_every == 0:
+                next_t += args.pause_s  # a gap in the stream (the node's stale hold in between)
             delay = next_t - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

@@ -77,6 +77,9 @@ class VlaNode(Node):
         # caches; refilling skips the constructors. Timers and shutdown build their own messages.
         self._chunk_msg = ActionChunkMsg()
         self._first_action_msg: Any = None
+        self._camera_subs: list = []
+        self._activated_at: float | None = None
+        self._unmatched_warned = False
         self._make_publishers()
 
     # --- phases ---------------------------------------------------------------------------------
@@ -111,10 +114,12 @@ class VlaNode(Node):
         self.bridge = conversions.make_cv_bridge()  # optional: exotic raw encodings only
         for cam in self.cameras:
             if cam.transport == "compressed":
-                self.create_subscription(CompressedImage, cam.topic,
-                                         lambda m, c=cam.name: self._on_image(c, m, compressed=True), qos)
+                sub = self.create_subscription(CompressedImage, cam.topic,
+                                               lambda m, c=cam.name: self._on_image(c, m, compressed=True), qos)
             else:
-                self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), qos)
+                sub = self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), qos)
+            self._camera_subs.append((cam, sub))
+        self._activated_at = time.monotonic()
         self.create_subscription(String, values["instruction_topic"], self._on_instruction, QoSProfile(depth=10))
         if spec.state is not None:
             self.create_subscription(JointState, values["joint_states_topic"], self._on_joint_state, qos)
@@ -125,6 +130,11 @@ class VlaNode(Node):
             rate = values["control_rate_hz"] or 1.0 / spec.action.dt
             self.create_timer(1.0 / rate, self._on_control_tick)
         self.session.start()
+        if spec.state is not None:
+            self.get_logger().warning(
+                f"model {spec.name} needs the robot state: frames are dropped (missing_state) until a "
+                f"sensor_msgs/JointState arrives on {values['joint_states_topic']} with joints "
+                f"{', '.join(spec.state.names) or f'{spec.state.dims} positions'}")
         self.get_logger().info(
             "listening: " + ", ".join(f"{c.name}={c.topic} ({c.transport})" for c in self.cameras)
             + f"; instruction {values['instruction_topic']}")
@@ -133,7 +143,7 @@ class VlaNode(Node):
         """Publish the on_shutdown action (robot stops or holds), stop the loop, join its threads."""
         t0 = time.monotonic()
         try:
-            self._publish_stop(self.values["on_shutdown"], "shutdown")
+            self._publish_stop(self.values["on_shutdown"], "shutdown", wait_acked=True)
         finally:
             if self.session is not None and not self.session.stop(timeout=2.0):
                 self.get_logger().error("inference threads did not stop within 2 s")
@@ -280,7 +290,10 @@ class VlaNode(Node):
         self.action_pub.publish(msg)
         self._last_action = np.array(action, dtype=np.float32)
 
-    def _publish_stop(self, policy: str, why: str) -> None:
+    def _publish_stop(self, policy: str, why: str, wait_acked: bool = False) -> None:
+        """Publish the stop / hold action. ``wait_acked`` (shutdown only, off the executor's callbacks):
+        wait for reliable subscribers' acknowledgements, so the hold is delivered before the process
+        exits. Never from a callback: the wait would stall the executor and overflow input queues."""
         if self.session is None or self.session.spec is None or self.values["dry_run"]:
             return
         spec = self.session.spec.action
@@ -289,6 +302,8 @@ class VlaNode(Node):
             return
         self._publish_action(action, self.get_clock().now().nanoseconds, "", spec.dt)
         self.get_logger().info(f"{why}: published a {policy} action on {self.values['action_topic']}")
+        if not wait_acked:
+            return
         try:
             self.action_pub.wait_for_all_acked(Duration(seconds=0.5))
         except (AttributeError, RuntimeError) as exc:  # best effort: the message is already sent
@@ -310,7 +325,24 @@ class VlaNode(Node):
         if action is not None:
             self._publish_action(action, now_ns, "", self.session.spec.action.dt)
 
+    def _check_matched(self) -> None:
+        """Once: say which camera topic has matched no publisher 10 s after subscribing, and what to check."""
+        if self._unmatched_warned or self._activated_at is None or time.monotonic() - self._activated_at < 10.0:
+            return
+        self._unmatched_warned = True
+        for cam, sub in self._camera_subs:
+            if sub.get_publisher_count() == 0:
+                import os
+
+                self.get_logger().warning(
+                    f"camera '{cam.name}': {cam.topic} has matched no publisher 10 s after subscribing. Check "
+                    f"ROS_DOMAIN_ID (here {os.environ.get('ROS_DOMAIN_ID', '0 (unset)')}), "
+                    f"FASTDDS_BUILTIN_TRANSPORTS (here {os.environ.get('FASTDDS_BUILTIN_TRANSPORTS', 'unset')}; "
+                    f"it must be the same in every process), the topic name and QoS (input_qos "
+                    f"{self.values['input_qos']}: a best-effort publisher does not match a reliable subscriber)")
+
     def _on_watchdog_tick(self) -> None:
+        self._check_matched()
         if self.assembler is None or self.session is None or self.session.state.status != "running":
             return
         now = time.monotonic_ns()
