@@ -14,8 +14,9 @@ import yaml
 from vla_accel.core.metrics import InferenceMetrics
 from vla_accel.core.spec import ModelSpec
 from vla_accel.core.types import ActionChunk, RawImage
-from vla_accel.ros import conversions, diagnostics, params
-from vla_accel.ros.inputs import ObservationAssembler, joint_state_vector
+from vla_accel.ros import conversions, params
+from vla_accel.runtime import status
+from vla_accel.runtime.inputs import ObservationAssembler, joint_state_vector
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
@@ -235,7 +236,7 @@ def _rgb_frame(h=48, w=64, value=7):
 
 def test_assembler_counts_missing_inputs_then_builds_observations(tiny_spec):
     metrics = InferenceMetrics()
-    cams = [diagnostics.CameraInput("primary", "/camera/image_raw", "raw")]
+    cams = [status.CameraInput("primary", "/camera/image_raw", "raw")]
     drops = []
     asm = ObservationAssembler(tiny_spec, cams, metrics, "/vla/instruction", on_drop=drops.append)
     assert asm.on_frame("primary", _rgb_frame(), 1) is None
@@ -260,7 +261,7 @@ def test_assembler_counts_missing_inputs_then_builds_observations(tiny_spec):
 def test_assembler_two_cameras_waits_for_the_secondary():
     spec = ModelSpec.from_yaml(SPECS / "tiny-2cam.yaml")
     metrics = InferenceMetrics()
-    cams = [diagnostics.CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
+    cams = [status.CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
     asm = ObservationAssembler(spec, cams, metrics, initial_instruction="stack the cups")
     if spec.state is not None:
         asm.set_joint_state([], list(range(spec.state.dims)))
@@ -274,7 +275,7 @@ def test_assembler_two_cameras_waits_for_the_secondary():
 def test_assembler_drops_observations_built_on_stale_secondary_inputs():
     spec = ModelSpec.from_yaml(SPECS / "tiny-2cam.yaml")
     metrics = InferenceMetrics()
-    cams = [diagnostics.CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
+    cams = [status.CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
     asm = ObservationAssembler(spec, cams, metrics, initial_instruction="stack the cups", max_input_age_s=1.0)
     first, second = spec.cameras[0].name, spec.cameras[1].name
     s = 1_000_000_000
@@ -316,16 +317,16 @@ def _metrics_with_traffic(infer_ms=4.0, total_ms=10.0, n=20) -> InferenceMetrics
 
 
 def _cam_view(age=0.05, rate=30.0, new_drops=0):
-    return diagnostics.CameraView("primary", "/camera/image_raw", "raw", 30, rate, age, {"truncated": 2}, new_drops)
+    return status.CameraView("primary", "/camera/image_raw", "raw", 30, rate, age, {"truncated": 2}, new_drops)
 
 
 def test_inference_status_ok_with_every_key():
     snap = _metrics_with_traffic().snapshot()
-    state = diagnostics.BackendState(status="running", candidates=("onnxruntime", "torch"), active="onnxruntime",
+    state = status.BackendState(status="running", candidates=("onnxruntime", "torch"), active="onnxruntime",
                                      device="CPU", precision="fp32")
-    reports = diagnostics.build_reports(snap, state, [_cam_view()], None, diagnostics.DiagnosticsConfig())
+    reports = status.build_reports(snap, state, [_cam_view()], None, status.DiagnosticsConfig())
     inference = reports[0]
-    assert inference.name == "vla_accel: inference" and inference.level == diagnostics.OK
+    assert inference.name == "vla_accel: inference" and inference.level == status.OK
     assert inference.hardware_id == "onnxruntime@CPU"
     keys = {k for k, _ in inference.values}
     for key in ("latency p50 (ms)", "latency p90 (ms)", "latency p99 (ms)", "latency max (ms)", "throughput (Hz)",
@@ -341,55 +342,55 @@ def test_inference_status_ok_with_every_key():
 def test_startup_side_by_side_speedup_is_reported_next_to_the_live_one():
     metrics = _metrics_with_traffic(infer_ms=16.0)  # the live run is slower than the start-up baseline
     metrics.set_value("startup_speedup", 1.03)
-    state = diagnostics.BackendState(status="running", candidates=("torch",), active="torch", device="cpu",
+    state = status.BackendState(status="running", candidates=("torch",), active="torch", device="cpu",
                                      precision="fp32")
-    inference = diagnostics.build_reports(metrics.snapshot(), state, [_cam_view()], None,
-                                          diagnostics.DiagnosticsConfig())[0]
+    inference = status.build_reports(metrics.snapshot(), state, [_cam_view()], None,
+                                          status.DiagnosticsConfig())[0]
     assert inference.value("speedup over CPU") == "0.50"
     assert inference.value("speedup at start-up (side by side)") == "1.03"
 
 
 def test_levels_warn_error_stale():
-    config = diagnostics.DiagnosticsConfig(target_latency_ms=5.0, stale_image_timeout_s=1.0)
-    running = diagnostics.BackendState(status="running", candidates=("onnxruntime", "torch"), active="onnxruntime")
+    config = status.DiagnosticsConfig(target_latency_ms=5.0, stale_image_timeout_s=1.0)
+    running = status.BackendState(status="running", candidates=("onnxruntime", "torch"), active="onnxruntime")
     snap = _metrics_with_traffic(total_ms=10.0).snapshot()
-    assert diagnostics.build_reports(snap, running, [_cam_view()], None, config)[0].level == diagnostics.WARN
-    stale = diagnostics.build_reports(snap, running, [_cam_view(age=3.0)], None, config)
-    assert stale[0].level == diagnostics.STALE and stale[2].level == diagnostics.STALE
-    failed = diagnostics.BackendState(status="failed", candidates=("tensorrt",), error="missing tensorrt")
-    reports = diagnostics.build_reports(InferenceMetrics().snapshot(), failed, [_cam_view()], None, config)
-    assert reports[0].level == diagnostics.ERROR and reports[1].level == diagnostics.ERROR
+    assert status.build_reports(snap, running, [_cam_view()], None, config)[0].level == status.WARN
+    stale = status.build_reports(snap, running, [_cam_view(age=3.0)], None, config)
+    assert stale[0].level == status.STALE and stale[2].level == status.STALE
+    failed = status.BackendState(status="failed", candidates=("tensorrt",), error="missing tensorrt")
+    reports = status.build_reports(InferenceMetrics().snapshot(), failed, [_cam_view()], None, config)
+    assert reports[0].level == status.ERROR and reports[1].level == status.ERROR
     assert "missing tensorrt" in reports[1].message
-    fallback = diagnostics.BackendState(status="running", candidates=("tensorrt", "torch"), active="torch")
-    assert diagnostics.backend_status(snap, fallback, config, "torch@CPU").level == diagnostics.WARN
-    assert diagnostics.camera_status(_cam_view(new_drops=2), config, "x").level == diagnostics.WARN
-    ins = diagnostics.InstructionView("/vla/instruction", "", None, 0)
-    assert diagnostics.instruction_status(ins, config, "x").level == diagnostics.WARN
+    fallback = status.BackendState(status="running", candidates=("tensorrt", "torch"), active="torch")
+    assert status.backend_status(snap, fallback, config, "torch@CPU").level == status.WARN
+    assert status.camera_status(_cam_view(new_drops=2), config, "x").level == status.WARN
+    ins = status.InstructionView("/vla/instruction", "", None, 0)
+    assert status.instruction_status(ins, config, "x").level == status.WARN
 
 
 def test_state_key_changes_on_level_or_backend():
-    config = diagnostics.DiagnosticsConfig()
-    running = diagnostics.BackendState(status="running", active="onnxruntime", device="CPU")
+    config = status.DiagnosticsConfig()
+    running = status.BackendState(status="running", active="onnxruntime", device="CPU")
     m = _metrics_with_traffic()
-    a = diagnostics.state_key(diagnostics.build_reports(m.snapshot(), running, [_cam_view()], None, config))
+    a = status.state_key(status.build_reports(m.snapshot(), running, [_cam_view()], None, config))
     m.set_backend("torch", "CPU")
-    b = diagnostics.state_key(diagnostics.build_reports(m.snapshot(), running, [_cam_view()], None, config))
+    b = status.state_key(status.build_reports(m.snapshot(), running, [_cam_view()], None, config))
     assert a != b
 
 
 def test_diagnostic_array_and_stats_messages():
     _need("diagnostic_msgs", "diagnostic_msgs (ROS 2 message wheels)")
     snap = _metrics_with_traffic().snapshot()
-    running = diagnostics.BackendState(status="running", active="onnxruntime", device="CPU")
-    reports = diagnostics.build_reports(snap, running, [_cam_view()], None, diagnostics.DiagnosticsConfig())
-    arr = diagnostics.to_diagnostic_array(reports, 1_700_000_000_500_000_000)
+    running = status.BackendState(status="running", active="onnxruntime", device="CPU")
+    reports = status.build_reports(snap, running, [_cam_view()], None, status.DiagnosticsConfig())
+    arr = status.to_diagnostic_array(reports, 1_700_000_000_500_000_000)
     assert arr.header.stamp.sec == 1_700_000_000 and arr.header.stamp.nanosec == 500_000_000
     assert arr.status[0].level == b"\x00" and arr.status[0].hardware_id == "onnxruntime@CPU"
     assert any(kv.key == "dropped: truncated" and kv.value == "2" for kv in arr.status[0].values)
     _need_vla_msgs()
     from vla_accel.msg import InferenceStats
 
-    stats = diagnostics.fill_stats_msg(InferenceStats(), snap, 5)
+    stats = status.fill_stats_msg(InferenceStats(), snap, 5)
     assert stats.speedup == pytest.approx(2.0) and stats.frames_dropped == 5 and stats.frames_superseded == 3
 
 
@@ -443,7 +444,7 @@ def test_session_runs_the_engine_and_applies_clip_overrides(tiny_spec):
     pytest.importorskip("torch", reason="missing: torch; install with: pip install torch==2.13.0 (CPU build)")
     import threading
 
-    from vla_accel.ros.session import InferenceSession
+    from vla_accel.runtime.session import InferenceSession
 
     got, done = [], threading.Event()
 
@@ -455,7 +456,7 @@ def test_session_runs_the_engine_and_applies_clip_overrides(tiny_spec):
                                      "action_clip_low": [-0.001] * 7, "action_clip_high": [0.001] * 7})
     session = InferenceSession(values, on_chunks=on_chunks)
     session.load_model()
-    cams = [diagnostics.CameraInput("primary", "/camera/image_raw", "raw")]
+    cams = [status.CameraInput("primary", "/camera/image_raw", "raw")]
     asm = ObservationAssembler(session.spec, cams, session.metrics, initial_instruction="pick up the block")
     asm.set_joint_state([], np.zeros(8))
     session.load()
@@ -479,7 +480,7 @@ def test_session_runs_the_engine_and_applies_clip_overrides(tiny_spec):
 
 def test_session_reports_failure_when_no_backend_loads():
     from vla_accel.errors import BackendError
-    from vla_accel.ros.session import InferenceSession
+    from vla_accel.runtime.session import InferenceSession
 
     values = params.node_parameters({"backend": "tensorrt", "speedup_baseline": "none"})
     session = InferenceSession(values, on_chunks=lambda chunks: None)

@@ -1,6 +1,6 @@
 """Bag events -> observations, assembled by the live node's own ``ObservationAssembler``.
 
-The node's assembler (``vla_accel.ros.inputs``, pure Python, no rclpy) decides what an observation
+The node's assembler (``vla_accel.runtime.inputs``, pure Python, no rclpy) decides what an observation
 is: each frame of the model's first camera triggers one, with the latest valid frame of every other
 camera, the latest valid instruction and the latest joint state; malformed frames, empty
 instructions and bad joint states are dropped and counted by reason. Replaying through the same
@@ -69,8 +69,8 @@ class ObservationBuilder:
     apart from the primary-camera drops, which the assembler counts in ``metrics`` like the node."""
 
     def __init__(self, spec: "ModelSpec", selection: TopicSelection, rate: RateMode, metrics: "InferenceMetrics"):
-        from vla_accel.ros.diagnostics import CameraInput
-        from vla_accel.ros.inputs import ObservationAssembler
+        from vla_accel.runtime.status import CameraInput
+        from vla_accel.runtime.inputs import ObservationAssembler
 
         self.selection = selection
         self.rate = rate

@@ -217,8 +217,8 @@ def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) 
     from vla_accel.models import load_model
     from vla_accel.msg import ActionChunk as ActionChunkMsg
     from vla_accel.ros import conversions
-    from vla_accel.ros.diagnostics import CameraInput
-    from vla_accel.ros.inputs import ObservationAssembler
+    from vla_accel.runtime.status import CameraInput
+    from vla_accel.runtime.inputs import ObservationAssembler
 
     spec = load_model(model).spec
     msg = Image()

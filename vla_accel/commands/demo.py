@@ -299,10 +299,10 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> in
 def run_without_ros(args: argparse.Namespace) -> int:
     """The same engine, scheduler and diagnostics in-process over the synthetic stream."""
     from vla_accel.core.types import Observation, RawImage
-    from vla_accel.ros import diagnostics
-    from vla_accel.ros.inputs import ObservationAssembler
+    from vla_accel.runtime import status
+    from vla_accel.runtime.inputs import ObservationAssembler
     from vla_accel.ros.params import load_params_file, node_parameters
-    from vla_accel.ros.session import InferenceSession
+    from vla_accel.runtime.session import InferenceSession
     from vla_accel.ros.synthetic_camera import SyntheticScene, encode_jpeg
 
     overrides: dict[str, Any] = load_params_file(args.params_file) if args.params_file else {}
@@ -322,7 +322,7 @@ def run_without_ros(args: argparse.Namespace) -> int:
     session = InferenceSession(values, on_chunks=on_chunks)
     print(f"[demo --no-ros] loading {args.model} on {args.backend} ...", flush=True)
     session.load_model()
-    cams = [diagnostics.CameraInput(c.name, "synthetic", "compressed" if args.compressed else "raw")
+    cams = [status.CameraInput(c.name, "synthetic", "compressed" if args.compressed else "raw")
             for c in session.spec.cameras]
     assembler = ObservationAssembler(session.spec, cams, session.metrics, "synthetic",
                                      "pick up the red block")
@@ -331,7 +331,7 @@ def run_without_ros(args: argparse.Namespace) -> int:
     session.load()
     session.start()
     scenes = [SyntheticScene(args.width, args.height) for _ in session.spec.cameras]
-    config = diagnostics.DiagnosticsConfig(target_latency_ms=values["target_latency_ms"])
+    config = status.DiagnosticsConfig(target_latency_ms=values["target_latency_ms"])
     start = time.monotonic()
     next_t, last_print = start, 0.0
     try:
@@ -363,9 +363,9 @@ def run_without_ros(args: argparse.Namespace) -> int:
         print("[demo --no-ros] interrupted")
     finally:
         session.stop()
-    reports = diagnostics.build_reports(session.metrics.snapshot(), session.state, [c.view() for c in cams],
+    reports = status.build_reports(session.metrics.snapshot(), session.state, [c.view() for c in cams],
                                         assembler.instruction_view(), config)
-    print(diagnostics.format_reports(reports, ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)",
+    print(status.format_reports(reports, ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)",
                                                "speedup over CPU", "frames received", "frames processed",
                                                "frames dropped")))
     return 0 if chunks_seen["n"] else 1

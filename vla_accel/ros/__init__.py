@@ -1,7 +1,8 @@
-"""The ROS 2 layer: the VLA node (vla_node) and the small modules it is built from.
+"""The ROS 2 layer: the VLA node (vla_node) and what only ROS needs.
 
-params (declared parameters, shared with launch and config files), inputs (messages -> Observations),
-conversions (messages <-> core types, standard action messages), diagnostics (/diagnostics and
-/vla/stats from core.metrics), session (model, backends, engine, loop: no ROS), synthetic_camera (a
-test / demo robot). Only vla_node imports rclpy at module level.
+params (declared parameters, shared with launch and config files, mapped onto the runtime's typed
+config), conversions (core types -> ROS messages: chunks, standard action messages, diagnostics,
+stats), synthetic_camera (a test / demo robot). Everything that runs without ROS (observation
+assembly, the inference session, status building) is in vla_accel.runtime. Only vla_node imports
+rclpy at module level.
 """

@@ -44,8 +44,9 @@ from vla_accel.core.scheduling import QUEUED
 from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
-from vla_accel.ros import conversions, diagnostics, params
-from vla_accel.ros.inputs import ObservationAssembler
+from vla_accel.ros import conversions, params
+from vla_accel.runtime import status
+from vla_accel.runtime.inputs import ObservationAssembler
 
 log = logging.getLogger("vla_accel.vla_node")
 
@@ -58,7 +59,7 @@ class VlaNode(Node):
         self.drop_log = RateLimitedLogger(log, 5.0)
         self.session = None
         self.assembler: ObservationAssembler | None = None
-        self.cameras: list[diagnostics.CameraInput] = []
+        self.cameras: list[status.CameraInput] = []
         self.streamer = None
         self.bridge = None
         self._stream_lock = threading.Lock()
@@ -85,7 +86,7 @@ class VlaNode(Node):
     # --- phases ---------------------------------------------------------------------------------
     def configure(self) -> bool:
         """Load model and backend. False (node stays up, diagnostics ERROR) when nothing can run."""
-        from vla_accel.ros.session import InferenceSession
+        from vla_accel.runtime.session import InferenceSession
 
         self.session = InferenceSession(self.values, on_chunks=self._on_chunks, on_error=self._on_loop_error,
                                         on_switch=self._on_switch)
@@ -183,7 +184,7 @@ class VlaNode(Node):
             topic = topics[i]
             if transport == "compressed" and not topic.endswith("/compressed"):
                 topic += "/compressed"  # image_transport's naming
-            self.cameras.append(diagnostics.CameraInput(cam.name, topic, transport))
+            self.cameras.append(status.CameraInput(cam.name, topic, transport))
         self.assembler = ObservationAssembler(spec, self.cameras, self.session.metrics, values["instruction_topic"],
                                               values["instruction"], on_drop=self._on_drop,
                                               max_input_age_s=values["stale_image_timeout_s"])
@@ -267,7 +268,7 @@ class VlaNode(Node):
                 # while the worker was busy (scheduling.QUEUED: that is their inference, not ours).
                 elapsed_ms = (time.monotonic_ns() - entry_ns) / 1e6
                 self.session.metrics.record_stage(
-                    diagnostics.NODE_OVERHEAD, elapsed_ms - t.get("infer", 0.0) - t.get(QUEUED, 0.0))
+                    status.NODE_OVERHEAD, elapsed_ms - t.get("infer", 0.0) - t.get(QUEUED, 0.0))
         self.session.metrics.record_published(chunks)
 
     def _publish_action(self, action: np.ndarray, stamp_ns: int, frame_id: str, dt: float, reuse: bool = False) -> None:
@@ -362,13 +363,13 @@ class VlaNode(Node):
     def _on_stats_tick(self) -> None:
         if self.session is not None and self.session.state.status == "running":
             snap = self.session.metrics.snapshot()
-            self.stats_pub.publish(diagnostics.fill_stats_msg(InferenceStats(), snap,
+            self.stats_pub.publish(status.fill_stats_msg(InferenceStats(), snap,
                                                               self.get_clock().now().nanoseconds))
         self._publish_diagnostics()
 
     def diagnostic_reports(self) -> list:
         session = self.session
-        config = diagnostics.DiagnosticsConfig(
+        config = status.DiagnosticsConfig(
             node_name="vla_accel", target_latency_ms=self.values["target_latency_ms"],
             min_input_rate_hz=self.values["min_input_rate_hz"],
             stale_image_timeout_s=self.values["stale_image_timeout_s"],
@@ -377,20 +378,20 @@ class VlaNode(Node):
         if metrics is None:
             from vla_accel.core.metrics import InferenceMetrics
             metrics = InferenceMetrics(model=self.values["model"])
-        state = session.state if session is not None else diagnostics.BackendState(status="loading")
+        state = session.state if session is not None else status.BackendState(status="loading")
         cameras = [c.view() for c in self.cameras]
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        return diagnostics.build_reports(metrics.snapshot(), state, cameras, instruction, config)
+        return status.build_reports(metrics.snapshot(), state, cameras, instruction, config)
 
     def _publish_diagnostics(self) -> None:
         self._force_diagnostics.clear()
         reports = self.diagnostic_reports()
-        key = diagnostics.state_key(reports)
+        key = status.state_key(reports)
         if self._diag_key and key != self._diag_key:
-            changed = [r.name + "=" + diagnostics.LEVEL_NAMES[r.level] for r in reports]
+            changed = [r.name + "=" + status.LEVEL_NAMES[r.level] for r in reports]
             self.get_logger().info("diagnostics changed: " + ", ".join(changed))
         self._diag_key = key
-        self.diag_pub.publish(diagnostics.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
+        self.diag_pub.publish(status.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
 
 
 def make_executor(kind: str) -> Any:

@@ -23,7 +23,7 @@ from vla_accel.backends.base import BackendOptions
 from vla_accel.core.spec import example_inputs
 from vla_accel.core.metrics import InferenceMetrics, percentiles
 from vla_accel.errors import BackendError, VlaAccelError
-from vla_accel.ros.diagnostics import BackendState
+from vla_accel.runtime.status import BackendState
 from vla_accel.ros.params import parse_backend_extra
 
 log = logging.getLogger(__name__)

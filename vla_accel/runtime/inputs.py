@@ -25,7 +25,7 @@ from vla_accel.core.image import decode_image
 from vla_accel.core.tokenizer import validate_instruction
 from vla_accel.core.types import Observation, RawImage
 from vla_accel.errors import InputError, StateError
-from vla_accel.ros.diagnostics import CameraInput, InstructionView
+from vla_accel.runtime.status import CameraInput, InstructionView
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.metrics import InferenceMetrics
