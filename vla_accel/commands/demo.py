@@ -363,7 +363,7 @@ def run_without_ros(args: argparse.Namespace) -> int:
         print("[demo --no-ros] interrupted")
     finally:
         session.stop()
-    reports = status.build_reports(session.metrics.snapshot(), session.state, [c.view() for c in cams],
+    reports = status.build_reports(session.metrics.snapshot(), session.state, [c.snapshot() for c in cams],
                                         assembler.instruction_view(), config)
     print(status.format_reports(reports, ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)",
                                                "speedup over CPU", "frames received", "frames processed",

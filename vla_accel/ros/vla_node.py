@@ -347,7 +347,7 @@ class VlaNode(Node):
         if self.assembler is None or self.session is None or self.session.state.status != "running":
             return
         now = time.monotonic_ns()
-        ages = [c.view(now).age_s for c in self.cameras[:1]]
+        ages = [c.snapshot(now).age_s for c in self.cameras[:1]]  # reading resets nothing
         ins = self.assembler.instruction_view(now)
         stale = ages[0] is None or ages[0] > self.values["stale_image_timeout_s"] or (
             self.values["stale_instruction_timeout_s"] > 0 and ins.age_s is not None
@@ -367,7 +367,8 @@ class VlaNode(Node):
                                                               self.get_clock().now().nanoseconds))
         self._publish_diagnostics()
 
-    def diagnostic_reports(self) -> list:
+    def diagnostic_reports(self, cameras: list | None = None) -> list:
+        """The node's status reports now; ``cameras``: the camera snapshots to report (default: now's)."""
         session = self.session
         config = status.DiagnosticsConfig(
             node_name="vla_accel", target_latency_ms=self.values["target_latency_ms"],
@@ -379,19 +380,23 @@ class VlaNode(Node):
             from vla_accel.core.metrics import InferenceMetrics
             metrics = InferenceMetrics(model=self.values["model"])
         state = session.state if session is not None else status.BackendState(status="loading")
-        cameras = [c.view() for c in self.cameras]
+        if cameras is None:
+            cameras = [c.snapshot() for c in self.cameras]
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
         return status.build_reports(metrics.snapshot(), state, cameras, instruction, config)
 
     def _publish_diagnostics(self) -> None:
         self._force_diagnostics.clear()
-        reports = self.diagnostic_reports()
+        views = [c.snapshot() for c in self.cameras]
+        reports = self.diagnostic_reports(views)
         key = status.state_key(reports)
         if self._diag_key and key != self._diag_key:
             changed = [r.name + "=" + status.LEVEL_NAMES[r.level] for r in reports]
             self.get_logger().info("diagnostics changed: " + ", ".join(changed))
         self._diag_key = key
         self.diag_pub.publish(status.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
+        for cam, view in zip(self.cameras, views):  # those drops are reported now
+            cam.clear(view)
 
 
 def make_executor(kind: str) -> Any:

@@ -73,7 +73,13 @@ class BackendState:
 
 
 class CameraInput:
-    """Per-camera input bookkeeping (rate, last frame, drops by reason); thread-safe."""
+    """Per-camera input bookkeeping (rate, last frame, drops by reason); thread-safe.
+
+    Like diagnostic_updater's FrequencyStatus: ``record_frame`` / ``record_drop`` count,
+    ``snapshot`` reads without changing anything (a watchdog may read it as often as it likes), and
+    ``clear(view)`` marks the drops of a published report as reported, so the next report's
+    ``new_drops`` counts only what came after it.
+    """
 
     def __init__(self, name: str, topic: str, transport: str, rate_window_s: float = 5.0):
         self.name = name
@@ -84,7 +90,7 @@ class CameraInput:
         self.received = 0
         self.last_received_ns = 0
         self.dropped: dict[str, int] = {}
-        self._dropped_at_last_report = 0
+        self._dropped_reported = 0
 
     def record_frame(self, now_ns: int | None = None) -> None:
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
@@ -97,18 +103,23 @@ class CameraInput:
         with self._lock:
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
-    def view(self, now_ns: int | None = None) -> "CameraView":
+    def snapshot(self, now_ns: int | None = None) -> "CameraView":
+        """The camera's counters now; reading resets nothing."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         with self._lock:
             total_dropped = sum(self.dropped.values())
-            new_drops = total_dropped - self._dropped_at_last_report
-            self._dropped_at_last_report = total_dropped
             return CameraView(
                 name=self.name, topic=self.topic, transport=self.transport, received=self.received,
                 rate_hz=self._rate.rate_hz(now_ns),
                 age_s=(now_ns - self.last_received_ns) / 1e9 if self.last_received_ns else None,
-                dropped=dict(self.dropped), new_drops=new_drops,
+                dropped=dict(self.dropped), new_drops=total_dropped - self._dropped_reported,
             )
+
+    def clear(self, reported: "CameraView") -> None:
+        """The drops counted in ``reported`` (a snapshot that was published) are reported; drops
+        recorded after that snapshot stay new."""
+        with self._lock:
+            self._dropped_reported = max(self._dropped_reported, sum(reported.dropped.values()))
 
 
 @dataclass(frozen=True)
