@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover
     pytest.skip("missing: the built vla_accel messages; run ./run.sh setup and source .ros_build/env.sh",
                 allow_module_level=True)
 
-from vla_accel.ros.conversions import stamp_to_ns  # noqa: E402
+from vla_accel.runtime.conversions import stamp_to_ns  # noqa: E402
 
 DOMAIN_ID = 150 + os.getpid() % 80
 NODE_START_TIMEOUT_S = 90.0

@@ -15,6 +15,7 @@ from vla_accel.core.metrics import InferenceMetrics
 from vla_accel.core.spec import ModelSpec
 from vla_accel.core.types import ActionChunk, RawImage
 from vla_accel.ros import conversions, params
+from vla_accel.runtime import conversions as runtime_conversions
 from vla_accel.runtime import status
 from vla_accel.runtime.inputs import ObservationAssembler, joint_state_vector
 
@@ -128,9 +129,9 @@ class _Stamp:
 
 
 def test_stamp_round_trip():
-    stamp = conversions.ns_to_stamp(1_700_000_000_123_456_789, _Stamp())
+    stamp = runtime_conversions.ns_to_stamp(1_700_000_000_123_456_789, _Stamp())
     assert (stamp.sec, stamp.nanosec) == (1_700_000_000, 123_456_789)
-    assert conversions.stamp_to_ns(stamp) == 1_700_000_000_123_456_789
+    assert runtime_conversions.stamp_to_ns(stamp) == 1_700_000_000_123_456_789
 
 
 def test_image_conversion_is_a_zero_copy_view():
@@ -143,7 +144,7 @@ def test_image_conversion_is_a_zero_copy_view():
         data = array.array("B", range(18))
 
     msg = Img()
-    raw = conversions.image_msg_to_raw(msg)
+    raw = runtime_conversions.image_msg_to_raw(msg)
     rgb = decode_image(raw)
     assert rgb.shape == (2, 3, 3) and rgb[1, 2, 2] == 17
     msg.data[17] = 99  # the view sees the message buffer itself
@@ -155,27 +156,27 @@ def test_compressed_format_mapping():
         format = "rgb8; jpeg compressed bgr8"
         data = b"\xff\xd8"
 
-    assert conversions.compressed_msg_to_raw(C()).encoding == "jpeg"
+    assert runtime_conversions.compressed_msg_to_raw(C()).encoding == "jpeg"
     C.format = "theora"
-    assert conversions.compressed_msg_to_raw(C()).encoding == "theora"  # core rejects it later
+    assert runtime_conversions.compressed_msg_to_raw(C()).encoding == "theora"  # core rejects it later
 
 
 def test_first_action_type_choice():
-    assert conversions.resolve_first_action_type("auto", "eef_delta") == "twist"
-    assert conversions.resolve_first_action_type("auto", "eef_velocity") == "twist"
-    assert conversions.resolve_first_action_type("auto", "joint_position") == "float64_array"
-    assert conversions.resolve_first_action_type("none", "eef_delta") == "none"
+    assert runtime_conversions.resolve_first_action_type("auto", "eef_delta") == "twist"
+    assert runtime_conversions.resolve_first_action_type("auto", "eef_velocity") == "twist"
+    assert runtime_conversions.resolve_first_action_type("auto", "joint_position") == "float64_array"
+    assert runtime_conversions.resolve_first_action_type("none", "eef_delta") == "none"
     with pytest.raises(ValueError):
-        conversions.resolve_first_action_type("pose", "eef_delta")
+        runtime_conversions.resolve_first_action_type("pose", "eef_delta")
 
 
 def test_twist_from_eef_delta_is_a_velocity():
     action = np.array([0.01, -0.02, 0.03, 0.1, 0.2, 0.3, 1.0], dtype=np.float32)
     names = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
-    linear, angular = conversions.twist_components(action, names, "eef_delta", 0.05)
+    linear, angular = runtime_conversions.twist_components(action, names, "eef_delta", 0.05)
     np.testing.assert_allclose(linear, [0.2, -0.4, 0.6], rtol=1e-6)
     np.testing.assert_allclose(angular, [2.0, 4.0, 6.0], rtol=1e-6)
-    linear, _ = conversions.twist_components(action, names, "eef_velocity", 0.05)
+    linear, _ = runtime_conversions.twist_components(action, names, "eef_velocity", 0.05)
     np.testing.assert_allclose(linear, [0.01, -0.02, 0.03], rtol=1e-6)
 
 
@@ -189,7 +190,7 @@ def test_twist_from_eef_delta_is_a_velocity():
 ])
 def test_stop_actions(policy, space, last, expected):
     names = ("x", "y", "gripper")
-    out = conversions.stop_action(policy, space, names, None if last is None else np.array(last, np.float32), 3)
+    out = runtime_conversions.stop_action(policy, space, names, None if last is None else np.array(last, np.float32), 3)
     if expected is None:
         assert out is None
     else:
@@ -210,9 +211,9 @@ def test_chunk_message_round_trip(tiny_spec):
     chunk = _chunk(tiny_spec)
     msg = conversions.fill_chunk_msg(ActionChunkMsg(), chunk, device="CPU", inference_latency_ms=3.0,
                                      total_latency_ms=5.0, batch_size=1)
-    assert conversions.stamp_to_ns(msg.header.stamp) == chunk.stamp_ns
+    assert runtime_conversions.stamp_to_ns(msg.header.stamp) == chunk.stamp_ns
     assert (msg.steps, msg.dims, list(msg.names), msg.header.frame_id) == (10, 7, list(chunk.names), "camera")
-    np.testing.assert_array_equal(conversions.chunk_values_from_msg(msg), chunk.values)
+    np.testing.assert_array_equal(runtime_conversions.chunk_values_from_msg(msg), chunk.values)
 
 
 def test_standard_action_messages(tiny_spec):
@@ -383,14 +384,14 @@ def test_diagnostic_array_and_stats_messages():
     snap = _metrics_with_traffic().snapshot()
     running = status.BackendState(status="running", active="onnxruntime", device="CPU")
     reports = status.build_reports(snap, running, [_cam_view()], None, status.DiagnosticsConfig())
-    arr = status.to_diagnostic_array(reports, 1_700_000_000_500_000_000)
+    arr = conversions.to_diagnostic_array(reports, 1_700_000_000_500_000_000)
     assert arr.header.stamp.sec == 1_700_000_000 and arr.header.stamp.nanosec == 500_000_000
     assert arr.status[0].level == b"\x00" and arr.status[0].hardware_id == "onnxruntime@CPU"
     assert any(kv.key == "dropped: truncated" and kv.value == "2" for kv in arr.status[0].values)
     _need_vla_msgs()
     from vla_accel.msg import InferenceStats
 
-    stats = status.fill_stats_msg(InferenceStats(), snap, 5)
+    stats = conversions.fill_stats_msg(InferenceStats(), snap, 5)
     assert stats.speedup == pytest.approx(2.0) and stats.frames_dropped == 5 and stats.frames_superseded == 3
 
 
@@ -454,7 +455,7 @@ def test_session_runs_the_engine_and_applies_clip_overrides(tiny_spec):
 
     values = params.node_parameters({"speedup_baseline": "measure", "warmup_iterations": 1,
                                      "action_clip_low": [-0.001] * 7, "action_clip_high": [0.001] * 7})
-    session = InferenceSession(values, on_chunks=on_chunks)
+    session = InferenceSession(params.runtime_config(values), on_chunks=on_chunks)
     session.load_model()
     cams = [status.CameraInput("primary", "/camera/image_raw", "raw")]
     asm = ObservationAssembler(session.spec, cams, session.metrics, initial_instruction="pick up the block")
@@ -483,7 +484,7 @@ def test_session_reports_failure_when_no_backend_loads():
     from vla_accel.runtime.session import InferenceSession
 
     values = params.node_parameters({"backend": "tensorrt", "speedup_baseline": "none"})
-    session = InferenceSession(values, on_chunks=lambda chunks: None)
+    session = InferenceSession(params.runtime_config(values), on_chunks=lambda chunks: None)
     with pytest.raises(BackendError):
         session.load()
     assert session.state.status == "failed" and "tensorrt" in session.state.error

@@ -79,3 +79,62 @@ def test_camera_snapshot_resets_nothing_and_clear_keeps_later_drops():
     assert cam.snapshot(5_000).new_drops == 0
     cam.clear(first)  # an older snapshot never un-reports drops
     assert cam.snapshot(6_000).new_drops == 0
+
+
+def test_config_defaults_agree_with_the_node_parameters():
+    import dataclasses
+
+    from vla_accel.ros import params
+    from vla_accel.runtime.config import RuntimeConfig
+
+    declared = params.node_parameters()
+    default = RuntimeConfig()
+    for f in dataclasses.fields(RuntimeConfig):
+        assert f.name in declared, f"RuntimeConfig.{f.name} is not a node parameter"
+        value = getattr(default, f.name)
+        expected = declared[f.name]
+        if f.name == "backend_extra":
+            expected = params.parse_backend_extra(expected)
+        assert (list(value) if isinstance(value, tuple) else value) == expected, f.name
+    assert params.runtime_config(declared) == default
+
+
+def test_config_from_every_shipped_params_file():
+    from pathlib import Path
+
+    from vla_accel.ros import params
+    from vla_accel.runtime.config import RuntimeConfig
+
+    files = sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))
+    assert files
+    for path in files:
+        from_yaml = RuntimeConfig.from_yaml(path)
+        assert from_yaml == params.runtime_config(params.node_parameters(params.load_params_file(str(path)))), path
+
+
+def test_config_rejects_bad_values_with_reasons():
+    from vla_accel.errors import ConfigError
+    from vla_accel.runtime.config import RuntimeConfig
+
+    with pytest.raises(ConfigError, match="precision must be one of") as err:
+        RuntimeConfig(precision="fp8")
+    assert err.value.reason == "bad_config"
+    with pytest.raises(ConfigError, match="given together"):
+        RuntimeConfig(action_clip_low=(0.0,))
+    with pytest.raises(ConfigError, match="batch_size"):
+        RuntimeConfig.from_values({"batch_size": 0})
+    assert RuntimeConfig.from_values({"backend_extra": "{dla_core: 1}", "fallback": ["torch"]}).backend_extra == {
+        "dla_core": 1}
+
+
+def test_camera_inputs_follow_the_spec_and_image_transport_naming():
+    from vla_accel.errors import ConfigError
+    from vla_accel.models import load_model
+    from vla_accel.runtime.wiring import camera_inputs
+
+    spec = load_model("tiny-2cam").spec
+    cams = camera_inputs(spec, ["/a", "/b"], ["compressed", "raw"])
+    assert [(c.name, c.topic, c.transport) for c in cams] == [
+        (spec.cameras[0].name, "/a/compressed", "compressed"), (spec.cameras[1].name, "/b", "raw")]
+    with pytest.raises(ConfigError, match="one topic per camera"):
+        camera_inputs(spec, ["/a"], ["raw"])

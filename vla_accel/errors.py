@@ -92,3 +92,9 @@ class UnknownBackendError(BackendError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
+
+
+class ConfigError(VlaAccelError, ValueError):
+    """A runtime configuration value (node parameter, CLI option or YAML key) is invalid."""
+
+    reason = "bad_config"

@@ -1,4 +1,4 @@
-"""Bag events -> observations, assembled by the live node's own ``ObservationAssembler``.
+"""Bag events -> observations, assembled by the runtime's ``ObservationAssembler`` (the node's own).
 
 The node's assembler (``vla_accel.runtime.inputs``, pure Python, no rclpy) decides what an observation
 is: each frame of the model's first camera triggers one, with the latest valid frame of every other
@@ -70,12 +70,12 @@ class ObservationBuilder:
 
     def __init__(self, spec: "ModelSpec", selection: TopicSelection, rate: RateMode, metrics: "InferenceMetrics"):
         from vla_accel.runtime.status import CameraInput
-        from vla_accel.runtime.inputs import ObservationAssembler
+        from vla_accel.runtime.wiring import build_assembler
 
         self.selection = selection
         self.rate = rate
         self.cameras = [CameraInput(cam, topic, "bag") for cam, topic in selection.cameras.items()]
-        self.assembler = ObservationAssembler(spec, self.cameras, metrics, instruction_topic=selection.instruction or "")
+        self.assembler = build_assembler(spec, self.cameras, metrics, instruction_topic=selection.instruction or "")
         self.primary = self.assembler.primary
         self.frames = 0  # primary frames seen
         self.subsampled = 0

@@ -115,7 +115,7 @@ def raw_image_from_message(msg, typename: str) -> RawImage:
     The live node's own conversion (replay itself parses frames with ``cdr.py``; the tests check
     that both give the same RawImage).
     """
-    from vla_accel.ros.conversions import compressed_msg_to_raw, image_msg_to_raw
+    from vla_accel.runtime.conversions import compressed_msg_to_raw, image_msg_to_raw
 
     if typename == messages.COMPRESSED_IMAGE:
         return compressed_msg_to_raw(msg)

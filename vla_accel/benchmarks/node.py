@@ -94,7 +94,7 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     from rclpy.qos import QoSProfile
 
     from vla_accel.msg import ActionChunk
-    from vla_accel.ros.conversions import stamp_to_ns
+    from vla_accel.runtime.conversions import stamp_to_ns
 
     domain = 100 + (os.getpid() + len(transport)) % 100
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1")
@@ -217,8 +217,8 @@ def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) 
     from vla_accel.models import load_model
     from vla_accel.msg import ActionChunk as ActionChunkMsg
     from vla_accel.ros import conversions
-    from vla_accel.runtime.status import CameraInput
-    from vla_accel.runtime.inputs import ObservationAssembler
+    from vla_accel.runtime.conversions import image_msg_to_raw
+    from vla_accel.runtime.wiring import build_assembler, camera_inputs
 
     spec = load_model(model).spec
     msg = Image()
@@ -226,8 +226,9 @@ def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) 
     data = array.array("B")
     data.frombytes(np.random.default_rng(0).integers(0, 256, width * height * 3, dtype=np.uint8).tobytes())
     msg.data = data
-    cams = [CameraInput(c.name, f"/{c.name}", "raw") for c in spec.cameras]
-    assembler = ObservationAssembler(spec, cams, InferenceMetrics(), "/vla/instruction", "pick up the block")
+    cams = camera_inputs(spec, [f"/{c.name}" for c in spec.cameras], ["raw"])
+    assembler = build_assembler(spec, cams, InferenceMetrics(), instruction_topic="/vla/instruction",
+                                instruction="pick up the block")
     if spec.state is not None:
         assembler.set_joint_state([], np.zeros(spec.state.dims))
     preprocessor = Preprocessor(spec, 1)
@@ -237,7 +238,7 @@ def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) 
     def on_frame():
         obs = None
         for cam in reversed(spec.cameras):  # secondary frames are stored, then the primary builds the observation
-            obs = assembler.on_frame(cam.name, conversions.image_msg_to_raw(msg), 1) or obs
+            obs = assembler.on_frame(cam.name, image_msg_to_raw(msg), 1) or obs
         return obs
 
     obs = on_frame()

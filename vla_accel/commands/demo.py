@@ -233,7 +233,7 @@ def run_with_ros(args: argparse.Namespace) -> int:
 
 
 def chunk_line(chunk, count: int, stats) -> str:
-    from vla_accel.ros.conversions import chunk_values_from_msg, stamp_to_ns
+    from vla_accel.runtime.conversions import chunk_values_from_msg, stamp_to_ns
 
     values = chunk_values_from_msg(chunk)
     first = " ".join(f"{n}={v:+.3f}" for n, v in zip(chunk.names, values[0]))
@@ -298,57 +298,52 @@ def stop_process(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> in
 
 def run_without_ros(args: argparse.Namespace) -> int:
     """The same engine, scheduler and diagnostics in-process over the synthetic stream."""
-    from vla_accel.core.types import Observation, RawImage
-    from vla_accel.runtime import status
-    from vla_accel.runtime.inputs import ObservationAssembler
-    from vla_accel.ros.params import load_params_file, node_parameters
-    from vla_accel.runtime.session import InferenceSession
+    from vla_accel.core.types import RawImage
+    from vla_accel.ros.params import load_params_file, node_parameters, runtime_config
     from vla_accel.ros.synthetic_camera import SyntheticScene, encode_jpeg
+    from vla_accel.runtime import status
+    from vla_accel.runtime.wiring import Runtime
 
     overrides: dict[str, Any] = load_params_file(args.params_file) if args.params_file else {}
     overrides.update({"backend": args.backend, "model": args.model})
     if args.fallback:
         overrides["fallback"] = [n.strip() for n in args.fallback.split(",") if n.strip()]
-    values = node_parameters(overrides)
+    if not overrides.get("instruction"):
+        overrides["instruction"] = "pick up the red block"
+    config = runtime_config(node_parameters(overrides))
     chunks_seen = {"n": 0, "last": None}
     lock = threading.Lock()
 
     def on_chunks(chunks):
-        session.metrics.record_published(chunks)
+        runtime.session.metrics.record_published(chunks)
         with lock:
             chunks_seen["n"] += len(chunks)
             chunks_seen["last"] = chunks[-1]
 
-    session = InferenceSession(values, on_chunks=on_chunks)
+    runtime = Runtime(config, on_chunks=on_chunks)
     print(f"[demo --no-ros] loading {args.model} on {args.backend} ...", flush=True)
-    session.load_model()
-    cams = [status.CameraInput(c.name, "synthetic", "compressed" if args.compressed else "raw")
-            for c in session.spec.cameras]
-    assembler = ObservationAssembler(session.spec, cams, session.metrics, "synthetic",
-                                     "pick up the red block")
-    if session.spec.state is not None:
-        assembler.set_joint_state([], np.zeros(session.spec.state.dims))
-    session.load()
-    session.start()
-    scenes = [SyntheticScene(args.width, args.height) for _ in session.spec.cameras]
-    config = status.DiagnosticsConfig(target_latency_ms=values["target_latency_ms"])
+    spec = runtime.load_model()
+    runtime.make_inputs(["synthetic"] * len(spec.cameras), ["compressed" if args.compressed else "raw"], "synthetic")
+    if spec.state is not None:
+        runtime.set_joint_state([], np.zeros(spec.state.dims))
+    runtime.load()
+    runtime.start()
+    scenes = [SyntheticScene(args.width, args.height) for _ in spec.cameras]
     start = time.monotonic()
     next_t, last_print = start, 0.0
     try:
         while time.monotonic() - start < args.seconds:
             t = time.monotonic() - start
             stamp = time.time_ns()
-            obs: Observation | None = None
-            for cam, scene in zip(session.spec.cameras, scenes):
+            # secondary cameras first: the primary camera's frame then completes the observation
+            for cam, scene in reversed(list(zip(spec.cameras, scenes))):
                 rgb = scene.render(t)
                 if args.compressed:
                     raw = RawImage(data=encode_jpeg(rgb), encoding="jpeg")
                 else:
                     raw = RawImage(data=rgb.tobytes(), encoding="rgb8", height=args.height, width=args.width,
                                    step=args.width * 3)
-                obs = assembler.on_frame(cam.name, raw, stamp) or obs
-            if obs is not None:
-                session.submit(obs)
+                runtime.on_frame(cam.name, raw, stamp)
             now = time.monotonic()
             with lock:
                 last, n = chunks_seen["last"], chunks_seen["n"]
@@ -362,9 +357,8 @@ def run_without_ros(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("[demo --no-ros] interrupted")
     finally:
-        session.stop()
-    reports = status.build_reports(session.metrics.snapshot(), session.state, [c.snapshot() for c in cams],
-                                        assembler.instruction_view(), config)
+        runtime.stop()
+    reports = runtime.reports()
     print(status.format_reports(reports, ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)",
                                                "speedup over CPU", "frames received", "frames processed",
                                                "frames dropped")))

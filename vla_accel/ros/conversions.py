@@ -1,8 +1,7 @@
-"""Message <-> core type conversions for the ROS layer (numpy and plain Python; messages passed in).
+"""Core types -> ROS messages (the messages are passed in or imported where they are built).
 
-* Images: sensor_msgs/Image and CompressedImage become ``RawImage`` views over ``msg.data`` (no
-  copy); decoding and validation (encoding, step, size, truncation, corrupt JPEG) happen once, in the
-  core image module, so the node, bag replay and the CLI reject the same frames for the same reasons.
+* Images: for raw encodings the core cannot decode (16-bit, YUV, Bayer, ...), cv_bridge when it is
+  installed; every other frame is a zero-copy view (vla_accel.runtime.conversions).
 * Chunks: ``ActionChunk`` (core) -> vla_accel/ActionChunk (msg), values assigned as one float32
   ``array.array`` (the generated setter's fast path; a numpy array or list is iterated per element).
 * First action: the standard controller message a robot can consume directly.
@@ -10,7 +9,8 @@
     TwistStamped commands; deltas are divided by the chunk's dt so the twist is a velocity.
   - ``float64_array`` (std_msgs/Float64MultiArray) for joint spaces and everything else: the message
     ros2_control's forward_command_controller (position / velocity / effort groups) subscribes to.
-* Stop actions: what to publish when inputs go stale or the node shuts down (``hold`` / ``zero``).
+* Health: status reports -> diagnostic_msgs/DiagnosticArray, a metrics snapshot ->
+  vla_accel/InferenceStats.
 """
 from __future__ import annotations
 
@@ -20,59 +20,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from vla_accel.core.image import RAW_ENCODINGS, normalize_encoding
+from vla_accel.core.metrics import MetricsSnapshot
 from vla_accel.core.types import ActionChunk, RawImage
-
-FIRST_ACTION_TYPES = ("auto", "twist", "float64_array", "none")
-STOP_POLICIES = ("hold", "zero", "none")
-# Spaces whose values are rates or increments: "hold still" is all zeros.
-INCREMENTAL_SPACES = ("eef_delta", "eef_velocity", "joint_velocity", "joint_delta")
-TWIST_SPACES = ("eef_delta", "eef_velocity")
-_LINEAR_NAMES = ("x", "y", "z")
-_ANGULAR_NAMES = ("roll", "pitch", "yaw")
-
-
-# --- time -----------------------------------------------------------------------------------------
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp(ns: int, stamp: Any) -> Any:
-    """Write integer nanoseconds into a builtin_interfaces/Time (in place) and return it."""
-    sec, nanosec = divmod(int(ns), 1_000_000_000)
-    stamp.sec = sec
-    stamp.nanosec = nanosec
-    return stamp
+from vla_accel.runtime.conversions import image_msg_to_raw, ns_to_stamp, twist_components
+from vla_accel.runtime.status import StatusReport
 
 
 # --- images ---------------------------------------------------------------------------------------
-def _buffer_view(data: Any) -> Any:
-    """A zero-copy view of a message's uint8[] field (array.array in rclpy, bytes from rosbags)."""
-    try:
-        return memoryview(data)
-    except TypeError:  # a plain list (hand-built messages): one copy is unavoidable
-        return np.asarray(data, dtype=np.uint8)
-
-
-def image_msg_to_raw(msg: Any) -> RawImage:
-    """sensor_msgs/Image -> RawImage viewing msg.data; nothing is validated or decoded here."""
-    return RawImage(
-        data=_buffer_view(msg.data),
-        encoding=str(msg.encoding).strip(),
-        height=int(msg.height),
-        width=int(msg.width),
-        step=int(msg.step),
-        is_bigendian=bool(msg.is_bigendian),
-    )
-
-
-def compressed_msg_to_raw(msg: Any) -> RawImage:
-    """sensor_msgs/CompressedImage -> RawImage (compressed) viewing msg.data."""
-    # "jpeg", "png" or image_transport's "rgb8; jpeg compressed bgr8"; the core maps it (one rule for
-    # the node, bags and the CLI) and rejects unknown formats as unknown_encoding.
-    return RawImage(data=_buffer_view(msg.data), encoding=normalize_encoding(msg.format))
-
-
 def make_cv_bridge() -> Any:
     """A cv_bridge.CvBridge when the ROS package is importable, else None. It is only used for raw
     encodings the core does not decode (16-bit, YUV, Bayer, ...); the numpy view stays the default."""
@@ -135,48 +89,7 @@ def fill_chunk_msg(
     return msg
 
 
-def chunk_values_from_msg(msg: Any) -> np.ndarray:
-    """vla_accel/ActionChunk message -> (steps, dims) float32 array (a view over msg.values)."""
-    flat = np.frombuffer(msg.values, dtype=np.float32) if len(msg.values) else np.zeros(0, np.float32)
-    return flat.reshape(int(msg.steps), int(msg.dims))
-
-
 # --- first action ---------------------------------------------------------------------------------
-def resolve_first_action_type(kind: str, space: str) -> str:
-    """``auto`` -> twist for end-effector deltas / velocities, float64_array otherwise."""
-    if kind not in FIRST_ACTION_TYPES:
-        raise ValueError(f"first_action_type must be one of {', '.join(FIRST_ACTION_TYPES)}, got {kind!r}")
-    if kind == "auto":
-        return "twist" if space in TWIST_SPACES else "float64_array"
-    return kind
-
-
-def twist_components(action: np.ndarray, names: Sequence[str], space: str, dt: float) -> tuple[list[float], list[float]]:
-    """(linear xyz, angular rpy) velocities from one action row.
-
-    Dimensions are picked by name (x, y, z, roll, pitch, yaw) and otherwise by position (the first six
-    dimensions, the OpenVLA / Octo eef convention). Deltas are divided by dt to become velocities.
-    """
-    lowered = [n.lower() for n in names]
-
-    def pick(wanted: tuple[str, ...], offset: int) -> list[float]:
-        out = []
-        for i, name in enumerate(wanted):
-            if name in lowered:
-                out.append(float(action[lowered.index(name)]))
-            elif offset + i < action.shape[0]:
-                out.append(float(action[offset + i]))
-            else:
-                out.append(0.0)
-        return out
-
-    linear, angular = pick(_LINEAR_NAMES, 0), pick(_ANGULAR_NAMES, 3)
-    if space == "eef_delta" and dt > 0:
-        linear = [v / dt for v in linear]
-        angular = [v / dt for v in angular]
-    return linear, angular
-
-
 def fill_twist(msg: Any, action: np.ndarray, names: Sequence[str], space: str, dt: float, stamp_ns: int, frame_id: str) -> Any:
     """Fill a geometry_msgs/TwistStamped from one action row."""
     linear, angular = twist_components(action, names, space, dt)
@@ -199,29 +112,47 @@ def fill_float64_array(msg: Any, action: np.ndarray, names: Sequence[str], dim_c
     return msg
 
 
-# --- stop actions ---------------------------------------------------------------------------------
-def stop_action(policy: str, space: str, names: Sequence[str], last_action: np.ndarray | None, dims: int) -> np.ndarray | None:
-    """The single action to publish when inputs go stale or the node stops.
+# --- health ---------------------------------------------------------------------------------------
+def to_diagnostic_array(reports: Sequence[StatusReport], stamp_ns: int) -> Any:
+    """diagnostic_msgs/DiagnosticArray with the header stamp set (rqt_robot_monitor needs it)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-    ``hold``: keep the robot where it is. For rates and increments that is zero motion, but absolute
-    channels (a gripper command) keep their last value so a closed gripper does not drop its object.
-    For absolute spaces (joint positions, poses) it repeats the last published action; with no
-    action published yet there is nothing safe to repeat, so nothing is published (None).
-    ``zero``: all zeros. ``none``: None (publish nothing).
-    """
-    if policy not in STOP_POLICIES:
-        raise ValueError(f"stop policy must be one of {', '.join(STOP_POLICIES)}, got {policy!r}")
-    if policy == "none":
-        return None
-    if policy == "zero":
-        return np.zeros(dims, dtype=np.float32)
-    if space in INCREMENTAL_SPACES:
-        out = np.zeros(dims, dtype=np.float32)
-        if last_action is not None:
-            for i, name in enumerate(names[:dims]):
-                if "gripper" in name.lower():
-                    out[i] = last_action[i]
-        return out
-    if last_action is None:
-        return None
-    return np.asarray(last_action, dtype=np.float32).copy()
+    out = DiagnosticArray()
+    ns_to_stamp(stamp_ns, out.header.stamp)
+    for report in reports:
+        status = DiagnosticStatus()
+        status.level = bytes([report.level])  # a byte field: b'\x00' in these bindings
+        status.name = report.name
+        status.message = report.message
+        status.hardware_id = report.hardware_id
+        status.values = [KeyValue(key=k, value=v) for k, v in report.values]
+        out.status.append(status)
+    return out
+
+
+def fill_stats_msg(msg: Any, snap: MetricsSnapshot, stamp_ns: int) -> Any:
+    """vla_accel/InferenceStats from a snapshot (every field a plain number for rqt_plot)."""
+    ns_to_stamp(stamp_ns, msg.header.stamp)
+    infer, total = snap.stage("infer"), snap.stage("total")
+    msg.backend, msg.device, msg.model = snap.backend, snap.device, snap.model
+    msg.latency_p50_ms = float(infer["p50"])
+    msg.latency_p95_ms = float(infer["p95"])
+    msg.latency_p99_ms = float(infer["p99"])
+    msg.latency_max_ms = float(infer["max"])
+    msg.total_p50_ms = float(total["p50"])
+    msg.total_p99_ms = float(total["p99"])
+    msg.end_to_end_p50_ms = float(snap.stage("end_to_end")["p50"])
+    msg.age_at_start_p50_ms = float(snap.stage("age_at_start")["p50"])
+    msg.jitter_ms = float(snap.jitter_ms)
+    msg.throughput_hz = float(snap.throughput_hz)
+    msg.input_rate_hz = float(snap.input_rate_hz)
+    msg.output_rate_hz = float(snap.output_rate_hz)
+    msg.speedup = float(snap.speedup)
+    msg.parallel_efficiency = float(snap.parallel_efficiency)
+    msg.mean_batch_size = float(snap.mean_batch_size)
+    msg.frames_received = int(snap.frames_received)
+    msg.frames_processed = int(snap.frames_processed)
+    msg.frames_dropped = int(snap.frames_dropped)
+    msg.frames_superseded = int(snap.frames_superseded)
+    msg.backend_switches = int(snap.backend_switches)
+    return msg

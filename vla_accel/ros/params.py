@@ -16,21 +16,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vla_accel.errors import VlaAccelError
+from vla_accel.backends.base import PRECISIONS
+from vla_accel.core.buffers import MEMORY_STRATEGIES
+from vla_accel.core.streaming import STREAM_MODES
+from vla_accel.errors import ConfigError
+from vla_accel.runtime.config import BASELINE_MODES, RuntimeConfig, parse_backend_extra
+from vla_accel.runtime.config import CAMERA_TRANSPORTS as TRANSPORTS
+from vla_accel.runtime.conversions import FIRST_ACTION_TYPES
+from vla_accel.runtime.conversions import STOP_POLICIES as STALE_POLICIES
 
+# Option lists owned by the ROS layer; the others come from the modules that use them.
 QOS_PROFILES = ("sensor_data", "reliable")
-TRANSPORTS = ("raw", "compressed")
-STALE_POLICIES = ("hold", "zero", "none")
-# "none", not "off": ROS parses an unquoted `-p speedup_baseline:=off` as the boolean false (YAML 1.1).
-BASELINE_MODES = ("measure", "cache", "none")
-MEMORY_STRATEGIES = ("static", "pool", "dynamic")
-STREAM_MODES = ("latest", "ensemble", "blend")
-FIRST_ACTION_TYPES = ("auto", "twist", "float64_array", "none")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EXECUTORS = ("events", "single_threaded")
 
 
-class ParameterError(VlaAccelError, ValueError):
+class ParameterError(ConfigError):
     """A node parameter (launch argument, YAML key or live `ros2 param set`) is invalid."""
 
     reason = "bad_parameter"
@@ -190,7 +190,7 @@ def validate(name: str, value: Any) -> str | None:
     if name == "backend_extra" and value.strip():
         try:
             parse_backend_extra(value)
-        except ParameterError as exc:
+        except ConfigError as exc:
             return str(exc)
     return None
 
@@ -207,21 +207,6 @@ def _validate_backends(name: str, names: list[str]) -> str | None:
         except UnknownBackendError as exc:
             return f"'{name}': {exc}"
     return None
-
-
-def parse_backend_extra(text: str) -> dict[str, Any]:
-    """``backend_extra`` (a YAML / JSON mapping in a string) -> dict."""
-    import yaml
-
-    if not text.strip():
-        return {}
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"'backend_extra' is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParameterError(f"'backend_extra' must be a mapping, got {text!r}")
-    return data
 
 
 def node_parameters(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -244,6 +229,11 @@ def node_parameters(overrides: Mapping[str, Any] | None = None) -> dict[str, Any
     if problems:
         raise ParameterError("invalid node parameters: " + "; ".join(problems))
     return values
+
+
+def runtime_config(values: Mapping[str, Any]) -> RuntimeConfig:
+    """The runtime's typed configuration from the node's (validated) parameter values."""
+    return RuntimeConfig.from_values(values)
 
 
 def cross_check(values: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,9 @@ it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the
 (publish the on_shutdown action, stop the loop, join threads). Each phase is a method, ready to be
 mapped onto on_configure / on_activate / on_shutdown.
 
-The logic lives in tested modules without a graph: params, inputs, conversions, diagnostics, session.
+Everything that runs without ROS is vla_accel.runtime (typed config, observation assembly, session,
+status reports), wired once by runtime.wiring.Runtime; this node declares parameters, converts
+messages, publishes, and maps ROS timers onto the runtime.
 """
 from __future__ import annotations
 
@@ -46,7 +48,9 @@ from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, params
 from vla_accel.runtime import status
+from vla_accel.runtime.conversions import compressed_msg_to_raw, resolve_first_action_type, stamp_to_ns, stop_action
 from vla_accel.runtime.inputs import ObservationAssembler
+from vla_accel.runtime.wiring import Runtime
 
 log = logging.getLogger("vla_accel.vla_node")
 
@@ -55,8 +59,10 @@ class VlaNode(Node):
     def __init__(self, overrides: dict[str, Any] | None = None, node_name: str = "vla_node"):
         super().__init__(node_name)
         self.values = params.declare_all(self, overrides)
+        self.config = params.runtime_config(self.values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.drop_log = RateLimitedLogger(log, 5.0)
+        self.runtime: Runtime | None = None
         self.session = None
         self.assembler: ObservationAssembler | None = None
         self.cameras: list[status.CameraInput] = []
@@ -86,14 +92,13 @@ class VlaNode(Node):
     # --- phases ---------------------------------------------------------------------------------
     def configure(self) -> bool:
         """Load model and backend. False (node stays up, diagnostics ERROR) when nothing can run."""
-        from vla_accel.runtime.session import InferenceSession
-
-        self.session = InferenceSession(self.values, on_chunks=self._on_chunks, on_error=self._on_loop_error,
-                                        on_switch=self._on_switch)
+        self.runtime = Runtime(self.config, on_chunks=self._on_chunks, on_error=self._on_loop_error,
+                               on_switch=self._on_switch, on_drop=self._on_drop)
+        self.session = self.runtime.session
         try:
-            self.session.load_model()
+            self.runtime.load_model()
             self._make_inputs()
-            self.session.load()
+            self.runtime.load()
         except VlaAccelError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             if self.session.state.status != "failed":
@@ -130,7 +135,7 @@ class VlaNode(Node):
             self.streamer = ActionStreamer(spec.action, mode=values["streaming_mode"])
             rate = values["control_rate_hz"] or 1.0 / spec.action.dt
             self.create_timer(1.0 / rate, self._on_control_tick)
-        self.session.start()
+        self.runtime.start()
         if spec.state is not None:
             self.get_logger().warning(
                 f"model {spec.name} needs the robot state: frames are dropped (missing_state) until a "
@@ -146,7 +151,7 @@ class VlaNode(Node):
         try:
             self._publish_stop(self.values["on_shutdown"], "shutdown", wait_acked=True)
         finally:
-            if self.session is not None and not self.session.stop(timeout=2.0):
+            if self.runtime is not None and not self.runtime.stop(timeout=2.0):
                 self.get_logger().error("inference threads did not stop within 2 s")
         # A last /diagnostics with the final counters: inputs counted since the last periodic one
         # (up to stats_period_s of them) would otherwise never reach the monitors.
@@ -171,24 +176,10 @@ class VlaNode(Node):
 
     def _make_inputs(self) -> None:
         values, spec = self.values, self.session.spec
-        topics, transports = values["camera_topics"], values["camera_transports"]
-        if len(topics) < len(spec.cameras):
-            raise VlaAccelError(
-                f"model {spec.name} has cameras {[c.name for c in spec.cameras]} but camera_topics has "
-                f"{len(topics)} entr{'y' if len(topics) == 1 else 'ies'}: give one topic per camera",
-                reason="bad_parameter")
-        if len(transports) not in (1, len(spec.cameras)):
-            raise VlaAccelError("camera_transports needs one entry, or one per camera", reason="bad_parameter")
-        for i, cam in enumerate(spec.cameras):
-            transport = transports[i] if len(transports) > 1 else transports[0]
-            topic = topics[i]
-            if transport == "compressed" and not topic.endswith("/compressed"):
-                topic += "/compressed"  # image_transport's naming
-            self.cameras.append(status.CameraInput(cam.name, topic, transport))
-        self.assembler = ObservationAssembler(spec, self.cameras, self.session.metrics, values["instruction_topic"],
-                                              values["instruction"], on_drop=self._on_drop,
-                                              max_input_age_s=values["stale_image_timeout_s"])
-        kind = conversions.resolve_first_action_type(values["first_action_type"], spec.action.space)
+        self.assembler = self.runtime.make_inputs(values["camera_topics"], values["camera_transports"],
+                                                  values["instruction_topic"])
+        self.cameras = self.runtime.cameras
+        kind = resolve_first_action_type(values["first_action_type"], spec.action.space)
         self.action_kind = kind
         if kind == "twist":
             from geometry_msgs.msg import TwistStamped
@@ -200,14 +191,15 @@ class VlaNode(Node):
     # --- callbacks: inputs ----------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
         entry_ns = time.monotonic_ns()
-        raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
-        obs = self.assembler.on_frame(camera, raw, conversions.stamp_to_ns(msg.header.stamp), msg.header.frame_id)
-        if obs is not None:
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if camera == self.assembler.primary:
+            # noted before the frame is submitted, so a chunk can never come back before its entry time
             with self._overhead_lock:
-                self._entry_ns[obs.stamp_ns] = entry_ns
-                if len(self._entry_ns) > 64:  # superseded frames never come back: bound the map
+                self._entry_ns[stamp_ns] = entry_ns
+                if len(self._entry_ns) > 64:  # dropped and superseded frames never come back: bound the map
                     self._entry_ns.pop(next(iter(self._entry_ns)))
-            self.session.submit(obs)
+        raw = compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
+        self.runtime.on_frame(camera, raw, stamp_ns, msg.header.frame_id, entry_ns)
 
     def _on_instruction(self, msg: String) -> None:
         if self.assembler is None:
@@ -237,6 +229,9 @@ class VlaNode(Node):
         if staged["instruction"] != self.values["instruction"] and staged["instruction"] and self.assembler:
             self.assembler.set_instruction(staged["instruction"])
         self.values = staged
+        self.config = params.runtime_config(staged)
+        if self.runtime is not None:
+            self.runtime.config = self.config  # health goals and stale timeouts apply to the next report
         return SetParametersResult(successful=True)
 
     # --- callbacks: outputs (the loop's worker thread) ------------------------------------------
@@ -298,7 +293,7 @@ class VlaNode(Node):
         if self.session is None or self.session.spec is None or self.values["dry_run"]:
             return
         spec = self.session.spec.action
-        action = conversions.stop_action(policy, spec.space, spec.names, self._last_action, spec.dims)
+        action = stop_action(policy, spec.space, spec.names, self._last_action, spec.dims)
         if action is None or self.action_pub is None:
             return
         self._publish_action(action, self.get_clock().now().nanoseconds, "", spec.dt)
@@ -363,40 +358,32 @@ class VlaNode(Node):
     def _on_stats_tick(self) -> None:
         if self.session is not None and self.session.state.status == "running":
             snap = self.session.metrics.snapshot()
-            self.stats_pub.publish(status.fill_stats_msg(InferenceStats(), snap,
+            self.stats_pub.publish(conversions.fill_stats_msg(InferenceStats(), snap,
                                                               self.get_clock().now().nanoseconds))
         self._publish_diagnostics()
 
     def diagnostic_reports(self, cameras: list | None = None) -> list:
         """The node's status reports now; ``cameras``: the camera snapshots to report (default: now's)."""
-        session = self.session
-        config = status.DiagnosticsConfig(
-            node_name="vla_accel", target_latency_ms=self.values["target_latency_ms"],
-            min_input_rate_hz=self.values["min_input_rate_hz"],
-            stale_image_timeout_s=self.values["stale_image_timeout_s"],
-            stale_instruction_timeout_s=self.values["stale_instruction_timeout_s"])
-        metrics = session.metrics if session is not None else None
-        if metrics is None:
-            from vla_accel.core.metrics import InferenceMetrics
-            metrics = InferenceMetrics(model=self.values["model"])
-        state = session.state if session is not None else status.BackendState(status="loading")
-        if cameras is None:
-            cameras = [c.snapshot() for c in self.cameras]
-        instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        return status.build_reports(metrics.snapshot(), state, cameras, instruction, config)
+        if self.runtime is not None:
+            return self.runtime.reports(cameras)
+        from vla_accel.core.metrics import InferenceMetrics
+
+        config = status.DiagnosticsConfig(node_name="vla_accel")
+        metrics = InferenceMetrics(model=self.values["model"])
+        return status.build_reports(metrics.snapshot(), status.BackendState(status="loading"), [], None, config)
 
     def _publish_diagnostics(self) -> None:
         self._force_diagnostics.clear()
-        views = [c.snapshot() for c in self.cameras]
+        views = [c.snapshot() for c in self.cameras]  # reading resets nothing
         reports = self.diagnostic_reports(views)
         key = status.state_key(reports)
         if self._diag_key and key != self._diag_key:
             changed = [r.name + "=" + status.LEVEL_NAMES[r.level] for r in reports]
             self.get_logger().info("diagnostics changed: " + ", ".join(changed))
         self._diag_key = key
-        self.diag_pub.publish(status.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
-        for cam, view in zip(self.cameras, views):  # those drops are reported now
-            cam.clear(view)
+        self.diag_pub.publish(conversions.to_diagnostic_array(reports, self.get_clock().now().nanoseconds))
+        if self.runtime is not None:
+            self.runtime.mark_reported(views)  # their drops are reported now
 
 
 def make_executor(kind: str) -> Any:

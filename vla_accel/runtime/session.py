@@ -1,6 +1,6 @@
-"""Everything the VLA node runs that is not ROS: model, backend chain, CPU baseline, engine, loop.
+"""The inference session: model, backend chain, CPU baseline, engine, loop (no ROS).
 
-``InferenceSession(values)`` takes the node's parameter dict (vla_accel.ros.params) and
+``InferenceSession(config)`` takes a ``RuntimeConfig`` (from the node's parameters, CLI options or YAML) and
 * ``load()``: loads the model, builds the backend candidates (``backend`` + ``fallback``, or
   ``auto``) behind backends.selection.FallbackChain, warms it up, measures or reads the torch-CPU
   baseline for the speedup figure, and builds the core Engine and InferenceLoop;
@@ -22,9 +22,9 @@ from vla_accel.backends.base import BackendOptions
 
 from vla_accel.core.spec import example_inputs
 from vla_accel.core.metrics import InferenceMetrics, percentiles
-from vla_accel.errors import BackendError, VlaAccelError
+from vla_accel.errors import BackendError, ConfigError, VlaAccelError
+from vla_accel.runtime.config import RuntimeConfig
 from vla_accel.runtime.status import BackendState
-from vla_accel.ros.params import parse_backend_extra
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +32,36 @@ BASELINE_BACKEND = "torch"
 BASELINE_ITERATIONS = 30
 
 
-def candidate_backends(values: dict[str, Any], bundle: Any = None) -> list[str]:
+def candidate_backends(config: RuntimeConfig, bundle: Any = None) -> list[str]:
     """The ordered backends to try: backend (or auto's measured choice) then fallback, no repeats."""
     from vla_accel.backends.selection import resolve_backends
 
-    options = backend_options(values, "torch") if values["backend"] == "auto" else None
-    return resolve_backends(values["backend"], requirement="latency", fallback=values.get("fallback") or [],
+    options = backend_options(config, BASELINE_BACKEND) if config.backend == "auto" else None
+    return resolve_backends(config.backend, requirement="latency", fallback=list(config.fallback),
                             model=bundle, options=options)
 
 
-def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
+def backend_options(config: RuntimeConfig, name: str) -> BackendOptions:
     """BackendOptions for one candidate. A fallback that cannot run the requested precision runs
     fp32 (a CPU fallback of an int8 Edge TPU model must still work); the primary keeps it."""
     from vla_accel.backends.registry import backend_class
 
-    extra = parse_backend_extra(values.get("backend_extra", ""))
+    extra = dict(config.backend_extra)
     # delegate_path names the primary backend's delegate library: a fallback (e.g. hexagon behind qnn)
     # must look for its own library, not be handed another vendor's.
-    primary = values["backend"]
-    if values.get("delegate_path") and (name == primary or primary == "auto"):
-        extra.setdefault("delegate_path", values["delegate_path"])
-    precision = values["precision"]
+    primary = config.backend
+    if config.delegate_path and (name == primary or primary == "auto"):
+        extra.setdefault("delegate_path", config.delegate_path)
+    precision = config.precision
     supported = getattr(backend_class(name), "precisions", ("fp32",))
     if precision not in supported:
         precision = "fp32" if "fp32" in supported else supported[0]
-    cache = values.get("cache_dir") or None
     return BackendOptions(
-        device=values.get("device", ""),
+        device=config.device,
         precision=precision,
-        threads=int(values.get("threads", 0)),
-        max_batch=int(values.get("batch_size", 1)),
-        cache_dir=Path(cache) if cache else None,
+        threads=config.threads,
+        max_batch=config.batch_size,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         extra=extra,
     )
 
@@ -122,12 +121,15 @@ def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int, again
 
 
 class InferenceSession:
-    """Model + FallbackChain + Engine + InferenceLoop, configured from the node's parameter values."""
+    """Model + FallbackChain + Engine + InferenceLoop, configured by a RuntimeConfig."""
 
-    def __init__(self, values: dict[str, Any], *, on_chunks: Callable[[list], None],
+    def __init__(self, config: RuntimeConfig, *, on_chunks: Callable[[list], None],
                  on_error: Callable[[BaseException], None] | None = None,
                  on_switch: Callable[[str, str, BaseException], None] | None = None):
-        self.values = dict(values)
+        if not isinstance(config, RuntimeConfig):
+            raise ConfigError(f"InferenceSession takes a RuntimeConfig, got {type(config).__name__}",
+                              reason="bad_config")
+        self.config = config
         self._on_chunks = on_chunks
         self._on_error = on_error
         self._on_switch = on_switch
@@ -138,7 +140,7 @@ class InferenceSession:
         self.loop = None
         self.metrics = InferenceMetrics()
         self.candidates: list[str] = []
-        self.state = BackendState(status="loading", precision=values.get("precision", ""))
+        self.state = BackendState(status="loading", precision=config.precision)
         self.load_times_ms: dict[str, float] = {}
 
     # --- setup ----------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ class InferenceSession:
         from vla_accel.models import load_model
 
         t0 = time.perf_counter()
-        self.bundle = load_model(self.values["model"], cache_dir=self.values.get("cache_dir") or None)
+        self.bundle = load_model(self.config.model, cache_dir=self.config.cache_dir or None)
         self.spec = self.bundle.spec
         self.metrics.model = self.bundle.name
         self.load_times_ms["model"] = (time.perf_counter() - t0) * 1e3
@@ -161,15 +163,15 @@ class InferenceSession:
 
         if self.bundle is None:
             self.load_model()
-        values = self.values
-        self.candidates = candidate_backends(values, self.bundle)
-        self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=values["precision"])
-        options = {name: backend_options(values, name) for name in self.candidates}
+        config = self.config
+        self.candidates = candidate_backends(config, self.bundle)
+        self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=config.precision)
+        options = {name: backend_options(config, name) for name in self.candidates}
         t0 = time.perf_counter()
         chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched)
         try:
             chain.load()
-            chain.warmup(int(values["batch_size"]), iterations=max(1, int(values["warmup_iterations"])))
+            chain.warmup(config.batch_size, iterations=max(1, config.warmup_iterations))
         except VlaAccelError as exc:
             self.state = replace(self.state, status="failed", error=str(exc))
             raise
@@ -185,7 +187,7 @@ class InferenceSession:
             # The node serves one stream, so its batches hold one observation: the baseline is measured
             # at batch 1 (metrics compares a baseline only with inferences of the same batch size).
             side_by_side: dict = {}
-            baseline = cpu_baseline_ms(values["speedup_baseline"], self.bundle, 1, int(values["threads"]),
+            baseline = cpu_baseline_ms(config.speedup_baseline, self.bundle, 1, config.threads,
                                        against=chain, side_by_side=side_by_side)
             if "startup_speedup" in side_by_side:
                 # Both timed alternately in the same seconds: the ratio without the live load that the
@@ -196,17 +198,16 @@ class InferenceSession:
             baseline = 0.0
         self.load_times_ms["baseline"] = (time.perf_counter() - t0) * 1e3
         self.metrics.set_baseline_ms(baseline, batch_size=1)
-        memory = values["memory"]
-        if values["pipeline"] and memory == "static":
+        memory = config.memory
+        if config.pipeline and memory == "static":
             memory = "pool"  # overlapping batches cannot share one static buffer set
-        self.engine = Engine(self.bundle, chain, max_batch=int(values["batch_size"]), memory=memory,
-                             metrics=self.metrics)
-        self.apply_clip(values.get("action_clip_low") or [], values.get("action_clip_high") or [])
-        target = float(values["target_latency_ms"]) or None
+        self.engine = Engine(self.bundle, chain, max_batch=config.batch_size, memory=memory, metrics=self.metrics)
+        self.apply_clip(list(config.action_clip_low), list(config.action_clip_high))
+        target = config.target_latency_ms or None
         self.loop = InferenceLoop(
-            self.engine, batch_size=int(values["batch_size"]), max_batch_delay_ms=float(values["max_batch_delay_ms"]),
-            adaptive_batch=bool(values["adaptive_batch"]) and target is not None, target_latency_ms=target,
-            pipeline=bool(values["pipeline"]), on_chunks=self._on_chunks, on_error=self._on_error, name="vla_node",
+            self.engine, batch_size=config.batch_size, max_batch_delay_ms=config.max_batch_delay_ms,
+            adaptive_batch=config.adaptive_batch and target is not None, target_latency_ms=target,
+            pipeline=config.pipeline, on_chunks=self._on_chunks, on_error=self._on_error, name="vla_node",
         )
 
     def apply_clip(self, low: list[float], high: list[float]) -> None:

@@ -1,4 +1,5 @@
-"""/diagnostics for rqt_robot_monitor, built by pure functions from a MetricsSnapshot.
+"""Health and status: per-input counters and the status reports built from a MetricsSnapshot
+(what /diagnostics shows in rqt_robot_monitor, what the demo prints).
 
 Conventions of ros/diagnostics' diagnostic_updater: one status per concern, named
 "<node>: <concern>" (``vla_accel: inference``, ``vla_accel: backend``, ``vla_accel: input <camera>``,
@@ -16,14 +17,14 @@ Levels:
   min_input_rate_hz or it had drops in the last period; OK otherwise.
 * input instruction: WARN when none was received yet; STALE when older than its stale timeout.
 
-Only ``to_diagnostic_array`` touches ROS message classes (imported there).
+The ROS messages are built from these reports in vla_accel.ros.conversions.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from vla_accel.core.metrics import MetricsSnapshot, RateMeter
 
@@ -298,53 +299,6 @@ def build_reports(snap: MetricsSnapshot, backend: BackendState, cameras: Sequenc
 def state_key(reports: Sequence[StatusReport]) -> tuple:
     """Changes when a level or the hardware in use changes: the node publishes at once then."""
     return tuple((r.name, r.level, r.hardware_id) for r in reports)
-
-
-def to_diagnostic_array(reports: Sequence[StatusReport], stamp_ns: int) -> Any:
-    """diagnostic_msgs/DiagnosticArray with the header stamp set (rqt_robot_monitor needs it)."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-
-    out = DiagnosticArray()
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    out.header.stamp.sec, out.header.stamp.nanosec = sec, nanosec
-    for report in reports:
-        status = DiagnosticStatus()
-        status.level = bytes([report.level])  # a byte field: b'\x00' in these bindings
-        status.name = report.name
-        status.message = report.message
-        status.hardware_id = report.hardware_id
-        status.values = [KeyValue(key=k, value=v) for k, v in report.values]
-        out.status.append(status)
-    return out
-
-
-def fill_stats_msg(msg: Any, snap: MetricsSnapshot, stamp_ns: int) -> Any:
-    """vla_accel/InferenceStats from a snapshot (every field a plain number for rqt_plot)."""
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
-    infer, total = snap.stage("infer"), snap.stage("total")
-    msg.backend, msg.device, msg.model = snap.backend, snap.device, snap.model
-    msg.latency_p50_ms = float(infer["p50"])
-    msg.latency_p95_ms = float(infer["p95"])
-    msg.latency_p99_ms = float(infer["p99"])
-    msg.latency_max_ms = float(infer["max"])
-    msg.total_p50_ms = float(total["p50"])
-    msg.total_p99_ms = float(total["p99"])
-    msg.end_to_end_p50_ms = float(snap.stage("end_to_end")["p50"])
-    msg.age_at_start_p50_ms = float(snap.stage("age_at_start")["p50"])
-    msg.jitter_ms = float(snap.jitter_ms)
-    msg.throughput_hz = float(snap.throughput_hz)
-    msg.input_rate_hz = float(snap.input_rate_hz)
-    msg.output_rate_hz = float(snap.output_rate_hz)
-    msg.speedup = float(snap.speedup)
-    msg.parallel_efficiency = float(snap.parallel_efficiency)
-    msg.mean_batch_size = float(snap.mean_batch_size)
-    msg.frames_received = int(snap.frames_received)
-    msg.frames_processed = int(snap.frames_processed)
-    msg.frames_dropped = int(snap.frames_dropped)
-    msg.frames_superseded = int(snap.frames_superseded)
-    msg.backend_switches = int(snap.backend_switches)
-    return msg
 
 
 def format_reports(reports: Sequence[StatusReport], keys: Sequence[str] = ()) -> str:
