@@ -45,6 +45,7 @@ from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, diagnostics, params
+from vla_accel.ros.health import HealthConfig, InputHealth, escalate
 from vla_accel.ros.inputs import ObservationAssembler
 
 log = logging.getLogger("vla_accel.vla_node")
@@ -80,6 +81,7 @@ class VlaNode(Node):
         self._camera_subs: list = []
         self._activated_at: float | None = None
         self._unmatched_warned = False
+        self._health: InputHealth | None = None
         self._make_publishers()
 
     # --- phases ---------------------------------------------------------------------------------
@@ -186,7 +188,12 @@ class VlaNode(Node):
             self.cameras.append(diagnostics.CameraInput(cam.name, topic, transport))
         self.assembler = ObservationAssembler(spec, self.cameras, self.session.metrics, values["instruction_topic"],
                                               values["instruction"], on_drop=self._on_drop,
-                                              max_input_age_s=values["stale_image_timeout_s"])
+                                              max_input_age_s=values["stale_image_timeout_s"],
+                                              max_image_bytes=values["max_image_bytes"])
+        self._health = InputHealth(HealthConfig(
+            drop_warn_ratio=values["drop_warn_ratio"], stall_error_s=values["stall_error_s"],
+            state_topic=values["joint_states_topic"] if spec.state is not None else "",
+            state_joints=tuple(spec.state.names) if spec.state is not None else ()))
         kind = conversions.resolve_first_action_type(values["first_action_type"], spec.action.space)
         self.action_kind = kind
         if kind == "twist":
@@ -380,7 +387,12 @@ class VlaNode(Node):
         state = session.state if session is not None else diagnostics.BackendState(status="loading")
         cameras = [c.view() for c in self.cameras]
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        return diagnostics.build_reports(metrics.snapshot(), state, cameras, instruction, config)
+        snap = metrics.snapshot()
+        reports = diagnostics.build_reports(snap, state, cameras, instruction, config)
+        if self._health is not None and state.status == "running":
+            view = self._health.update(time.monotonic_ns(), snap.frames_received, snap.frames_processed, snap.dropped)
+            reports[0] = escalate(reports[0], self._health.assess(view))
+        return reports
 
     def _publish_diagnostics(self) -> None:
         self._force_diagnostics.clear()
