@@ -171,10 +171,15 @@ def test_stale_hold_with_a_reliable_action_subscriber_loses_no_frame(monitor, tm
         camera.wait(60)
         sent = len(stamps.read_text().split())
         assert sent >= 60, sent
-        t, status = monitor.find(lambda s: s.name == "vla_accel: input primary"
-                                 and int(_values(s)["frames received"]) >= sent, 10,
-                                 f"all {sent} frames counted by the node")
+        try:
+            monitor.find(lambda s: s.name == "vla_accel: input primary"
+                         and int(_values(s)["frames received"]) >= sent, 10, f"all {sent} frames counted by the node")
+        except AssertionError:
+            pass  # the figures below say what arrived
+        _stop(node)
     finally:
         _stop(camera, node)
-    assert int(_values(status)["frames received"]) == sent
+    with monitor.lock:
+        counted = [int(_values(s)["frames received"]) for _, s in monitor.statuses if s.name == "vla_accel: input primary"]
+    assert max(counted) == sent, f"the node counted {max(counted)} of {sent} frames sent over reliable QoS"
     assert monitor.actions, "no action (holds included) on the reliable /vla/action subscriber"
