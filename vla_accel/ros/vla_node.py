@@ -45,6 +45,7 @@ from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, diagnostics, params
+from vla_accel.ros import speedup as speedup_text
 from vla_accel.ros.health import HealthConfig, InputHealth, escalate
 from vla_accel.ros.inputs import ObservationAssembler
 
@@ -152,7 +153,12 @@ class VlaNode(Node):
         # A last /diagnostics with the final counters: inputs counted since the last periodic one
         # (up to stats_period_s of them) would otherwise never reach the monitors.
         if self.context.ok():  # not after an external rclpy.shutdown(): publishing would raise
-            self._publish_diagnostics()
+            # Stats and diagnostics from one snapshot, so the last figures on both topics agree.
+            snap = self.session.metrics.snapshot() if self.session is not None else None
+            if snap is not None and self.session.state.status == "running":
+                self.stats_pub.publish(diagnostics.fill_stats_msg(InferenceStats(), snap,
+                                                                  self.get_clock().now().nanoseconds))
+            self._publish_diagnostics(snap)
             try:
                 self.diag_pub.wait_for_all_acked(Duration(seconds=0.3))
             except (AttributeError, RuntimeError) as exc:  # best effort, as for the stop action
@@ -367,13 +373,14 @@ class VlaNode(Node):
             self._publish_diagnostics()
 
     def _on_stats_tick(self) -> None:
+        snap = None
         if self.session is not None and self.session.state.status == "running":
             snap = self.session.metrics.snapshot()
             self.stats_pub.publish(diagnostics.fill_stats_msg(InferenceStats(), snap,
                                                               self.get_clock().now().nanoseconds))
-        self._publish_diagnostics()
+        self._publish_diagnostics(snap)  # the same snapshot: /vla/stats and /diagnostics agree
 
-    def diagnostic_reports(self) -> list:
+    def diagnostic_reports(self, snap=None) -> list:
         session = self.session
         config = diagnostics.DiagnosticsConfig(
             node_name="vla_accel", target_latency_ms=self.values["target_latency_ms"],
@@ -387,16 +394,18 @@ class VlaNode(Node):
         state = session.state if session is not None else diagnostics.BackendState(status="loading")
         cameras = [c.view() for c in self.cameras]
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        snap = metrics.snapshot()
+        snap = metrics.snapshot() if snap is None else snap
         reports = diagnostics.build_reports(snap, state, cameras, instruction, config)
+        timing = session.speedup_timing if session is not None else {}
+        reports[0] = speedup_text.annotate(reports[0], snap, self.values["speedup_baseline"], timing)
         if self._health is not None and state.status == "running":
             view = self._health.update(time.monotonic_ns(), snap.frames_received, snap.frames_processed, snap.dropped)
             reports[0] = escalate(reports[0], self._health.assess(view))
         return reports
 
-    def _publish_diagnostics(self) -> None:
+    def _publish_diagnostics(self, snap=None) -> None:
         self._force_diagnostics.clear()
-        reports = self.diagnostic_reports()
+        reports = self.diagnostic_reports(snap)
         key = diagnostics.state_key(reports)
         if self._diag_key and key != self._diag_key:
             changed = [r.name + "=" + diagnostics.LEVEL_NAMES[r.level] for r in reports]
