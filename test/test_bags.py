@@ -382,3 +382,19 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "sample bag written" in capsys.readouterr().out
     assert cli_main(["replay", str(tmp_path / "s"), "--rate-mode", "fast"]) == 1
     assert "--rate-mode" in capsys.readouterr().err
+
+
+def test_replay_that_produces_no_chunk_fails_with_the_reason(tmp_path, capsys):
+    """A bag without joint states through a model that needs them: exit 1 naming missing_state,
+    not a report of zeros with exit 0."""
+    _need("torch", "pip install torch==2.13.0")
+    bag = make_sample_bag(tmp_path / "nostate", frames=6, broken=False, joint_states=False)
+    code = cli_main(["replay", str(bag.path), "--model", "tiny", "--backends", "torch", "--out",
+                     str(tmp_path / "out"), "--bare-iterations", "2", "--timing-rounds", "1", "--no-progress", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "produced no action chunk" in err and "state" in err, err
+    # The same bag through the camera + instruction model works.
+    code = cli_main(["replay", str(bag.path), "--model", "tiny-vision", "--backends", "torch", "--out",
+                     str(tmp_path / "out2"), "--bare-iterations", "2", "--timing-rounds", "1", "--no-progress", "--no-plots"])
+    assert code == 0, capsys.readouterr().err

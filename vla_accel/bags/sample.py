@@ -104,6 +104,7 @@ def make_sample_bag(
     rate_hz: float = 10.0,
     storage: str = "mcap",
     broken: bool = True,
+    joint_states: bool = True,
 ) -> SampleManifest:
     """Write the sample bag to ``path`` (a new directory) and return its manifest."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
@@ -144,7 +145,8 @@ def make_sample_bag(
         conn_raw = writer.add_connection(CAMERA_TOPIC, messages.IMAGE, typestore=store)
         conn_jpeg = writer.add_connection(WRIST_TOPIC, messages.COMPRESSED_IMAGE, typestore=store)
         conn_text = writer.add_connection(INSTRUCTION_TOPIC, messages.STRING, typestore=store)
-        conn_joints = writer.add_connection(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState", typestore=store)
+        conn_joints = (writer.add_connection(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState", typestore=store)
+                       if joint_states else None)
 
         def write(conn, log_ns: int, msg) -> None:
             writer.write(conn, log_ns, store.serialize_cdr(msg, conn.msgtype))
@@ -162,17 +164,10 @@ def make_sample_bag(
                     broken_messages["empty_instruction"] += 1
 
             positions = np.array([0.3 * np.sin(t + k) for k in range(len(JOINT_NAMES))], dtype=np.float64)
-            write(
-                conn_joints,
-                stamp_ns - 1_500_000,
-                JointState(
-                    header=messages.header(stamp_ns - 1_500_000, "base_link"),
-                    name=list(JOINT_NAMES),
-                    position=positions,
-                    velocity=np.zeros(len(JOINT_NAMES)),
-                    effort=np.zeros(len(JOINT_NAMES)),
-                ),
-            )
+            if conn_joints is not None:
+                write(conn_joints, stamp_ns - 1_500_000, JointState(
+                    header=messages.header(stamp_ns - 1_500_000, "base_link"), name=list(JOINT_NAMES),
+                    position=positions, velocity=np.zeros(len(JOINT_NAMES)), effort=np.zeros(len(JOINT_NAMES))))
 
             # wrist JPEG first (1 ms before the main frame) so each main frame pairs with it
             wrist_rgb = scene_rgb(320, 240, t + 0.05)

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                        threads=int(getattr(args, "threads", 0) or 0), qos=args.node_qos,
                                        startup_timeout=args.node_startup_timeout, node_executor=executor))
     print_table(results)
+    compare_speedups(results, args.model, int(getattr(args, "threads", 0) or 0))
     breakdown = in_process_breakdown(args.model, args.node_width, args.node_height)
     print("in-process breakdown of the node's own work, p50 over 300 calls (no graph, no threads): "
           + ", ".join(f"{k} {v:.3f} ms" for k, v in breakdown.items()))
@@ -102,7 +103,7 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     if transport != "default":
         env["FASTDDS_BUILTIN_TRANSPORTS"] = transport
     node_cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args", "-p", f"backend:={backend}",
-                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=none",
+                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=measure",
                 "-p", "stats_period_s:=0.5", "-p", f"input_qos:={qos}", "-p", f"executor:={node_executor}"]
     camera_cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", str(rate), "--width", str(width),
                   "--height", str(height), "--seconds", str(seconds + startup_timeout + 10)]
@@ -181,6 +182,8 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
             "inference_p50_ms": float(diag.get("latency p50 (ms)", "nan")),
             "total_p50_ms": float(diag.get("total latency p50 (ms)", "nan")),
             "frames_dropped": int(diag.get("frames dropped", "0")),
+            "diagnostics_speedup_live": _number(diag.get("speedup over CPU")),
+            "diagnostics_speedup_startup": _number(diag.get("speedup at start-up (side by side)")),
             "frames_superseded": int(diag.get("dropped: superseded", "0")),
         })
     finally:
@@ -200,6 +203,57 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
         if saved is not None:
             os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = saved
     return result
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:  # "n/a (...)"
+        return None
+
+
+SPEEDUP_AGREEMENT = 0.15
+
+
+def isolated_speedup(model: str, backend: str, threads: int, iterations: int = 30) -> float:
+    """torch CPU vs ``backend``, timed alternately in this process with no graph running (what
+    `vla-accel bench` measures): the reference the node's diagnostics are compared with."""
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.models import load_model
+    from vla_accel.runtime.session import measure_baseline_ms
+
+    bundle = load_model(model)
+    side: dict = {}
+    with create_backend(backend, bundle, BackendOptions(threads=threads, max_batch=1)) as other:
+        other.warmup(1, iterations=5)
+        measure_baseline_ms(bundle, 1, threads, against=other, iterations=iterations, side_by_side=side)
+    return float(side.get("startup_speedup", 0.0))
+
+
+def compare_speedups(results: list[dict[str, Any]], model: str, threads: int) -> None:
+    """Print the node's two diagnostics speedups next to the isolated one, measured after the graph stopped."""
+    print("\nspeedup over torch CPU, batch 1: isolated (this process, no graph, timed alternately) vs the node's "
+          "/diagnostics (side by side at start-up; live = start-up baseline / live inference p50)")
+    for r in results:
+        try:
+            r["bench_speedup_isolated"] = isolated_speedup(model, r["backend"], threads)
+        except VlaAccelError as exc:
+            print(f"  {r['backend']}: isolated speedup not measured: {exc}")
+            continue
+        iso = r["bench_speedup_isolated"]
+        parts = [f"  {r['backend']:<13} isolated {iso:.2f}"]
+        for key, label in (("diagnostics_speedup_startup", "start-up side by side"),
+                           ("diagnostics_speedup_live", "live")):
+            value = r.get(key)
+            if value is None or iso <= 0:
+                parts.append(f"{label} n/a")
+                continue
+            diff = value / iso - 1.0
+            r[key + "_vs_isolated"] = diff
+            verdict = "agrees" if abs(diff) <= SPEEDUP_AGREEMENT else "DIFFERS"
+            parts.append(f"{label} {value:.2f} ({diff:+.0%}, {verdict} within {SPEEDUP_AGREEMENT:.0%})")
+        print(", ".join(parts))
 
 
 def in_process_breakdown(model: str, width: int, height: int, calls: int = 300) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""``vla-accel demo``: the VLA node on the embedded default (tiny model, CPU backend) in a real ROS graph.
+"""``vla-accel demo``: the VLA node on the embedded default (tiny-vision model, CPU backend) in a real ROS graph.
 
 Three processes, as on a robot: a synthetic camera (a moving scene, 640x480 rgb8 at 30 Hz, plus an
 instruction and joint states), the VLA node, and this one, which subscribes like a user's tool
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to stream (default: 20)")
     parser.add_argument("--backend", default="torch", help="backend (default: torch, the CPU baseline)")
     parser.add_argument("--fallback", default="", help="comma-separated fallback backends")
-    parser.add_argument("--model", default="tiny", help="model name or spec YAML (default: tiny)")
+    parser.add_argument("--model", default="tiny-vision",
+                        help="model name or spec YAML (default: tiny-vision, camera + instruction only)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second (default: 30)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)

@@ -168,11 +168,31 @@ def run(args) -> int:
     failed_backends = [r for r in result.runs if not r.ok]
     for run_ in failed_backends:
         print(f"backend {run_.requested} did not run: {run_.error}", file=sys.stderr)
+    empty = [r for r in result.runs if r.ok and not r.chunks]
+    for run_ in empty:
+        print(f"backend {run_.label} produced no action chunk: {no_chunk_reason(result, run_)}", file=sys.stderr)
     drift = [r for r in regressions if not r.passed]
     for reg in drift:
         print(reg.describe(), file=sys.stderr)
     if drift:
         return EXIT_DRIFT
-    if failed_backends:
+    if failed_backends or empty:
         return 1
     return 0
+
+
+def no_chunk_reason(result, run_) -> str:
+    """Why a replay pass produced nothing, from what was skipped and dropped (the top reasons first)."""
+    parts = []
+    skipped = {**result.skipped, **{f"dropped: {k}": v for k, v in run_.dropped.items()}}
+    if skipped:
+        parts.append(", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])))
+    if not result.primary_frames:
+        parts.append("no frame of the primary camera topic was read")
+    reasons = " ".join(skipped)
+    if "state" in reasons:
+        parts.append(f"the model {result.model} needs a robot state: give --state-topic with sensor_msgs/JointState "
+                     "or choose a model without one (tiny-vision)")
+    elif "instruction" in reasons:
+        parts.append("no instruction: give --instruction-topic or an instruction")
+    return "; ".join(parts) or f"{run_.observations} observations reached the engine and none completed"

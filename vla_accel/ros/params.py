@@ -56,7 +56,8 @@ def _p(name, kind, default, description, **kw) -> ParameterDef:
 
 PARAMETERS: tuple[ParameterDef, ...] = (
     # --- model and backend (need a reload: read-only) -------------------------------------------
-    _p("model", "str", "tiny", "model name (tiny, tiny-2cam, base) or path to a model spec YAML", read_only=True),
+    _p("model", "str", "tiny-vision", "model name (tiny-vision: camera + instruction; tiny, tiny-2cam, base: also "
+       "joint states) or path to a model spec YAML", read_only=True),
     _p("backend", "str", "torch",
        "backend to run (torch = CPU baseline, onnxruntime, openvino, cuda, tensorrt, edgetpu, litert-gpu, "
        "hexagon, qnn, npu, opencl, ...) or 'auto'", read_only=True),
@@ -106,6 +107,13 @@ PARAMETERS: tuple[ParameterDef, ...] = (
     _p("stale_image_timeout_s", "float", 1.0, "no frame for this long: inputs are stale (STALE diagnostics, "
        "on_stale action); also the oldest a secondary camera frame or joint state may be when attached",
        low=0.01, high=3600.0),
+    _p("drop_warn_ratio", "float", 0.5, "share of frames dropped over the diagnostics window (superseded ones "
+       "not counted) above which inference turns WARN, naming the top reason (0 = never)", low=0.0, high=1.0),
+    _p("stall_error_s", "float", 5.0, "frames arriving with none processed for this long turns inference ERROR, "
+       "naming the top drop reason (0 = never)", low=0.0, high=3600.0),
+    _p("max_image_bytes", "int", 64 * 1024 * 1024, "frames whose data is larger are dropped as image_too_large "
+       "before they are decoded or kept (default 64 MiB: far above any model input; a 4K rgb8 frame is 25 MB)",
+       low=1024, high=2**31 - 1, read_only=True),
     _p("stale_instruction_timeout_s", "float", 0.0, "instruction older than this is stale (0 = never)",
        low=0.0, high=86400.0),
     _p("on_stale", "str", "hold", "published once when inputs go stale: hold, zero or none",

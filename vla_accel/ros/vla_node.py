@@ -156,7 +156,12 @@ class VlaNode(Node):
         # A last /diagnostics with the final counters: inputs counted since the last periodic one
         # (up to stats_period_s of them) would otherwise never reach the monitors.
         if self.context.ok():  # not after an external rclpy.shutdown(): publishing would raise
-            self._publish_diagnostics()
+            # Stats and diagnostics from one snapshot, so the last figures on both topics agree.
+            snap = self.session.metrics.snapshot() if self.session is not None else None
+            if snap is not None and self.session.state.status == "running":
+                self.stats_pub.publish(conversions.fill_stats_msg(InferenceStats(), snap,
+                                                                  self.get_clock().now().nanoseconds))
+            self._publish_diagnostics(snap)
             try:
                 self.diag_pub.wait_for_all_acked(Duration(seconds=0.3))
             except (AttributeError, RuntimeError) as exc:  # best effort, as for the stop action
@@ -177,7 +182,7 @@ class VlaNode(Node):
     def _make_inputs(self) -> None:
         values, spec = self.values, self.session.spec
         self.assembler = self.runtime.make_inputs(values["camera_topics"], values["camera_transports"],
-                                                  values["instruction_topic"])
+                                                  values["instruction_topic"], values["joint_states_topic"])
         self.cameras = self.runtime.cameras
         kind = resolve_first_action_type(values["first_action_type"], spec.action.space)
         self.action_kind = kind
@@ -356,26 +361,28 @@ class VlaNode(Node):
             self._publish_diagnostics()
 
     def _on_stats_tick(self) -> None:
+        snap = None
         if self.session is not None and self.session.state.status == "running":
             snap = self.session.metrics.snapshot()
             self.stats_pub.publish(conversions.fill_stats_msg(InferenceStats(), snap,
                                                               self.get_clock().now().nanoseconds))
-        self._publish_diagnostics()
+        self._publish_diagnostics(snap)  # the same snapshot: /vla/stats and /diagnostics agree
 
-    def diagnostic_reports(self, cameras: list | None = None) -> list:
-        """The node's status reports now; ``cameras``: the camera snapshots to report (default: now's)."""
+    def diagnostic_reports(self, snap=None, cameras: list | None = None) -> list:
+        """The node's status reports now. ``snap``: the metrics snapshot to report (the one /vla/stats
+        got); ``cameras``: the camera snapshots to report. Default: taken now; nothing is reset."""
         if self.runtime is not None:
-            return self.runtime.reports(cameras)
+            return self.runtime.reports(cameras, snap)
         from vla_accel.core.metrics import InferenceMetrics
 
         config = status.DiagnosticsConfig(node_name="vla_accel")
         metrics = InferenceMetrics(model=self.values["model"])
         return status.build_reports(metrics.snapshot(), status.BackendState(status="loading"), [], None, config)
 
-    def _publish_diagnostics(self) -> None:
+    def _publish_diagnostics(self, snap=None) -> None:
         self._force_diagnostics.clear()
         views = [c.snapshot() for c in self.cameras]  # reading resets nothing
-        reports = self.diagnostic_reports(views)
+        reports = self.diagnostic_reports(snap, views)
         key = status.state_key(reports)
         if self._diag_key and key != self._diag_key:
             changed = [r.name + "=" + status.LEVEL_NAMES[r.level] for r in reports]

@@ -41,7 +41,7 @@ class RuntimeConfig:
     """What the runtime needs to load a model, run it and judge its health (no topics, no QoS)."""
 
     # model and backend
-    model: str = "tiny"
+    model: str = "tiny-vision"
     backend: str = "torch"
     fallback: tuple[str, ...] = ()
     device: str = ""
@@ -56,6 +56,7 @@ class RuntimeConfig:
     instruction: str = ""
     stale_image_timeout_s: float = 1.0
     stale_instruction_timeout_s: float = 0.0
+    max_image_bytes: int = 64 * 1024 * 1024
     # outputs
     dry_run: bool = False
     first_action_type: str = "auto"
@@ -69,6 +70,8 @@ class RuntimeConfig:
     # health goals
     target_latency_ms: float = 0.0
     min_input_rate_hz: float = 0.0
+    drop_warn_ratio: float = 0.5
+    stall_error_s: float = 5.0
     # scheduling
     batch_size: int = 1
     max_batch_delay_ms: float = 0.0

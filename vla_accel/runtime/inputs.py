@@ -36,6 +36,16 @@ MISSING_STATE = "missing_state"
 MISSING_CAMERA = "missing_camera"
 STALE_CAMERA = "stale_camera"
 STALE_STATE = "stale_state"
+IMAGE_TOO_LARGE = "image_too_large"
+
+
+def image_nbytes(data: object) -> int:
+    """Size in bytes of a frame's buffer (bytes, memoryview, array.array or numpy array)."""
+    nbytes = getattr(data, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    itemsize = getattr(data, "itemsize", 1)
+    return len(data) * itemsize  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,8 @@ class ObservationAssembler:
 
     def __init__(self, spec: "ModelSpec", cameras: Sequence[CameraInput], metrics: "InferenceMetrics",
                  instruction_topic: str = "", initial_instruction: str = "",
-                 on_drop: Callable[[Drop], None] | None = None, max_input_age_s: float | None = None):
+                 on_drop: Callable[[Drop], None] | None = None, max_input_age_s: float | None = None,
+                 max_image_bytes: int | None = None):
         if [c.name for c in cameras] != [c.name for c in spec.cameras]:
             raise ValueError(f"cameras {[c.name for c in cameras]} do not match the spec's "
                              f"{[c.name for c in spec.cameras]}")
@@ -60,6 +71,7 @@ class ObservationAssembler:
         self.cameras = {c.name: c for c in cameras}
         self.primary = spec.cameras[0].name
         self.metrics = metrics
+        self.max_image_bytes = max_image_bytes
         self.instruction_topic = instruction_topic
         self._on_drop = on_drop
         self._lock = threading.Lock()
@@ -128,6 +140,16 @@ class ObservationAssembler:
         cam = self.cameras[camera]
         cam.record_frame(received_ns)
         primary = camera == self.primary
+        size = image_nbytes(image.data)
+        if self.max_image_bytes and size > self.max_image_bytes:
+            # Before decoding: nothing of an oversized frame is kept (no view, no decode buffer sized to it).
+            cam.record_drop(IMAGE_TOO_LARGE)
+            if primary:
+                self._count_dropped(IMAGE_TOO_LARGE, received_ns)
+            self._report(Drop(camera, IMAGE_TOO_LARGE, f"camera '{camera}': frame of {size} bytes "
+                                                       f"({image.width}x{image.height} {image.encoding}) is over "
+                                                       f"max_image_bytes {self.max_image_bytes}"))
+            return None
         try:
             spec_cam = self.spec.camera(camera)
             # JPEG/PNG: decode at a reduced size that still covers twice the model input (DCT scaling).

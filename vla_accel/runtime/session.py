@@ -117,7 +117,30 @@ def cpu_baseline_ms(mode: str, bundle: Any, batch_size: int, threads: int, again
         if not measured:
             raise BackendError(f"torch CPU baseline could not run: {failures}", reason="baseline_failed")
         record = measured[0]
+    if side_by_side is not None:
+        side_by_side["baseline_measured_at"] = float(record.measured_at)
     return float(record.p50_ms)
+
+
+def speedup_timing(mode: str, backend: str, cache_measured_at: float | None = None,
+                   iterations: int = BASELINE_ITERATIONS) -> dict[str, str]:
+    """How the live and the start-up speedup figures were timed, in words (shown on /diagnostics)."""
+    if mode == "none":
+        return {}
+    if cache_measured_at is not None:
+        age_s = max(0.0, time.time() - cache_measured_at)
+        age = f"{age_s / 3600:.1f} h" if age_s >= 3600 else f"{age_s / 60:.0f} min"
+        source = (f"torch fp32 CPU p50 at batch 1 from the calibration cache (vla-accel doctor --calibrate), "
+                  f"measured {age} ago")
+    else:
+        source = (f"torch fp32 CPU p50 of {iterations} calls at batch 1 on the model's example inputs, timed at "
+                  f"start-up before any subscription")
+    out = {"live": f"{source} / live {backend} inference p50 (the backend call alone, batch 1, camera frames, "
+                   f"under the running graph's load)"}
+    if mode == "measure":
+        out["startup"] = (f"torch fp32 CPU and {backend} timed alternately call by call, {iterations} calls each, "
+                          f"batch 1, same example inputs, at start-up before any subscription")
+    return out
 
 
 class InferenceSession:
@@ -142,6 +165,7 @@ class InferenceSession:
         self.candidates: list[str] = []
         self.state = BackendState(status="loading", precision=config.precision)
         self.load_times_ms: dict[str, float] = {}
+        self.speedup_timing: dict[str, str] = {}  # how each speedup figure was timed (for /diagnostics)
 
     # --- setup ----------------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -193,6 +217,8 @@ class InferenceSession:
                 # Both timed alternately in the same seconds: the ratio without the live load that the
                 # running speedup (start-up baseline / live latency) includes.
                 self.metrics.set_value("startup_speedup", side_by_side["startup_speedup"])
+            self.speedup_timing = speedup_timing(config.speedup_baseline, chain.active_name,
+                                                 side_by_side.get("baseline_measured_at"))
         except VlaAccelError as exc:  # the speedup figure is optional; inference must still start
             log.warning("could not measure the torch CPU baseline (speedup will read n/a): %s", exc)
             baseline = 0.0

@@ -11,14 +11,16 @@ several backends over one set of observations, so it takes ``build_assembler`` a
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from vla_accel.errors import ConfigError
 from vla_accel.runtime.config import RuntimeConfig
+from vla_accel.runtime.health import HealthConfig, InputHealth, escalate
 from vla_accel.runtime.inputs import Drop, ObservationAssembler
 from vla_accel.runtime.session import InferenceSession
+from vla_accel.runtime.speedup import annotate
 from vla_accel.runtime.status import (
-    BackendState,
     CameraInput,
     CameraView,
     DiagnosticsConfig,
@@ -27,7 +29,7 @@ from vla_accel.runtime.status import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vla_accel.core.metrics import InferenceMetrics
+    from vla_accel.core.metrics import InferenceMetrics, MetricsSnapshot
     from vla_accel.core.spec import ModelSpec
     from vla_accel.core.types import Observation, RawImage
 
@@ -56,10 +58,10 @@ def camera_inputs(spec: "ModelSpec", topics: Sequence[str], transports: Sequence
 def build_assembler(spec: "ModelSpec", cameras: Sequence[CameraInput], metrics: "InferenceMetrics", *,
                     instruction_topic: str = "", instruction: str = "",
                     on_drop: Callable[[Drop], None] | None = None,
-                    max_input_age_s: float | None = None) -> ObservationAssembler:
+                    max_input_age_s: float | None = None, max_image_bytes: int | None = None) -> ObservationAssembler:
     """The assembler over ``cameras``, counting into ``metrics``."""
     return ObservationAssembler(spec, cameras, metrics, instruction_topic, instruction, on_drop=on_drop,
-                                max_input_age_s=max_input_age_s)
+                                max_input_age_s=max_input_age_s, max_image_bytes=max_image_bytes)
 
 
 class Runtime:
@@ -79,6 +81,7 @@ class Runtime:
         self._on_drop = on_drop
         self.cameras: list[CameraInput] = []
         self.assembler: ObservationAssembler | None = None
+        self.health: InputHealth | None = None
 
     # --- phases ---------------------------------------------------------------------------------
     def load_model(self) -> "ModelSpec":
@@ -86,14 +89,21 @@ class Runtime:
         return self.session.spec
 
     def make_inputs(self, topics: Sequence[str], transports: Sequence[str] = ("raw",),
-                    instruction_topic: str = "") -> ObservationAssembler:
+                    instruction_topic: str = "", state_topic: str = "") -> ObservationAssembler:
+        """Cameras and the assembler over them, plus the drop / stall watch (``state_topic``: where
+        the robot state comes from, named when the model needs it and frames wait for it)."""
         if self.session.spec is None:
             self.load_model()
-        spec = self.session.spec
+        spec, c = self.session.spec, self.config
         self.cameras = camera_inputs(spec, topics, transports)
         self.assembler = build_assembler(spec, self.cameras, self.session.metrics,
-                                         instruction_topic=instruction_topic, instruction=self.config.instruction,
-                                         on_drop=self._on_drop, max_input_age_s=self.config.stale_image_timeout_s)
+                                         instruction_topic=instruction_topic, instruction=c.instruction,
+                                         on_drop=self._on_drop, max_input_age_s=c.stale_image_timeout_s,
+                                         max_image_bytes=c.max_image_bytes)
+        self.health = InputHealth(HealthConfig(
+            drop_warn_ratio=c.drop_warn_ratio, stall_error_s=c.stall_error_s,
+            state_topic=state_topic if spec.state is not None else "",
+            state_joints=tuple(spec.state.names) if spec.state is not None else ()))
         return self.assembler
 
     def load(self) -> None:
@@ -135,14 +145,23 @@ class Runtime:
     def camera_snapshots(self, now_ns: int | None = None) -> list[CameraView]:
         return [c.snapshot(now_ns) for c in self.cameras]
 
-    def reports(self, cameras: Sequence[CameraView] | None = None) -> list[StatusReport]:
-        """Every status report now (``cameras``: the snapshots to report; default: taken now).
-        Nothing is reset: call ``mark_reported`` with the same snapshots once the reports are out."""
+    def reports(self, cameras: Sequence[CameraView] | None = None,
+                snap: "MetricsSnapshot | None" = None) -> list[StatusReport]:
+        """Every status report now (``cameras`` / ``snap``: the snapshots to report; default: taken
+        now). Reading resets no counter: call ``mark_reported`` with the same camera snapshots once
+        the reports are out. The drop / stall window advances with each call (one per report)."""
         session = self.session
-        state = session.state if session is not None else BackendState(status="loading")
+        state = session.state
         views = self.camera_snapshots() if cameras is None else list(cameras)
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        return build_reports(session.metrics.snapshot(), state, views, instruction, self.status_config())
+        snap = session.metrics.snapshot() if snap is None else snap
+        reports = build_reports(snap, state, views, instruction, self.status_config())
+        reports[0] = annotate(reports[0], snap, self.config.speedup_baseline, session.speedup_timing)
+        if self.health is not None and state.status == "running":
+            window = self.health.update(time.monotonic_ns(), snap.frames_received, snap.frames_processed,
+                                        snap.dropped)
+            reports[0] = escalate(reports[0], self.health.assess(window))
+        return reports
 
     def mark_reported(self, cameras: Sequence[CameraView]) -> None:
         for camera, view in zip(self.cameras, cameras):
