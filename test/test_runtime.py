@@ -138,3 +138,25 @@ def test_camera_inputs_follow_the_spec_and_image_transport_naming():
         (spec.cameras[0].name, "/a/compressed", "compressed"), (spec.cameras[1].name, "/b", "raw")]
     with pytest.raises(ConfigError, match="one topic per camera"):
         camera_inputs(spec, ["/a"], ["raw"])
+
+
+def test_timing_helpers_count_and_interleave_calls():
+    from vla_accel.core.timing import time_calls, time_interleaved
+
+    order: list[str] = []
+    samples = time_calls(lambda: order.append("a"), min_calls=3, max_calls=3, warmup=2)
+    assert len(samples) == 3 and len(order) == 5 and all(s >= 0 for s in samples)
+    order.clear()
+    a, b = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], calls=3)
+    assert len(a) == len(b) == 3 and order == ["a", "b", "b", "a", "a", "b"]  # the first one rotates
+    order.clear()
+    time_interleaved([lambda: order.append("a"), lambda: order.append("b")], calls=2, block=2, rotate=False)
+    assert order == ["a"] * 3 + ["b"] * 3  # one untimed re-warm call, then the block
+
+
+def test_backend_spec_and_baseline_name_have_one_home():
+    from vla_accel.backends.registry import BASELINE_BACKEND, canonical_name, split_backend_spec
+
+    assert split_backend_spec(" cuda:fp16 ") == ("cuda", "fp16")
+    assert split_backend_spec("onnxruntime") == ("onnxruntime", "")
+    assert canonical_name(BASELINE_BACKEND) == "torch"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from vla_accel.core.fileio import atomic_write_text
+from vla_accel.core.timing import time_calls
 from vla_accel.errors import VlaAccelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,12 +188,8 @@ def measure_backend(
         many = example_inputs(model.spec, batch, seed=2)
         engine.infer(one)
         engine.infer(many)
-        samples: list[float] = []
-        deadline = time.perf_counter() + budget_s / 2
-        while len(samples) < max_iterations and (len(samples) < min_iterations or time.perf_counter() < deadline):
-            t0 = time.perf_counter()
-            engine.infer(one)
-            samples.append((time.perf_counter() - t0) * 1e3)
+        samples = time_calls(lambda: engine.infer(one), min_calls=min_iterations, max_calls=max_iterations,
+                             seconds=budget_s / 2)
         done, started = 0, time.perf_counter()
         deadline = started + budget_s / 2
         while done < max_iterations * batch and (done < min_iterations * batch or time.perf_counter() < deadline):

@@ -423,7 +423,7 @@ class LiteRTBackend(Backend):
         return self._threads
 
     def _device_info(self) -> DeviceInfo:
-        from vla_accel.backends.torch_backend import cpu_model_name
+        from vla_accel.core.machine import cpu_model_name
 
         first = self._runners[0]
         detail: dict[str, Any] = {

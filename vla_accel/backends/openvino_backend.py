@@ -26,7 +26,7 @@ import numpy as np
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs
 
 from vla_accel.core.optional import module_available
-from vla_accel.backends.torch_backend import cpu_model_name
+from vla_accel.core.machine import cpu_model_name
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError, ModelFileError
 
 OPENVINO_HINT = "Install OpenVINO: pip install openvino."

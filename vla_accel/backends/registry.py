@@ -58,3 +58,14 @@ def is_available(name: str) -> "Availability":
 def create_backend(name: str, model: "ModelBundle", options: "BackendOptions | None" = None) -> "Backend":
     """Construct (not load) a backend by name; unknown names fail listing the valid ones."""
     return backend_class(name)(model, options)
+
+
+# The CPU baseline every speedup figure divides by (S = T_baseline / T_backend).
+BASELINE_BACKEND = "torch"
+
+
+def split_backend_spec(entry: str) -> tuple[str, str]:
+    """``NAME[:PRECISION]`` as the CLI takes backends: ``"onnxruntime"`` -> ("onnxruntime", ""),
+    ``"cuda:fp16"`` -> ("cuda", "fp16"). The name is not checked here (``canonical_name`` does)."""
+    name, _, precision = entry.strip().partition(":")
+    return name.strip(), precision.strip()

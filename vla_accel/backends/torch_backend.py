@@ -18,6 +18,7 @@ import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs
 
+from vla_accel.core.machine import cpu_model_name
 from vla_accel.core.optional import module_available
 from vla_accel.errors import BackendError
 
@@ -25,19 +26,6 @@ TORCH_HINT = (
     "Install the CPU build of PyTorch: pip install torch==2.13.0 --index-url "
     "https://download.pytorch.org/whl/cpu (plain `pip install torch` pulls several GB of CUDA packages)."
 )
-
-
-@lru_cache(maxsize=1)
-def cpu_model_name() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # not Linux: fall through to the portable (less precise) answer
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 class TorchBackend(Backend):

@@ -23,6 +23,7 @@ from vla_accel.bags import messages
 from vla_accel.bags.compare import RegressionResult, compare_chunks
 from vla_accel.bags.player import OUTPUT_TYPES, BagPlayer, BagRecorder, RosSession, require_ros
 from vla_accel.bags.writer import read_action_chunks
+from vla_accel.backends.registry import split_backend_spec
 from vla_accel.errors import VlaAccelError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def run_live_comparison(bag, result, options, out_dir, *, backend: str | None = 
     domain = _private_domain()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     node_log = out_dir / "live_node.log"
-    cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", *node_parameters(result.selection, options, offline.requested.partition(":")[0],
+    cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", *node_parameters(result.selection, options, split_backend_spec(offline.requested)[0],
                                                                          offline.precision)]
     log.info("live replay: starting the node on ROS domain %d: %s", domain, " ".join(cmd))
     with open(node_log, "wb") as log_file:

@@ -33,16 +33,12 @@ from vla_accel.bags.observations import ObservationBuilder, RateMode, TimedObser
 from vla_accel.bags.reader import BagEvent, BagSource, TopicSelection
 from vla_accel.core import metrics as metrics_lib
 from vla_accel.core.types import ActionChunk
+from vla_accel.backends.registry import BASELINE_BACKEND, split_backend_spec
+from vla_accel.core.machine import machine_description
+from vla_accel.core.timing import time_call_ms, time_calls
 from vla_accel.errors import BackendError, VlaAccelError
 
 log = logging.getLogger(__name__)
-BASELINE_BACKEND = "torch"
-
-
-def split_backend_spec(entry: str) -> tuple[str, str]:
-    """``"onnxruntime"`` -> ("onnxruntime", ""); ``"cuda:fp16"`` -> ("cuda", "fp16")."""
-    name, _, precision = entry.strip().partition(":")
-    return name, precision
 
 
 @dataclass
@@ -239,13 +235,6 @@ class Progress:
             self.stream.flush()
 
 
-def machine_description() -> str:
-    import os
-    import platform
-
-    return f"{platform.node() or 'host'}: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
-
-
 def _timed_events(source: BagSource, selection: TopicSelection, run: BackendRun, progress: Progress) -> Iterator[BagEvent]:
     """Bag events, adding the time spent reading/deserialising them to ``run.read_s``."""
     iterator = source.events(selection)
@@ -266,12 +255,8 @@ def _timed_events(source: BagSource, selection: TopicSelection, run: BackendRun,
 
 def bare_samples(backend, inputs: dict[str, np.ndarray], iterations: int) -> list[float]:
     """``backend.infer`` on ready tensors, timed per call (ms): the backend alone, no bag, no decode."""
-    samples = []
-    for _ in range(max(int(iterations), 1)):
-        t0 = time.perf_counter()
-        backend.infer(inputs)
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    return samples
+    n = max(int(iterations), 1)
+    return time_calls(lambda: backend.infer(inputs), min_calls=n, max_calls=n)
 
 
 def _load_backend(name: str, bundle, options: ReplayOptions):
@@ -440,11 +425,9 @@ def _replay_offline(engine, observations: Iterator[TimedObservation], run: Backe
         _record_chunks(run, chunks, log_of, writer, run.device, len(batch))
         batch.clear()
         if bare_inputs is not None and chunks:
-            t0 = time.perf_counter()
-            engine.backend.infer(bare_inputs)
-            elapsed = time.perf_counter() - t0
-            run.bare_s += elapsed
-            run.bare_calls_ms.append(elapsed * 1000.0)
+            elapsed_ms = time_call_ms(lambda: engine.backend.infer(bare_inputs))
+            run.bare_s += elapsed_ms / 1000.0
+            run.bare_calls_ms.append(elapsed_ms)
 
     for timed in observations:
         batch.append(timed)

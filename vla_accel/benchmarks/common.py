@@ -267,19 +267,10 @@ def stage_table(snapshot) -> dict[str, dict[str, float]]:
 
 
 def machine_info() -> dict[str, Any]:
-    from vla_accel.backends.torch_backend import cpu_model_name
+    """core.machine's description plus the load when the benchmark started."""
+    from vla_accel.core import machine
 
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = -1.0
-    return {
-        "cpu": cpu_model_name(),
-        "logical_cpus": os.cpu_count() or 0,
-        "load_avg_1min_at_start": round(load, 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    return {**machine.machine_info(), "load_avg_1min_at_start": machine.load_average_1min()}
 
 
 def format_rows(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -89,18 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _time_backend(backend, inputs, batch, warmup, seconds, min_iters) -> tuple[list[float], np.ndarray]:
-    output = None
-    for _ in range(warmup):
-        output = backend.infer(inputs)
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while len(latencies) < min_iters or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        output = backend.infer(inputs)
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        if len(latencies) >= 100_000:
-            break
-    return latencies, next(iter(output.values()))
+    from vla_accel.core.timing import time_calls
+
+    last: dict = {}
+
+    def call() -> None:
+        last["output"] = backend.infer(inputs)
+
+    latencies = time_calls(call, min_calls=min_iters, max_calls=100_000, seconds=seconds, warmup=warmup)
+    return latencies, next(iter(last["output"].values()))
 
 
 def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup=5, cpu_threads=0,
@@ -256,14 +252,9 @@ def opencl_profile(models: list[str], batches: list[int], opencl_device: str = "
 
 
 def _machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                            "platform": platform.platform()}
-    try:
-        from vla_accel.backends.torch_backend import cpu_model_name
+    from vla_accel.core.machine import machine_info
 
-        info["cpu"] = cpu_model_name()
-    except ImportError:
-        info["cpu"] = platform.processor()
+    info: dict[str, Any] = {**machine_info(), "cpu_count": os.cpu_count()}
     try:
         import torch
 

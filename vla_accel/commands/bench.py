@@ -29,7 +29,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import pkgutil
 import sys
 import time
@@ -39,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from vla_accel.backends.registry import BASELINE_BACKEND
 from vla_accel.errors import VlaAccelError
 
 DEFAULT_MODE = "backends"
 KNOWN_MODES = ("backends", "pipeline", "batching", "memory", "realtime", "node")
-BASELINE = "torch"
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
@@ -202,7 +201,7 @@ def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool 
     names = [canonical_name(n) for n in backends]
     if torch_baseline:
         # speedup needs the baseline in the same run, first
-        names = [BASELINE] + [n for n in names if n != BASELINE]
+        names = [BASELINE_BACKEND] + [n for n in names if n != BASELINE_BACKEND]
     out: list[Variant] = []
     for name in dict.fromkeys(names):
         out.append(Variant(name, name, "fp32"))
@@ -221,7 +220,7 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
     from vla_accel.backends.base import BackendOptions
     from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
-    from vla_accel.backends.torch_backend import cpu_model_name
+    from vla_accel.core.machine import machine_info
     from vla_accel.core import metrics
     from vla_accel.errors import BackendError
     from vla_accel.models import load_model
@@ -323,10 +322,7 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
         "model": bundle.name,
         "model_info": {k: info[k] for k in ("parameters", "gflops_batch1", "tokens") if k in info},
         "machine": {
-            "cpu": cpu_model_name(),
-            "logical_cpus": os.cpu_count() or 0,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+            **machine_info(),
             # 1-minute load average before / after timing: above the CPU count, other processes
             # competed for the cores and torch's OpenMP threads in particular slow down a lot
             "load_average_1min": [load_before, load_after],
@@ -342,7 +338,7 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
             "block": block if interleaved else None,
             "onnxruntime_spinning": not interleaved,
             "baseline": f"{variants[0].label} {variants[0].precision}"
-                        + (" (eager, CPU)" if variants[0].backend_name == BASELINE else ""),
+                        + (" (eager, CPU)" if variants[0].backend_name == BASELINE_BACKEND else ""),
             "speedup": "T_baseline_p50 / T_backend_p50 at the same batch",
         },
         "results": rows,
@@ -362,25 +358,11 @@ def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: 
     call when ``block`` > 1 (it re-warms the caches the other backends evicted) and then ``block``
     timed calls. Stops after ``iters`` timed calls per backend, or after ``seconds`` per backend
     (at least 3 rounds)."""
-    budget_s = seconds * len(variants)
-    started = time.perf_counter()
-    rounds = 0
-    while True:
-        shift = rounds % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            if block > 1:
-                variant.backend.infer(inputs)
-            samples = variant.samples_ms[batch]
-            for _ in range(block if not iters else min(block, iters - len(samples))):
-                t0 = time.perf_counter()
-                variant.backend.infer(inputs)
-                samples.append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-        if iters:
-            if all(len(v.samples_ms[batch]) >= iters for v in variants):
-                return
-        elif time.perf_counter() - started >= budget_s and rounds >= 3:
-            return
+    from vla_accel.core.timing import time_interleaved
+
+    calls = [(lambda b=v.backend: b.infer(inputs)) for v in variants]
+    time_interleaved(calls, calls=iters, seconds=seconds, block=block,
+                     samples=[v.samples_ms[batch] for v in variants])
 
 
 def format_table(report: dict[str, Any]) -> str:

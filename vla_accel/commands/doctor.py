@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def system_facts() -> dict[str, Any]:
     """CPU, cores, OS, Python; OpenCL platforms when pyopencl imports; CUDA when torch imports."""
     from vla_accel.core.optional import module_available
-    from vla_accel.backends.torch_backend import cpu_model_name
+    from vla_accel.core.machine import machine_info
 
-    facts: dict[str, Any] = {
-        "cpu": cpu_model_name(),
-        "logical_cpus": os.cpu_count() or 0,
-        "machine": platform.machine(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
-    try:
-        facts["usable_cpus"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        facts["usable_cpus"] = facts["logical_cpus"]
+    facts: dict[str, Any] = machine_info()
     if module_available("pyopencl"):
         try:
             import pyopencl as cl
@@ -207,13 +196,13 @@ def _print_report(facts: dict[str, Any], rows: list[dict[str, Any]], calibration
 
 def parse_backend_entries(text: str) -> list[tuple[str, str]]:
     """"torch,tflite:int8" -> [("torch", ""), ("tflite", "int8")] with canonical backend names."""
-    from vla_accel.backends.registry import canonical_name
+    from vla_accel.backends.registry import canonical_name, split_backend_spec
 
     entries = []
     for part in (p.strip() for p in text.split(",")):
         if part:
-            name, _, precision = part.partition(":")
-            entries.append((canonical_name(name), precision.strip()))
+            name, precision = split_backend_spec(part)
+            entries.append((canonical_name(name), precision))
     return entries
 
 

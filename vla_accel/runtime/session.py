@@ -19,16 +19,17 @@ from typing import Any, Callable
 import numpy as np
 
 from vla_accel.backends.base import BackendOptions
+from vla_accel.backends.registry import BASELINE_BACKEND
 
 from vla_accel.core.spec import example_inputs
 from vla_accel.core.metrics import InferenceMetrics, percentiles
+from vla_accel.core.timing import time_interleaved
 from vla_accel.errors import BackendError, ConfigError, VlaAccelError
 from vla_accel.runtime.config import RuntimeConfig
 from vla_accel.runtime.status import BackendState
 
 log = logging.getLogger(__name__)
 
-BASELINE_BACKEND = "torch"
 BASELINE_ITERATIONS = 30
 
 
@@ -79,15 +80,11 @@ def measure_baseline_ms(bundle: Any, batch_size: int, threads: int, against: Any
     with backend:
         inputs = example_inputs(bundle.spec, batch_size, seed=0)
         backend.warmup(batch_size, iterations=5)
-        base, other = [], []
-        for _ in range(iterations):
-            t0 = time.perf_counter_ns()
-            backend.infer(inputs)
-            base.append((time.perf_counter_ns() - t0) / 1e6)
-            if against is not None:
-                t0 = time.perf_counter_ns()
-                against.infer(inputs)
-                other.append((time.perf_counter_ns() - t0) / 1e6)
+        calls = [lambda: backend.infer(inputs)]
+        if against is not None:
+            calls.append(lambda: against.infer(inputs))
+        base, *rest = time_interleaved(calls, calls=iterations, rotate=False)
+        other = rest[0] if rest else []
     t_cpu = percentiles(base)["p50"]
     if other:
         t_hw = percentiles(other)["p50"]
