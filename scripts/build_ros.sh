@@ -33,7 +33,7 @@ command -v cmake >/dev/null || { log "cmake is missing: install it (apt-get inst
   log "the ROS 2 build wheels are missing in $VENV: pip install -r $ROOT/requirements/ros.txt"; exit 1; }
 
 mkdir -p "$OUT"
-# Several engineers / CI jobs may run setup at once: one build at a time.
+# Several shells or CI jobs may run setup at once: one build at a time.
 exec 9>"$OUT/.lock"
 flock 9
 

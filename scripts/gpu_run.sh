@@ -67,7 +67,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   [ "$rc" = 0 ] && rc=$brc
 fi
 if [ "$what" = all ] || [ "$what" = others ]; then
-  # Other engineers' benchmarks that have a GPU part (they have no GPU machine); bounded, never fatal.
+  # Benchmarks of other modes that have a GPU part; bounded, never fatal.
   timeout 240 "$PY" -m vla_accel.cli bench batching --batching-gpu-backend cuda --seconds 2 \
     --json "$OUT/bench_batching.json" 2>&1 | tee "$OUT/bench_batching.log" || true
 fi

@@ -193,3 +193,21 @@ def test_core_imports_no_heavy_runtime():
     )
     loaded = _loaded_after(statement, ("torch", "onnxruntime", "openvino", "tensorrt", "rclpy", "ai_edge_litert"))
     assert loaded == [], f"importing vla_accel.core loaded {loaded}"
+
+
+def test_deliberate_errors_are_package_error_classes():
+    """Every ``raise SomeError(...)`` in the package names a vla_accel.errors class (or a class
+    defined in the package), never a bare builtin: callers can catch VlaAccelError and read a reason."""
+    import vla_accel.errors as errors
+
+    own = {name for name in dir(errors) if isinstance(getattr(errors, name), type)}
+    builtin = {"ValueError", "RuntimeError", "TypeError", "KeyError", "Exception", "OSError", "IndexError"}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                if name in builtin and name not in own:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} raise {name}")
+    assert not found, "plain builtin errors raised on purpose:\n" + "\n".join(found)

@@ -98,3 +98,19 @@ class ConfigError(VlaAccelError, ValueError):
     """A runtime configuration value (node parameter, CLI option or YAML key) is invalid."""
 
     reason = "bad_config"
+
+
+class LoopStateError(VlaAccelError, RuntimeError):
+    """The inference loop cannot do what was asked in its current state (e.g. restart while a thread
+    of its last run is still inside a backend call)."""
+
+    reason = "loop_busy"
+
+
+class UnknownCameraError(SpecError, KeyError):
+    """A camera name the model spec does not have; the message lists the spec's cameras."""
+
+    reason = "unknown_camera"
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]

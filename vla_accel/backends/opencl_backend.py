@@ -374,7 +374,7 @@ class OpenCLBackend(Backend):
         cl, i32, wg = self._cl, np.int32, self.reduce_wg
         rows_per_group, group_stride, row_offset, leading_dim = x_map
         if leading_dim != self.config.hidden_dim:
-            raise ValueError("layer_norm rows are contiguous rows of width hidden_dim")
+            raise BackendError("layer_norm rows are contiguous rows of width hidden_dim", reason="bad_kernel_plan")
         kernel = self._kernel(
             "layer_norm",
             x, i32(rows_per_group), i32(group_stride), i32(row_offset),

@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vla_accel.bags.writer import ChunkRecord
+from vla_accel.errors import ConfigError
 
 TOLERANCE_PROFILES: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1}
 
@@ -27,11 +28,11 @@ TOLERANCE_PROFILES: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1
 def tolerance_for(profile: str | None, atol: float | None) -> float:
     if atol is not None:
         if not (atol >= 0 and np.isfinite(atol)):
-            raise ValueError(f"--atol must be a finite number >= 0, got {atol}")
+            raise ConfigError(f"--atol must be a finite number >= 0, got {atol}")
         return float(atol)
     key = profile or "fp32"
     if key not in TOLERANCE_PROFILES:
-        raise ValueError(f"tolerance profile must be one of {sorted(TOLERANCE_PROFILES)}, got {key!r}")
+        raise ConfigError(f"tolerance profile must be one of {sorted(TOLERANCE_PROFILES)}, got {key!r}")
     return TOLERANCE_PROFILES[key]
 
 

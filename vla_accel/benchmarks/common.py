@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from vla_accel.core.types import Observation, RawImage
+from vla_accel.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.engine import Engine
@@ -74,7 +75,7 @@ class FrameSource:
 
     def __init__(self, spec: "ModelSpec", kind: str = "jpeg1080", variants: int = 4, seed: int = 0):
         if kind not in INPUT_KINDS:
-            raise ValueError(f"input kind must be one of {', '.join(INPUT_KINDS)}; got {kind!r}")
+            raise ConfigError(f"input kind must be one of {', '.join(INPUT_KINDS)}; got {kind!r}")
         width, height, encoding = INPUT_KINDS[kind]
         self.spec = spec
         self.kind = kind

@@ -15,7 +15,7 @@
 
 In-process by default. ``--rt-ros`` then also drives the real node across processes (a synthetic
 camera process publishing rgb8 frames at each rate, the node, and this process receiving chunks,
-through the ROS engineer's ``vla_accel.benchmarks.node.measure``) at the soak rate and each fixed
+through ``vla_accel.benchmarks.node.measure``) at the soak rate and each fixed
 rate: end-to-end latency (source stamp -> chunk received, transport included), the node's total
 latency (frame received -> chunk ready; compared with 2 x standalone), chunks/s and missed frames
 (1 - chunks/s / rate). It needs rclpy and the built messages (``source .ros_build/env.sh``).

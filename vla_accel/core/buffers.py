@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from vla_accel.errors import VlaAccelError
+from vla_accel.errors import ConfigError, VlaAccelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec
@@ -108,7 +108,7 @@ class BufferPool(BufferStrategy):
 
     def __init__(self, spec: "ModelSpec", max_batch: int, size: int = 2, timeout_s: float = 5.0):
         if size < 1:
-            raise ValueError(f"pool size must be >= 1, got {size}")
+            raise ConfigError(f"pool size must be >= 1, got {size}")
         self.size = int(size)
         self.timeout_s = float(timeout_s)
         self._sets = [allocate_inputs(spec, max_batch) for _ in range(self.size)]
@@ -156,4 +156,4 @@ def make_strategy(memory: str, spec: "ModelSpec", max_batch: int, pool_size: int
         return BufferPool(spec, max_batch, size=pool_size)
     if memory == "dynamic":
         return DynamicBuffers(spec, max_batch)
-    raise ValueError(f"memory strategy must be one of {', '.join(MEMORY_STRATEGIES)}; got {memory!r}")
+    raise ConfigError(f"memory strategy must be one of {', '.join(MEMORY_STRATEGIES)}; got {memory!r}")

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from vla_accel.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.backends.base import DeviceInfo
     from vla_accel.core.types import ActionChunk
@@ -109,7 +111,7 @@ class LatencyWindow:
 
     def __init__(self, capacity: int = 1024):
         if capacity <= 0:
-            raise ValueError(f"capacity must be positive, got {capacity}")
+            raise ConfigError(f"capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
         self._values = np.zeros(self.capacity, dtype=np.float64)
         self._next = 0
@@ -170,7 +172,7 @@ class RateMeter:
 
     def __init__(self, window_s: float = 5.0, capacity: int = 4096):
         if window_s <= 0:
-            raise ValueError(f"window_s must be positive, got {window_s}")
+            raise ConfigError(f"window_s must be positive, got {window_s}")
         self.window_ns = int(window_s * 1e9)
         self.capacity = int(capacity)
         self._stamps = np.zeros(self.capacity, dtype=np.int64)

@@ -47,7 +47,7 @@ from vla_accel.core.buffers import BufferSet, make_strategy, MEMORY_STRATEGIES
 from vla_accel.core.image import decode_image
 from vla_accel.core.tokenizer import load_tokenizer, validate_instruction
 from vla_accel.core.types import Observation
-from vla_accel.errors import ImageError, InputError, StateError
+from vla_accel.errors import ConfigError, ImageError, InputError, StateError
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import CameraSpec, ModelSpec
@@ -266,9 +266,9 @@ class Preprocessor:
     def __init__(self, spec: "ModelSpec", max_batch: int = 1, memory: str = "static", pool_size: int = 2,
                  tokenizer=None):
         if memory not in MEMORY_STRATEGIES:
-            raise ValueError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)}; got {memory!r}")
+            raise ConfigError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)}; got {memory!r}")
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.spec = spec
         self.max_batch = int(max_batch)
         self.memory = memory
@@ -368,7 +368,7 @@ class Preprocessor:
         """
         count = len(observations)
         if count > self.max_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"batch of {count} observations exceeds max_batch={self.max_batch}; split it "
                 "(Engine.infer does) or build the Preprocessor with a larger max_batch"
             )

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable
 
+from vla_accel.errors import ConfigError
+
 
 class RateLimitedLogger:
     """Wraps a ``logging.Logger``; ``warning(key, msg, *args)`` logs at most once per key per interval.
@@ -28,7 +30,7 @@ class RateLimitedLogger:
         clock: Callable[[], float] = time.monotonic,
     ):
         if interval_s < 0:
-            raise ValueError(f"interval_s must be >= 0, got {interval_s}")
+            raise ConfigError(f"interval_s must be >= 0, got {interval_s}")
         self.logger = logging.getLogger(logger) if isinstance(logger, str) else logger
         self.interval_s = float(interval_s)
         self._clock = clock

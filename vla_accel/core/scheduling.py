@@ -35,7 +35,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vla_accel.core.metrics import SUPERSEDED
-from vla_accel.errors import BackendError, InputError
+from vla_accel.errors import BackendError, ConfigError, InputError, LoopStateError
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.engine import Engine
@@ -271,11 +271,11 @@ class AdaptiveBatchSizer:
         start: int = 1,
     ):
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         if not (target_latency_ms > 0 and math.isfinite(target_latency_ms)):
-            raise ValueError(f"target_latency_ms must be a positive number, got {target_latency_ms!r}")
+            raise ConfigError(f"target_latency_ms must be a positive number, got {target_latency_ms!r}")
         if not 0 < smoothing <= 1:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+            raise ConfigError(f"smoothing must be in (0, 1], got {smoothing}")
         self.max_batch = max_batch
         self.target_ms = float(target_latency_ms)
         self.smoothing = smoothing
@@ -385,20 +385,20 @@ class InferenceLoop:
     ):
         engine_max = int(getattr(engine, "max_batch", batch_size))
         if batch_size < 1 or batch_size > engine_max:
-            raise ValueError(f"batch_size must be in 1..engine.max_batch ({engine_max}), got {batch_size}")
+            raise ConfigError(f"batch_size must be in 1..engine.max_batch ({engine_max}), got {batch_size}")
         if not (max_batch_delay_ms >= 0 and math.isfinite(max_batch_delay_ms)):
-            raise ValueError(f"max_batch_delay_ms must be >= 0, got {max_batch_delay_ms!r}")
+            raise ConfigError(f"max_batch_delay_ms must be >= 0, got {max_batch_delay_ms!r}")
         if adaptive_batch and target_latency_ms is None:
-            raise ValueError("adaptive_batch needs target_latency_ms (the latency the batch size must meet)")
+            raise ConfigError("adaptive_batch needs target_latency_ms (the latency the batch size must meet)")
         if not 1 <= queue_depth <= 4:
-            raise ValueError(f"queue_depth must be 1..4, got {queue_depth}")
+            raise ConfigError(f"queue_depth must be 1..4, got {queue_depth}")
         if pipeline and getattr(engine, "memory", "pool") == "static":
-            raise ValueError(
+            raise ConfigError(
                 "pipeline=True overlaps batches, which cannot share one static input buffer: build the "
                 "Engine with memory='pool' (or 'dynamic')"
             )
         if on_chunks is None:
-            raise ValueError("on_chunks is required: it receives every ActionChunk the loop produces")
+            raise ConfigError("on_chunks is required: it receives every ActionChunk the loop produces")
         self.engine = engine
         self.batch_size = batch_size
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
@@ -466,7 +466,7 @@ class InferenceLoop:
                 return self
             alive = [t.name for t in self._threads if t.is_alive()]
             if alive:
-                raise RuntimeError(
+                raise LoopStateError(
                     f"inference loop '{self.name}' cannot restart: threads {alive} from the last run are "
                     "still inside a backend call"
                 )

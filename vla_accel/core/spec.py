@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vla_accel.errors import SpecError
+from vla_accel.errors import SpecError, UnknownCameraError
 
 RESIZE_MODES = ("stretch", "letterbox", "center_crop")
 IMAGE_NORMALISATIONS = ("mean_std", "minus_one_one", "zero_one", "none")
@@ -271,7 +271,7 @@ class ModelSpec:
         for cam in self.cameras:
             if cam.name == name:
                 return cam
-        raise KeyError(f"no camera '{name}' in spec '{self.name}'; cameras: {[c.name for c in self.cameras]}")
+        raise UnknownCameraError(f"no camera '{name}' in spec '{self.name}'; cameras: {[c.name for c in self.cameras]}")
 
     def weights_path(self) -> Path | None:
         if not self.weights:

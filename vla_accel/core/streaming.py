@@ -39,7 +39,7 @@ import numpy as np
 
 from vla_accel.core.spec import ActionSpec
 from vla_accel.core.types import ActionChunk
-from vla_accel.errors import InputError
+from vla_accel.errors import ConfigError, InputError
 
 STREAM_MODES = ("latest", "ensemble", "blend")
 HOLD_MODES = ("last", "zero")
@@ -144,14 +144,14 @@ class ActionStreamer:
         interpolate: bool = True,
     ):
         if mode not in STREAM_MODES:
-            raise ValueError(f"mode must be one of {', '.join(STREAM_MODES)}; got {mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(STREAM_MODES)}; got {mode!r}")
         hold = default_hold(action_spec.space) if hold is None else hold
         if hold not in HOLD_MODES:
-            raise ValueError(f"hold must be one of {', '.join(HOLD_MODES)}; got {hold!r}")
+            raise ConfigError(f"hold must be one of {', '.join(HOLD_MODES)}; got {hold!r}")
         if not (math.isfinite(blend_time_s) and blend_time_s >= 0):
-            raise ValueError(f"blend_time_s must be a finite number >= 0, got {blend_time_s!r}")
+            raise ConfigError(f"blend_time_s must be a finite number >= 0, got {blend_time_s!r}")
         if not math.isfinite(ensemble_decay):
-            raise ValueError(f"ensemble_decay must be finite, got {ensemble_decay!r}")
+            raise ConfigError(f"ensemble_decay must be finite, got {ensemble_decay!r}")
         self.spec = action_spec
         self.mode = mode
         self.hold = hold
@@ -165,7 +165,7 @@ class ActionStreamer:
         if max_step_change is not None:
             limit = np.broadcast_to(np.asarray(max_step_change, dtype=np.float64), (self.dims,)).copy()
             if not np.all(np.isfinite(limit)) or np.any(limit <= 0):
-                raise ValueError(f"max_step_change must be > 0 and finite, got {max_step_change!r}")
+                raise ConfigError(f"max_step_change must be > 0 and finite, got {max_step_change!r}")
             self.max_step_change = limit
         self._chunks: list[_TimedChunk] = []  # latest / ensemble: sorted by stamp
         self._layers: list[_BlendLayer] = []  # blend: bottom first

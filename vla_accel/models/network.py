@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vla_accel.errors import InputError
 from vla_accel.models.architecture import (
     MASK_BIAS,
     NetworkConfig,
@@ -132,7 +133,7 @@ class ReferenceVLA(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != self.num_inputs:
-            raise TypeError(f"ReferenceVLA expects {self.num_inputs} inputs, got {len(inputs)}")
+            raise InputError(f"ReferenceVLA expects {self.num_inputs} inputs, got {len(inputs)}", reason="missing_input")
         compute_dtype = self.head.weight.dtype
         n_cams = len(self.cameras)
         images = inputs[:n_cams]

@@ -24,7 +24,7 @@ import numpy as np
 from vla_accel.core.image import decode_image
 from vla_accel.core.tokenizer import validate_instruction
 from vla_accel.core.types import Observation, RawImage
-from vla_accel.errors import InputError, StateError
+from vla_accel.errors import ConfigError, InputError, StateError
 from vla_accel.runtime.status import CameraInput, InstructionView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,7 +65,7 @@ class ObservationAssembler:
                  on_drop: Callable[[Drop], None] | None = None, max_input_age_s: float | None = None,
                  max_image_bytes: int | None = None):
         if [c.name for c in cameras] != [c.name for c in spec.cameras]:
-            raise ValueError(f"cameras {[c.name for c in cameras]} do not match the spec's "
+            raise ConfigError(f"cameras {[c.name for c in cameras]} do not match the spec's "
                              f"{[c.name for c in spec.cameras]}")
         self.spec = spec
         self.cameras = {c.name: c for c in cameras}
