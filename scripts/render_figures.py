@@ -203,6 +203,19 @@ def scheduling_pipeline() -> str:
             f"finish {stages['postprocess']:.2f} ms.\n")
 
 
+def scheduling_node_path() -> str:
+    d = load("cpu_pipeline_node_path.json")
+    n = d["node_path"]
+    before, now = n["decode_on_receiving_thread"], n["decode_in_prepare"]
+    return (f"Camera at {n['camera_rate_hz']:.0f} Hz ({d['input']}, {d['backend']}, pipelined loop, {n['rounds']} "
+            f"alternating rounds of {n['seconds_per_round']:.0f} s; machine load {d['machine']['load_avg_1min_at_start']:.1f} "
+            f"on {d['machine']['logical_cpus']} CPUs, so absolute rates are low): decoded on the receiving thread "
+            f"{before['throughput_fps']:.1f} frames/s, receiving-thread time per frame p50 {before['callback_p50_ms']:.1f} ms; "
+            f"decoded in the prepare stage {now['throughput_fps']:.1f} frames/s "
+            f"(**{_x(n['throughput_prepare_over_receiving'])}**), receiving-thread time p50 {now['callback_p50_ms']:.2f} ms, "
+            f"{now['superseded']} superseded frames never decoded.\n")
+
+
 def scheduling_memory() -> str:
     m = load("cpu_memory.json")["strategies"]
     lines = ["| memory | numpy buffers allocated by prepare | prepare transient | jitter p99 - p50 |", "|---|---|---|---|"]
@@ -250,6 +263,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "scheduling-batching": scheduling_batching,
     "scheduling-pipeline": scheduling_pipeline,
     "scheduling-memory": scheduling_memory,
+    "scheduling-node-path": scheduling_node_path,
     "scheduling-realtime": scheduling_realtime,
 }
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

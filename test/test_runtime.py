@@ -160,3 +160,54 @@ def test_backend_spec_and_baseline_name_have_one_home():
     assert split_backend_spec(" cuda:fp16 ") == ("cuda", "fp16")
     assert split_backend_spec("onnxruntime") == ("onnxruntime", "")
     assert canonical_name(BASELINE_BACKEND) == "torch"
+
+
+def test_compressed_frames_are_checked_at_input_and_decoded_in_prepare():
+    """The assembler (the node's executor thread) only checks a JPEG; the prepare stage decodes it."""
+    import io
+
+    from PIL import Image
+
+    from vla_accel.core.metrics import InferenceMetrics
+    from vla_accel.core.preprocess import Preprocessor
+    from vla_accel.models import load_model
+    from vla_accel.runtime.wiring import build_assembler, camera_inputs
+
+    spec = load_model("tiny-vision").spec
+    rgb = np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="JPEG", quality=90)
+    jpeg = out.getvalue()
+    metrics = InferenceMetrics()
+    cams = camera_inputs(spec, ["/cam"], ["compressed"])
+    asm = build_assembler(spec, cams, metrics, instruction="pick up the block")
+    primary = spec.cameras[0].name
+    obs = asm.on_frame(primary, RawImage(data=jpeg, encoding="jpeg"), 1)
+    assert isinstance(obs.images[primary], RawImage)  # not decoded on the receiving thread
+    # no end marker: rejected at the input, counted for the camera
+    assert asm.on_frame(primary, RawImage(data=jpeg[: len(jpeg) // 2], encoding="jpeg"), 2) is None
+    assert cams[0].snapshot().dropped == {"corrupt_compressed": 1}
+    # the prepare stage decodes it into the model input
+    pre = Preprocessor(spec, 1)
+    batch = pre.prepare([obs])
+    try:
+        assert len(batch.observations) == 1 and not batch.rejected
+        image_input = batch.inputs[spec.cameras[0].input]
+        assert image_input.shape[0] == 1 and np.isfinite(image_input).all()
+    finally:
+        batch.release()
+
+
+def test_check_compressed_reasons():
+    from vla_accel.core.image import check_compressed
+    from vla_accel.errors import ImageError
+
+    def reason(data: bytes, encoding: str) -> str:
+        with pytest.raises(ImageError) as err:
+            check_compressed(RawImage(data=data, encoding=encoding))
+        return err.value.reason
+
+    assert reason(b"", "jpeg") == "empty_image"
+    assert reason(b"\xff\xd8\xff\xe0 definitely not a jpeg", "jpeg") == "corrupt_compressed"
+    assert reason(b"not a png at all", "png") == "corrupt_compressed"
+    assert reason(b"\x00\x01", "theora") == "unknown_encoding"

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="batches prepared ahead of the one inferring (default: 1)")
     group.add_argument("--pipeline-process-frames", type=int, default=40,
                        help="frames per worker in the threads-vs-processes check; 0 skips it (default: 40)")
+    group.add_argument("--pipeline-node-rate", type=float, default=0.0,
+                       help="also compare where the node decodes compressed frames: a camera at this rate "
+                            "(Hz, above what the loop sustains) through the runtime's ObservationAssembler, "
+                            "decoded on the receiving thread (before) vs in the prepare stage (now), pipelined "
+                            "loop, alternating rounds (0 = skip; default: 0)")
 
 
 def _loop_run(engine, source, pipelined: bool, seconds: float, depth: int) -> dict[str, Any]:
@@ -121,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         "ideal_serial_fps": 1000.0 / sum_ms if sum_ms else 0.0,
         "ideal_pipelined_fps": 1000.0 / max_ms if max_ms else 0.0,
     }
+    if args.pipeline_node_rate > 0:
+        report["node_path"] = node_path(args.model, backend, threads, args.pipeline_input, seconds, rounds,
+                                        args.pipeline_node_rate, args.pipeline_depth)
     if args.pipeline_process_frames > 0:
         report["threads_vs_processes"] = threads_vs_processes(args.model, args.pipeline_input,
                                                               args.pipeline_process_frames)
@@ -215,3 +223,96 @@ def threads_vs_processes(model: str, kind: str, frames: int) -> dict[str, Any]:
               "processes would scale better here than threads")
     return {"frames_per_worker": frames, "fps": fps, "thread_scaling": thread_scaling,
             "process_scaling": process_scaling, "choice": choice}
+
+
+def _node_path_round(engine, source, decode_at_input: bool, seconds: float, rate_hz: float, depth: int) -> dict:
+    """Frames at ``rate_hz`` from one thread (the node's executor) through the ObservationAssembler
+    into a pipelined loop. ``decode_at_input``: the frame is decoded on that thread first (where the
+    node decoded compressed frames before), else the assembler only checks it and prepare decodes."""
+    from vla_accel.core.image import decode_image
+    from vla_accel.core.metrics import InferenceMetrics
+    from vla_accel.core.scheduling import InferenceLoop
+    from vla_accel.runtime.wiring import build_assembler, camera_inputs
+
+    spec = engine.spec
+    chunks = ChunkLog()
+    loop = InferenceLoop(engine, pipeline=True, queue_depth=depth, on_chunks=chunks.on_chunks,
+                         on_error=chunks.on_error, name="node-path")
+    cams = camera_inputs(spec, [f"/{c.name}" for c in spec.cameras], ["compressed"])
+    assembler = build_assembler(spec, cams, InferenceMetrics(), instruction="pick up the block")
+    if spec.state is not None:
+        assembler.set_joint_state([], [0.0] * spec.state.dims)
+    sizes = {c.name: (2 * c.height, 2 * c.width) for c in spec.cameras}
+    callback_ms: list[float] = []
+    sent = decoded_at_input = 0
+    engine.metrics.reset()
+    before = engine.metrics.snapshot()
+    loop.start()
+    period = 1.0 / rate_hz
+    started = next_t = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            frame = source.frames[sent % len(source.frames)]
+            stamp = time.time_ns()
+            t0 = time.perf_counter()
+            observation = None
+            for cam in reversed(spec.cameras):  # other cameras first: the primary completes the observation
+                image = frame[cam.name]
+                if decode_at_input:
+                    image = decode_image(image, sizes[cam.name])
+                    decoded_at_input += 1
+                observation = assembler.on_frame(cam.name, image, stamp) or observation
+            if observation is not None:
+                loop.submit(observation)
+            callback_ms.append((time.perf_counter() - t0) * 1e3)
+            sent += 1
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        elapsed = time.monotonic() - started
+        loop.stop(2.0)
+    snap = engine.metrics.snapshot()
+    processed = snap.frames_processed - before.frames_processed
+    return {"sent": sent, "processed": processed, "seconds": elapsed,
+            "superseded": snap.frames_superseded - before.frames_superseded,
+            "decoded_on_receiving_thread": decoded_at_input,
+            "callback_p50_ms": metrics.percentiles(callback_ms)["p50"],
+            "callback_p99_ms": metrics.percentiles(callback_ms)["p99"],
+            "errors": len(chunks.errors)}
+
+
+def node_path(model: str, backend: str, threads: int, kind: str, seconds: float, rounds: int, rate_hz: float,
+              depth: int) -> dict[str, Any]:
+    """Decode on the receiving thread vs in the prepare stage, on the node's path, alternating rounds."""
+    engine = build_engine(model, backend, memory="pool", threads=threads, pool_size=max(2, depth + 1))
+    source = FrameSource(engine.spec, kind)
+    totals = {label: {"sent": 0, "processed": 0, "seconds": 0.0, "superseded": 0, "decoded_on_receiving_thread": 0,
+                      "callback_p50_ms": [], "callback_p99_ms": [], "errors": 0}
+              for label in ("decode_on_receiving_thread", "decode_in_prepare")}
+    try:
+        for r in range(rounds):
+            for label in totals:
+                result = _node_path_round(engine, source, label == "decode_on_receiving_thread", seconds, rate_hz,
+                                          depth)
+                for key in ("sent", "processed", "seconds", "superseded", "decoded_on_receiving_thread", "errors"):
+                    totals[label][key] += result[key]
+                for key in ("callback_p50_ms", "callback_p99_ms"):
+                    totals[label][key].append(result[key])
+                log(f"[pipeline] node path round {r + 1} {label:27}: "
+                    f"{metrics.throughput(result['processed'], result['seconds']):6.1f} frames/s, callback p50 "
+                    f"{result['callback_p50_ms']:.2f} ms, superseded {result['superseded']}")
+    finally:
+        engine.close()
+    out: dict[str, Any] = {"camera_rate_hz": rate_hz, "input": kind, "rounds": rounds, "seconds_per_round": seconds}
+    for label, t in totals.items():
+        out[label] = {"throughput_fps": metrics.throughput(t["processed"], t["seconds"]), "sent": t["sent"],
+                      "processed": t["processed"], "superseded": t["superseded"],
+                      "decoded_on_receiving_thread": t["decoded_on_receiving_thread"],
+                      "callback_p50_ms": sorted(t["callback_p50_ms"])[len(t["callback_p50_ms"]) // 2],
+                      "callback_p99_ms": max(t["callback_p99_ms"]), "errors": t["errors"]}
+    out["throughput_prepare_over_receiving"] = metrics.speedup(
+        1.0 / max(out["decode_on_receiving_thread"]["throughput_fps"], 1e-9),
+        1.0 / max(out["decode_in_prepare"]["throughput_fps"], 1e-9))
+    return out

@@ -240,6 +240,41 @@ def _decode_pillow(data: object, encoding: str, min_size: tuple[int, int] | None
         raise ImageError(f"{encoding} image does not decode: {exc}", reason="corrupt_compressed") from exc
 
 
+def check_compressed(image: RawImage) -> RawImage:
+    """Cheap checks of a JPEG / PNG frame without decoding it (microseconds, no pixel buffer): data
+    present, the format's signature, its end marker near the end, and for JPEG (with simplejpeg)
+    the header and the image size. Returns the frame for ``decode_image`` to decode later; raises
+    ImageError (empty_image, corrupt_compressed, unknown_encoding, size_mismatch). A frame that
+    passes can still fail to decode (damaged entropy data): the decoder says so then."""
+    encoding = normalize_encoding(image.encoding)
+    if encoding not in COMPRESSED_ENCODINGS:
+        raise ImageError(
+            f"unsupported compressed format '{encoding}'; {_supported_message()}", reason="unknown_encoding"
+        )
+    if _is_empty(image.data):
+        raise ImageError(f"{encoding} image has no data", reason="empty_image")
+    data = _byte_view(image.data)
+    tail = bytes(data[-32:])
+    if encoding == "jpeg":
+        if bytes(data[:3]) != b"\xff\xd8\xff" or b"\xff\xd9" not in tail:
+            raise ImageError("jpeg image lacks its start or end marker (truncated or not a JPEG)",
+                             reason="corrupt_compressed")
+        try:
+            import simplejpeg
+        except ImportError:
+            return image
+        try:
+            height, width, _colorspace, _subsampling = simplejpeg.decode_jpeg_header(data)
+        except ValueError as exc:
+            raise ImageError(f"jpeg image does not decode: {exc}", reason="corrupt_compressed") from exc
+        _check_side(height, width, "jpeg image")
+        return image
+    if bytes(data[:8]) != b"\x89PNG\r\n\x1a\n" or b"IEND" not in tail:
+        raise ImageError("png image lacks its signature or IEND chunk (truncated or not a PNG)",
+                         reason="corrupt_compressed")
+    return image
+
+
 def decode_image(image: RawImage | np.ndarray, min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode one camera frame into an HxWx3 uint8 RGB array (a view for raw frames).
 

@@ -7,7 +7,9 @@ decoded / validated here, at the input, so a malformed one is dropped with its r
 camera before it can take the place of a good frame in the latest-frame slot:
 
 * raw images become zero-copy views over the message buffer (core.image.decode_image);
-* compressed images are decoded once, here (the preprocessor then takes the RGB array as is).
+* compressed images get cheap checks here (signature, end marker, header: core.image.check_compressed)
+  and are decoded in the prepare stage, so superseded frames are never decoded; a frame whose data
+  is damaged past its header is dropped there (counted in metrics with its reason).
 
 Drops are counted in the engine's InferenceMetrics (``record_received`` + ``record_dropped``, so the
 numbers on /diagnostics and /vla/stats agree) and in the camera's own counters (per-camera status).
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from vla_accel.core.image import decode_image
+from vla_accel.core.image import COMPRESSED_ENCODINGS, check_compressed, decode_image, normalize_encoding
 from vla_accel.core.tokenizer import validate_instruction
 from vla_accel.core.types import Observation, RawImage
 from vla_accel.errors import ConfigError, InputError, StateError
@@ -75,7 +77,7 @@ class ObservationAssembler:
         self.instruction_topic = instruction_topic
         self._on_drop = on_drop
         self._lock = threading.Lock()
-        self._latest_images: dict[str, np.ndarray] = {}
+        self._latest_images: dict[str, np.ndarray | RawImage] = {}  # compressed frames stay undecoded
         # Secondary cameras and the joint state are attached by their latest value; with
         # max_input_age_s one older than that (against the triggering frame) drops the observation
         # (stale_camera / stale_state) rather than acting on a frozen view of the world.
@@ -151,9 +153,14 @@ class ObservationAssembler:
                                                        f"max_image_bytes {self.max_image_bytes}"))
             return None
         try:
-            spec_cam = self.spec.camera(camera)
-            # JPEG/PNG: decode at a reduced size that still covers twice the model input (DCT scaling).
-            rgb = decode_image(image, (2 * spec_cam.height, 2 * spec_cam.width))
+            if isinstance(image, RawImage) and normalize_encoding(image.encoding) in COMPRESSED_ENCODINGS:
+                # JPEG/PNG: only cheap checks here, on the receiving (executor) thread; the frame is
+                # decoded in the prepare stage, on the loop's thread, so a frame superseded in the
+                # latest-frame slot is never decoded.
+                rgb = check_compressed(image)
+            else:
+                spec_cam = self.spec.camera(camera)
+                rgb = decode_image(image, (2 * spec_cam.height, 2 * spec_cam.width))
         except InputError as exc:
             cam.record_drop(exc.reason)
             if primary:
