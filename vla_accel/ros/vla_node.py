@@ -398,6 +398,10 @@ class VlaNode(Node):
         reports = diagnostics.build_reports(snap, state, cameras, instruction, config)
         timing = session.speedup_timing if session is not None else {}
         reports[0] = speedup_text.annotate(reports[0], snap, self.values["speedup_baseline"], timing)
+        if session is not None and session.parity:
+            from vla_accel.ros import parity
+
+            reports[1] = parity.annotate(reports[1], session.parity, state.active)
         if self._health is not None and state.status == "running":
             view = self._health.update(time.monotonic_ns(), snap.frames_received, snap.frames_processed, snap.dropped)
             reports[0] = escalate(reports[0], self._health.assess(view))
