@@ -99,7 +99,7 @@ def node_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-NODE_READY_TIMEOUT_S = 120.0  # model load + backend warm-up + CPU baseline on a busy 2-core machine
+NODE_READY_TIMEOUT_S = 300.0  # model load + backend warm-up + CPU baseline (minutes on a heavily loaded 2-core machine)
 CAMERA_ATTEMPTS = 3
 
 
@@ -282,7 +282,7 @@ def print_diagnostics(diag) -> None:
                 print(f"            {kv.key}: {kv.value}")
 
 
-def stop_process(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> int:
+def stop_process(proc: subprocess.Popen, what: str, timeout: float = 20.0) -> int:
     """SIGINT (the node publishes its stop action), then SIGKILL if it does not exit in time."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
