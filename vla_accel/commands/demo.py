@@ -272,7 +272,8 @@ def print_diagnostics(diag) -> None:
     levels = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
     print("[diagnostics] /diagnostics (as rqt_robot_monitor shows it):")
     keys = ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)", "speedup over CPU", "CPU baseline latency (ms)",
-            "speedup at start-up (side by side)", "speedup timing", "parity", "input rate (Hz)",
+            "speedup at start-up (side by side)", "speedup over CPU (how timed)",
+            "speedup at start-up (side by side) (how timed)", "parity", "drop ratio (window)", "input rate (Hz)",
             "frames received", "frames processed", "frames dropped", "rate (Hz)", "instruction")
     for status in diag.status:
         level = levels.get(status.level[0] if isinstance(status.level, bytes) else status.level, "?")
