@@ -298,11 +298,13 @@ def test_regression_passes_within_tolerance_and_fails_on_drift(two_backend_repla
     _, out, _ = two_backend_replay
     golden = str(out / "actions")
     common = [str(sample.path), "--model", "tiny", "--backends", "onnxruntime", "--golden", golden,
-              "--golden-topic", topic_name("torch", "action_chunk"), "--no-plots", "--no-progress",
+              "--golden-topic", topic_name("torch", "action_chunk"), "--no-progress",
               "--bare-iterations", "2"]
-    # onnxruntime against the torch golden: within the fp32 profile...
+    # onnxruntime against the torch golden: within the fp32 profile (plotted with the golden run)...
     assert cli_main(["replay", *common, "--out", str(out.parent / "reg_pass"), "--tolerance-profile", "fp32"]) == 0
+    assert module_available("matplotlib") <= (out.parent / "reg_pass" / "actions.png").is_file()
     capsys.readouterr()
+    common.append("--no-plots")
     # ...but not within a tolerance tighter than the real torch/ORT difference (it is > 0 here)
     report = json.loads((out / "report.json").read_text())
     if report["deviation"]["onnxruntime"]["max_abs"] == 0:
@@ -398,3 +400,21 @@ def test_replay_that_produces_no_chunk_fails_with_the_reason(tmp_path, capsys):
     code = cli_main(["replay", str(bag.path), "--model", "tiny-vision", "--backends", "torch", "--out",
                      str(tmp_path / "out2"), "--bare-iterations", "2", "--timing-rounds", "1", "--no-progress", "--no-plots"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_plot_lines_break_where_frames_are_missing():
+    from vla_accel.bags.report import with_gaps
+
+    times, values = with_gaps([0.0, 0.1, 0.2, 0.4, 0.5], [1, 2, 3, 4, 5])
+    assert times == [0.0, 0.1, 0.2, pytest.approx(0.3), 0.4, 0.5]
+    assert np.isnan(values[3]) and values[:3] == [1, 2, 3] and values[4:] == [4, 5]
+    assert with_gaps([0.0, 0.1, 0.2, 0.3], [1, 2, 3, 4]) == ([0.0, 0.1, 0.2, 0.3], [1, 2, 3, 4])
+
+
+def test_the_unused_image_topic_is_named(sample, caplog):
+    """The sample bag has two image topics; a one-camera model uses one and names the other."""
+    spec = ModelSpec.from_yaml(SPECS / "tiny-vision.yaml")
+    with caplog.at_level("WARNING", logger="vla_accel.bags.reader"), BagSource(sample.path) as source:
+        selection = source.select_topics(spec)
+    assert selection.cameras == {"primary": CAMERA_TOPIC} and selection.unused_images == (WRIST_TOPIC,)
+    assert WRIST_TOPIC in caplog.text and "--camera-topic" in caplog.text

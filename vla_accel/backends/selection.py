@@ -250,6 +250,15 @@ class FallbackChain:
                 self._try_from(0, "", None)
             return self
 
+    def fail_active(self, error: BaseException) -> None:
+        """Give up the running backend (e.g. it failed a parity check) and load the next candidate;
+        raises BackendError when none is left."""
+        with self._lock:
+            failed = self.active_name
+            self.failures[failed] = str(error)
+            self._close_active()
+            self._try_from(self._index + 1, failed, error)
+
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             if self._active is None:

@@ -63,6 +63,7 @@ class TopicSelection:
     instruction: str | None
     state: str | None = None  # sensor_msgs/JointState topic feeding the model's state input
     types: dict[str, str] = field(default_factory=dict)  # topic -> message type
+    unused_images: tuple[str, ...] = ()  # image topics of the bag that feed no camera
 
     @property
     def primary_camera(self) -> str:
@@ -223,11 +224,19 @@ class BagSource:
             joints = sorted(t for t, ty in self.topics.items() if ty == JOINT_STATE)
             state_topic = joints[0] if joints else None
         chosen = list(cameras.values()) + [t for t in (instruction_topic, state_topic) if t]
+        unused = tuple(sorted(t for t, ty in self.topics.items()
+                              if ty in messages.IMAGE_TYPES and t not in cameras.values()))
+        if unused:
+            log.warning("%s: image topic(s) %s feed no camera of model '%s' (it uses %s); choose with "
+                        "--camera-topic CAMERA=TOPIC", self.path.name if hasattr(self.path, "name") else self.path,
+                        ", ".join(unused), spec.name,
+                        ", ".join(f"{cam} <- {topic}" for cam, topic in cameras.items()))
         return TopicSelection(
             cameras,
             instruction_topic,
             state_topic,
             {t: self.topics[t] for t in chosen},
+            unused,
         )
 
     def _describe_topics(self) -> str:

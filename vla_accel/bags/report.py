@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.bags.compare import Deviation, RegressionResult
     from vla_accel.bags.replay import ReplayResult
+    from vla_accel.core.types import ActionChunk
 
 
 def _fmt(value: float, digits: int = 2) -> str:
@@ -84,8 +85,27 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
 
 
 # --- plots -----------------------------------------------------------------------------------------
-def plot_actions(result: "ReplayResult", path: Path) -> Path | None:
-    """First action of every chunk over bag time, one panel per dimension, one line per backend."""
+def with_gaps(times: Sequence[float], values: Sequence[float], factor: float = 1.5) -> tuple[list[float], list[float]]:
+    """Points with a NaN between two that lie more than ``factor`` x the median spacing apart, so a
+    plotted line breaks where frames were rejected (or never came) instead of bridging them."""
+    times, values = list(times), list(values)
+    if len(times) < 3:
+        return times, values
+    median = float(np.median(np.diff(times)))
+    out_t, out_v = [times[0]], [values[0]]
+    for i in range(1, len(times)):
+        if median > 0 and times[i] - times[i - 1] > factor * median:
+            out_t.append((times[i] + times[i - 1]) / 2)
+            out_v.append(float("nan"))
+        out_t.append(times[i])
+        out_v.append(values[i])
+    return out_t, out_v
+
+
+def plot_actions(result: "ReplayResult", path: Path, golden: Sequence["ActionChunk"] = (),
+                 golden_label: str = "golden") -> Path | None:
+    """First action of every chunk over bag time, one panel per dimension, one line per backend (and
+    the golden run's chunks when a regression compared against one). Lines break at missing frames."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,12 +119,18 @@ def plot_actions(result: "ReplayResult", path: Path) -> Path | None:
     cols = 2
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(11, 2.2 * rows), sharex=True, squeeze=False)
+    # Golden chunks carry frame stamps: place them on bag time by the run's stamp -> log offset.
+    offset = float(np.median([t.log_ns - c.stamp_ns for t, c in zip(runs[0].timings, runs[0].chunks)]))
+    golden_times = [(c.stamp_ns + offset - t0) / 1e9 for c in golden]
     for dim, name in enumerate(names):
         ax = axes[dim // cols][dim % cols]
+        if golden:
+            ax.plot(*with_gaps(golden_times, [c.values[0, dim] for c in golden]), color="0.6", linewidth=3,
+                    alpha=0.6, label=golden_label)
         for run, style in zip(runs, ("-", "--", ":", "-.") * 4):
             times = [(t.log_ns - t0) / 1e9 for t in run.timings]
             values = [c.values[0, dim] for c in run.chunks]
-            ax.plot(times, values, style, marker=".", markersize=3, label=run.label)
+            ax.plot(*with_gaps(times, values), style, marker=".", markersize=3, label=run.label)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     for extra in range(len(names), rows * cols):
@@ -134,7 +160,7 @@ def plot_latency(result: "ReplayResult", path: Path) -> Path | None:
     for run in runs:
         times = [(t.log_ns - t0) / 1e9 for t in run.timings]
         p50 = run.stage("infer")["p50"]
-        ax.plot(times, [t.infer_ms for t in run.timings], marker=".", markersize=3,
+        ax.plot(*with_gaps(times, [t.infer_ms for t in run.timings]), marker=".", markersize=3,
                 label=f"{run.label} (p50 {p50:.2f} ms)")
     ax.set_xlabel("bag time (s)")
     ax.set_ylabel("inference latency (ms)")
@@ -168,6 +194,8 @@ def render_markdown(
         f"- model: `{result.model}`, rate mode: `{result.rate}`",
         f"- cameras: " + ", ".join(f"{cam} <- `{topic}`" for cam, topic in result.selection.cameras.items()),
         f"- instruction: `{result.selection.instruction}`, state: `{result.selection.state}`",
+        *([f"- unused image topic(s): " + ", ".join(f"`{t}`" for t in result.selection.unused_images)
+           + " (choose with --camera-topic CAMERA=TOPIC)"] if result.selection.unused_images else []),
         f"- machine: {result.machine}; generated {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         f"- output bag: `{result.output_bag}`" if result.output_bag else "- output bag: (none)",
         "",
@@ -331,6 +359,7 @@ def write_report(
     deviations: dict[str, "Deviation"],
     regressions: Sequence["RegressionResult"] = (),
     plots: bool = True,
+    golden: Sequence["ActionChunk"] = (),
 ) -> dict[str, Path]:
     """Write report.md, report.html, report.json and the PNG plots into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -343,8 +372,7 @@ def write_report(
         log.warning("report: matplotlib is not installed, so no plots (pip install -r requirements/bags.txt)")
         plots = False
     if plots:
-        for maker, name in ((plot_actions, "actions.png"), (plot_latency, "latency.png")):
-            made = maker(result, out_dir / name)
+        for made in (plot_actions(result, out_dir / "actions.png", golden), plot_latency(result, out_dir / "latency.png")):
             if made is not None:
                 images.append(made)
     markdown_text = render_markdown(result, rows, deviations, regressions, images)

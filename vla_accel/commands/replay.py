@@ -132,6 +132,7 @@ def run(args) -> int:
     devs = deviations(result)
 
     regressions = []
+    golden_chunks: list = []
     if args.golden:
         from vla_accel.bags.writer import read_action_chunks
 
@@ -148,6 +149,7 @@ def run(args) -> int:
                     reason="bad_golden",
                 )
             dev = compare.compare_chunks(run_.chunks, golden[topic], result.action_names)
+            golden_chunks = golden_chunks or list(golden[topic])
             regressions.append(compare.RegressionResult(run_.label, topic, tolerance, dev))
 
     live_outcome = None
@@ -161,7 +163,11 @@ def run(args) -> int:
               f"{live_outcome.recorded} into {live_outcome.recorded_bag} (node log {live_outcome.node_log})")
         regressions.append(live_outcome.regression)
 
-    paths = write_report(result, out_dir, devs, regressions, plots=not args.no_plots)
+    for topic in result.selection.unused_images:
+        print(f"note: image topic {topic} of the bag feeds no camera of {result.model} (used: "
+              + ", ".join(f"{cam} <- {t}" for cam, t in result.selection.cameras.items())
+              + "); choose with --camera-topic CAMERA=TOPIC", file=sys.stderr)
+    paths = write_report(result, out_dir, devs, regressions, plots=not args.no_plots, golden=golden_chunks)
     print((out_dir / "report.md").read_text(encoding="utf-8"))
     print(f"report: {paths['markdown']} (also {paths['html'].name}, {paths['json'].name}); output bag: {result.output_bag}")
 

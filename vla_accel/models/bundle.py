@@ -310,6 +310,7 @@ class ModelBundle:
         import torch
 
         from vla_accel.core.spec import example_inputs
+        from vla_accel.models.quiet import quiet_call
 
         report.stage("loading weights into the torch network")
         module = self.torch_module()
@@ -324,7 +325,11 @@ class ModelBundle:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg).*")
             warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
-            program = torch.onnx.export(
+            # Our progress lines only: the exporter's own output goes to a log beside the cache entry.
+            log_path = path.parent.parent / f"{self.name}-onnx-export.log"
+            program = quiet_call(
+                log_path,
+                torch.onnx.export,
                 module,
                 args,
                 input_names=list(self.spec.input_names),
@@ -335,6 +340,7 @@ class ModelBundle:
                 optimize=True,
                 verbose=False,
             )
+        report.stage(f"exporter output in {log_path}")
         report.stage("saving ONNX model")
         program.save(str(path), external_data=False)
         import onnx

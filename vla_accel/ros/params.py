@@ -72,6 +72,8 @@ PARAMETERS: tuple[ParameterDef, ...] = (
        read_only=True),
     _p("cache_dir", "str", "", "export / engine cache folder (empty = VLA_ACCEL_CACHE or ~/.cache/vla_accel)",
        read_only=True),
+    _p("parity_check", "bool", True, "at load, run the model's golden input on the backend and compare with the "
+       "fp32 reference at the precision's tolerance; a failure moves to the next fallback", read_only=True),
     _p("warmup_iterations", "int", 3, "warm-up inferences before accepting frames", low=0, high=100, read_only=True),
     # --- inputs ---------------------------------------------------------------------------------
     _p("camera_topics", "str_list", ["/camera/image_raw"],

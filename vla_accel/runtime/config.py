@@ -52,6 +52,7 @@ class RuntimeConfig:
     cache_dir: str = ""
     warmup_iterations: int = 3
     speedup_baseline: str = "measure"
+    parity_check: bool = True
     # inputs
     instruction: str = ""
     stale_image_timeout_s: float = 1.0

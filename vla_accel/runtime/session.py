@@ -163,6 +163,7 @@ class InferenceSession:
         self.state = BackendState(status="loading", precision=config.precision)
         self.load_times_ms: dict[str, float] = {}
         self.speedup_timing: dict[str, str] = {}  # how each speedup figure was timed (for /diagnostics)
+        self.parity: list = []  # ParityResult per backend checked at load
 
     # --- setup ----------------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -197,6 +198,12 @@ class InferenceSession:
             self.state = replace(self.state, status="failed", error=str(exc))
             raise
         self.chain = chain
+        if config.parity_check:
+            try:
+                self.check_parity()
+            except VlaAccelError as exc:  # every candidate failed it (or none is left to fall back to)
+                self.state = replace(self.state, status="failed", error=str(exc))
+                raise
         self.load_times_ms["backend"] = (time.perf_counter() - t0) * 1e3
         info = chain.device_info()
         self.candidates = list(chain.candidates)
@@ -232,6 +239,26 @@ class InferenceSession:
             adaptive_batch=config.adaptive_batch and target is not None, target_latency_ms=target,
             pipeline=config.pipeline, on_chunks=self._on_chunks, on_error=self._on_error, name="vla_node",
         )
+
+    def check_parity(self) -> None:
+        """The running backend against the model's golden reference; a failure moves to the next
+        fallback (checked in turn). Raises BackendError when no candidate passes."""
+        from vla_accel.runtime.parity import ParityError, ParityResult, check_parity
+
+        chain = self.chain
+        while True:
+            name = chain.active_name
+            precision = chain.device_info().precision or self.config.precision
+            try:
+                result = check_parity(self.bundle, chain.active, name, precision)
+            except VlaAccelError as exc:
+                result = ParityResult(name, precision, "failed", detail=str(exc))
+            self.parity.append(result)
+            if result.status != "failed":
+                log.info("%s: %s", name, result.text)
+                return
+            log.error("%s failed the parity check at load: %s %s", name, result.text, result.detail)
+            chain.fail_active(ParityError(f"{name} failed the parity check: {result.text} {result.detail}".strip()))
 
     def apply_clip(self, low: list[float], high: list[float]) -> None:
         """Replace the spec's clip bounds (both empty: back to the spec's). Takes effect on the next batch."""

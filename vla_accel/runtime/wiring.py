@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from vla_accel.errors import ConfigError
+from vla_accel.runtime import parity
 from vla_accel.runtime.config import RuntimeConfig
 from vla_accel.runtime.health import HealthConfig, InputHealth, escalate
 from vla_accel.runtime.inputs import Drop, ObservationAssembler
@@ -157,6 +158,8 @@ class Runtime:
         snap = session.metrics.snapshot() if snap is None else snap
         reports = build_reports(snap, state, views, instruction, self.status_config())
         reports[0] = annotate(reports[0], snap, self.config.speedup_baseline, session.speedup_timing)
+        if session.parity:
+            reports[1] = parity.annotate(reports[1], session.parity, state.active)
         if self.health is not None and state.status == "running":
             window = self.health.update(time.monotonic_ns(), snap.frames_received, snap.frames_processed,
                                         snap.dropped)
