@@ -85,7 +85,7 @@ def test_config_defaults_agree_with_the_node_parameters():
     import dataclasses
 
     from vla_accel.ros import params
-    from vla_accel.runtime.config import RuntimeConfig
+    from vla_accel.runtime.config import RuntimeConfig, parse_backend_extra
 
     declared = params.node_parameters()
     default = RuntimeConfig()
@@ -94,7 +94,7 @@ def test_config_defaults_agree_with_the_node_parameters():
         value = getattr(default, f.name)
         expected = declared[f.name]
         if f.name == "backend_extra":
-            expected = params.parse_backend_extra(expected)
+            expected = parse_backend_extra(expected)
         assert (list(value) if isinstance(value, tuple) else value) == expected, f.name
     assert params.runtime_config(declared) == default
 
