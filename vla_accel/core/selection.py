@@ -161,6 +161,7 @@ class FallbackChain:
         candidates: Sequence[str],
         options: "BackendOptions | Mapping[str, BackendOptions] | None" = None,
         on_switch: "Callable[[str, str, BaseException], None] | None" = None,
+        recover_interval_s: float = 0.0,
     ):
         if not candidates:
             raise BackendError("FallbackChain needs at least one candidate backend", reason="no_backend")
@@ -174,6 +175,13 @@ class FallbackChain:
         self._active: "Backend | None" = None
         self._index = -1
         self._lock = threading.RLock()
+        # Switching back: every recover_interval_s (0 = never) a background thread tries to load the
+        # candidates before the running one (e.g. a remote server that came back); the next infer()
+        # then switches to the first that loaded.
+        self.recover_interval_s = float(recover_interval_s)
+        self._recover_at = 0.0
+        self._recovery: threading.Thread | None = None
+        self._recovered: "tuple[int, Backend] | None" = None
 
     # --- what runs --------------------------------------------------------------------------------
     @property
@@ -254,6 +262,8 @@ class FallbackChain:
         with self._lock:
             if self._active is None:
                 raise BackendError("FallbackChain used before load()", reason="not_loaded")
+            if self.recover_interval_s > 0 and self._index > 0:
+                self._maybe_recover()
             while True:
                 backend = self._active
                 try:
@@ -269,6 +279,45 @@ class FallbackChain:
                     self._close_active()
                     self._try_from(self._index + 1, failed, exc)
                     # loop: the same batch runs again on the new backend
+
+    def _maybe_recover(self) -> None:
+        """Called under the lock: swap in a preferred candidate the recovery thread loaded, or start
+        that thread when its interval has passed."""
+        ready, self._recovered = self._recovered, None
+        if ready is not None:
+            index, backend = ready
+            if index >= self._index:
+                backend.close()
+                return
+            previous, name = self.active_name, self.candidates[index]
+            cause = BackendError(f"backend {name} loads again; switched back from {previous}", reason="recovered")
+            self._close_active()
+            self._active, self._index = backend, index
+            self.events.append(SwitchEvent(time.time(), previous, name, str(cause)))
+            log.warning("backend fallback: %s", cause)
+            if self.on_switch is not None:
+                self.on_switch(previous, name, cause)
+            return
+        now = time.monotonic()
+        if now >= self._recover_at and (self._recovery is None or not self._recovery.is_alive()):
+            self._recover_at = now + self.recover_interval_s
+            self._recovery = threading.Thread(target=self._load_preferred, args=(self._index,),
+                                              name="fallback-recovery", daemon=True)
+            self._recovery.start()
+
+    def _load_preferred(self, limit: int) -> None:
+        from vla_accel.backends.registry import create_backend
+
+        for index in range(limit):
+            name = self.candidates[index]
+            try:
+                backend = create_backend(name, self.model, self._options_for(name))
+                backend.load()
+            except Exception as exc:  # noqa: BLE001 - still failing: stay on the fallback
+                log.debug("backend %s still cannot load: %s", name, exc)
+                continue
+            self._recovered = (index, backend)
+            return
 
     def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
         from vla_accel.backends.base import example_inputs
@@ -307,6 +356,9 @@ class FallbackChain:
             return False
         try:
             self._close_active()
+            ready, self._recovered = self._recovered, None
+            if ready is not None:
+                ready[1].close()
             return True
         finally:
             self._lock.release()

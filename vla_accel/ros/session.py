@@ -50,6 +50,11 @@ def backend_options(values: dict[str, Any], name: str) -> BackendOptions:
     primary = values["backend"]
     if values.get("delegate_path") and (name == primary or primary == "auto"):
         extra.setdefault("delegate_path", values["delegate_path"])
+    if name == "triton":
+        extra.setdefault("url", values.get("triton_url", "localhost:8001"))
+        extra.setdefault("model", values.get("triton_model", ""))
+        extra.setdefault("timeout_s", float(values.get("triton_timeout_s", 1.0)))
+        extra.setdefault("ssl", bool(values.get("triton_ssl", False)))
     precision = values["precision"]
     supported = getattr(backend_class(name), "precisions", ("fp32",))
     if precision not in supported:
@@ -164,7 +169,8 @@ class InferenceSession:
         self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=values["precision"])
         options = {name: backend_options(values, name) for name in self.candidates}
         t0 = time.perf_counter()
-        chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched)
+        chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched,
+                              recover_interval_s=float(values.get("fallback_recover_s", 0.0)))
         try:
             chain.load()
             chain.warmup(int(values["batch_size"]), iterations=max(1, int(values["warmup_iterations"])))
