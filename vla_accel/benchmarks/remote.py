@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--remote-delay-us", type=int, default=2000,
                        help="server dynamic batching: longest wait to fill a batch (default: 2000)")
     group.add_argument("--remote-seconds", type=float, default=0.0,
-                       help="seconds per phase (default: --seconds, at least 3)")
+                       help="seconds per phase (default: --seconds, at least 2)")
 
 
 # --- robot process -----------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         backend = args.backends[1]  # the bench default list starts with the torch baseline
     threads = threads_option(args, default=1)
     counts = sorted(set(args.remote_robots))
-    seconds = args.remote_seconds or max(3.0, float(args.seconds))
+    seconds = args.remote_seconds or max(2.0, float(args.seconds))
     rate = float(args.remote_rate_hz)
     config = ServeConfig(model=args.model, backend=backend, max_batch=max(counts), max_queue_delay_us=args.remote_delay_us,
                          backend_options={"threads": threads})
