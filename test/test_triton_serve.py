@@ -15,8 +15,7 @@ from vla_accel.errors import BackendError, InputError
 from vla_accel.serve import protocol
 from vla_accel.serve.repository import ServeConfig, render_config
 
-MAX_BATCH = 8
-MAX_PIXELS = 1280 * 960
+MAX_BATCH = 8  # as conftest.TRITON_MAX_BATCH
 
 
 def _require_client():
@@ -25,31 +24,6 @@ def _require_client():
     availability = TritonBackend.probe()
     if not availability.ok:
         pytest.skip(f"needs {', '.join(availability.missing)}: pip install 'tritonclient[grpc]'")
-
-
-def _start(tmp_path_factory, grpc_port=None, http_port=None, metrics_port=None):
-    from vla_accel.serve.launch import start_policy_server
-    from vla_accel.serve.server import ServerEnvironment, ServerError, free_port
-
-    _require_client()
-    try:
-        ServerEnvironment.find()
-    except ServerError as exc:
-        pytest.skip(f"needs the Triton server environment (.venv-triton from ./run.sh setup): {exc}")
-    config = ServeConfig(model="tiny", backend="onnxruntime", max_batch=MAX_BATCH, max_queue_delay_us=1000,
-                         max_image_pixels=MAX_PIXELS, backend_options={"threads": 1})
-    server, names = start_policy_server(
-        config, grpc_port=grpc_port or free_port(), http_port=http_port or free_port(),
-        metrics_port=metrics_port or free_port(), host="127.0.0.1", workdir=tmp_path_factory.mktemp("triton"),
-        ready_timeout_s=120)
-    return server, names
-
-
-@pytest.fixture(scope="session")
-def triton_server(tmp_path_factory):
-    server, names = _start(tmp_path_factory)
-    yield server, names
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -221,7 +195,7 @@ def test_unreachable_server_at_load_falls_back_to_local(tiny_bundle):
 
 
 def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(tiny_bundle, local_ort,
-                                                                              tmp_path_factory):
+                                                                              triton_factory):
     """Every frame is answered: the frame in flight when the server dies is re-run locally; the switch
     is counted; with recovery on, the chain returns to the server once it serves again."""
     import time
@@ -230,7 +204,7 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
     from vla_accel.core.selection import FallbackChain
     from vla_accel.core.types import Observation
 
-    server, _ = _start(tmp_path_factory)
+    server, _ = triton_factory()
     switches = []
     options = {"triton": BackendOptions(extra={"url": server.grpc_url, "timeout_s": 2.0}),
                "onnxruntime": BackendOptions(threads=1, extra={"allow_spinning": False})}
@@ -256,7 +230,7 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
         assert switches[0][2] in ("server_unreachable", "timeout", "server_error")
         assert engine.metrics.snapshot().frames_processed == 8
         # the server comes back on the same port: the chain switches back to it
-        server, _ = _start(tmp_path_factory, server.grpc_port, server.http_port, server.metrics_port)
+        server, _ = triton_factory(server.grpc_port, server.http_port, server.metrics_port)
         deadline = time.monotonic() + 20
         while chain.active_name != "triton" and time.monotonic() < deadline:
             engine.infer_one(frames[8])
