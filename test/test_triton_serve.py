@@ -242,3 +242,38 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
     finally:
         chain.close()
         server.stop()
+
+
+def test_chain_switches_back_when_the_preferred_backend_loads_again(tiny_bundle):
+    """recover_interval_s > 0: after a mid-stream fallback the preferred backend is loaded again in the
+    background and takes over at the next frame; 0 (the default) stays on the fallback."""
+    import time
+
+    from vla_accel.core.selection import FallbackChain
+
+    inputs = example_inputs(tiny_bundle.spec, 1, seed=2)
+    for interval in (0.05, 0.0):
+        options = {"onnxruntime": BackendOptions(threads=1, fault="onnxruntime:infer:after=2",
+                                                 extra={"allow_spinning": False}),
+                   "torch": BackendOptions(threads=1)}
+        switched = []
+        chain = FallbackChain(tiny_bundle, ["onnxruntime", "torch"], options, recover_interval_s=interval,
+                              on_switch=lambda old, new, err: switched.append((old, new, getattr(err, "reason", ""))))
+        try:
+            chain.load()
+            for _ in range(3):
+                chain.infer(inputs)  # the third call fails on onnxruntime and runs on torch
+            assert chain.active_name == "torch" and switched[0][:2] == ("onnxruntime", "torch")
+            deadline = time.monotonic() + 10
+            while chain.active_name == "torch" and time.monotonic() < deadline:
+                chain.infer(inputs)
+                time.sleep(0.02)
+                if interval == 0.0 and time.monotonic() > deadline - 9.5:
+                    break
+            if interval:
+                assert chain.active_name == "onnxruntime" and switched[-1] == ("torch", "onnxruntime", "recovered")
+                assert chain.switches == 2
+            else:
+                assert chain.active_name == "torch" and chain.switches == 1
+        finally:
+            chain.close()
