@@ -10,7 +10,8 @@ rate (``--remote-rate-hz``; a late tick is sent at once and the schedule kept) t
 model, then runs the same observations through its own local Engine on the same backend, for
 ``--seconds`` each. Both paths include pre- and post-processing. Per robot count N: throughput (chunks/s
 over all robots), per-robot p50 / p99 latency for both paths, and the batch sizes the server formed
-(from Triton's statistics API, before/after deltas).
+(from Triton's statistics API, before/after deltas) with the mean time a request spent in each server
+stage (queue = waiting for the dynamic batcher, compute_infer = pre/post-processing + the backend).
 
 Two ratios close the report:
 - round-trip overhead: remote p50 - local p50 with one robot (ms), what the network path adds;
@@ -158,7 +159,7 @@ def _mean_batch(delta: dict[str, int]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla_accel.serve.client import RemotePolicy, batch_counts
+    from vla_accel.serve.client import RemotePolicy, batch_counts, stage_means_ms, stage_totals
     from vla_accel.serve.launch import start_policy_server
     from vla_accel.serve.repository import ServeConfig
     from vla_accel.serve.server import free_port
@@ -187,21 +188,26 @@ def run(args: argparse.Namespace) -> int:
         log(f"bench remote: starting {max(counts)} robot processes")
         pool = RobotPool(max(counts), server.grpc_url, names["policy"], args.model, backend, threads)
         for n in counts:
-            before = batch_counts(stats_client.statistics())
+            first = stats_client.statistics()
             remote = _summary(pool.run(n, "remote", rate, seconds), seconds)
-            delta = _batch_delta(before, batch_counts(stats_client.statistics()))
+            second = stats_client.statistics()
+            delta = _batch_delta(batch_counts(first), batch_counts(second))
             local = _summary(pool.run(n, "local", rate, seconds), seconds)
             row = {"robots": n, "remote": remote, "local": local, "server_batches": delta,
-                   "server_mean_batch": _mean_batch(delta)}
+                   "server_mean_batch": _mean_batch(delta),
+                   "server_stage_ms": stage_means_ms(stage_totals(first), stage_totals(second))}
             report["rows"].append(row)
             log(f"  {n:>2} robots: remote {remote['throughput_fps']} chunks/s p50 {remote['p50_ms']} ms | local "
                 f"{local['throughput_fps']} chunks/s p50 {local['p50_ms']} ms | server mean batch {row['server_mean_batch']}")
         n = max(counts)
-        before = batch_counts(stats_client.statistics())
+        s0 = stats_client.statistics()
         sequential = _summary(pool.run(1, "remote", 0.0, seconds), seconds)
-        mid = batch_counts(stats_client.statistics())
+        s1 = stats_client.statistics()
         concurrent = _summary(pool.run(n, "remote", 0.0, seconds), seconds)
-        after = batch_counts(stats_client.statistics())
+        s2 = stats_client.statistics()
+        before, mid, after = batch_counts(s0), batch_counts(s1), batch_counts(s2)
+        sequential["server_stage_ms"] = stage_means_ms(stage_totals(s0), stage_totals(s1))
+        concurrent["server_stage_ms"] = stage_means_ms(stage_totals(s1), stage_totals(s2))
         one = report["rows"][0]
         report["overhead"] = {
             "robots": one["robots"],

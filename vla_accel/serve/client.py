@@ -87,3 +87,29 @@ def batch_counts(statistics: Mapping) -> dict[int, int]:
             size = int(entry["batch_size"])
             counts[size] = counts.get(size, 0) + int(entry.get("compute_infer", {}).get("count", 0))
     return counts
+
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output", "success")
+
+
+def stage_totals(statistics: Mapping) -> dict[str, tuple[int, int]]:
+    """stage -> (count, total ns) from a get_inference_statistics(as_json=True) answer: time requests
+    waited in the batcher's queue and the server's input / inference / output stages."""
+    totals: dict[str, tuple[int, int]] = {}
+    for model in statistics.get("model_stats", []):
+        stats = model.get("inference_stats", {})
+        for stage in STAGES:
+            entry = stats.get(stage, {})
+            count, ns = totals.get(stage, (0, 0))
+            totals[stage] = (count + int(entry.get("count", 0)), ns + int(entry.get("ns", 0)))
+    return totals
+
+
+def stage_means_ms(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+    """Mean ms per request of each server stage between two stage_totals readings."""
+    out: dict[str, float] = {}
+    for stage, (count, ns) in after.items():
+        c0, n0 = before.get(stage, (0, 0))
+        if count > c0:
+            out[stage] = round((ns - n0) / (count - c0) / 1e6, 3)
+    return out
