@@ -12,7 +12,7 @@ import pytest
 from vla_accel.backends.base import BackendOptions, example_inputs
 from vla_accel.backends.registry import create_backend
 from vla_accel.errors import BackendError, InputError
-from vla_accel.serve import protocol
+from vla_accel.backends import triton_protocol as protocol
 from vla_accel.serve.repository import ServeConfig, render_config
 
 MAX_BATCH = 8  # as conftest.TRITON_MAX_BATCH

@@ -1,7 +1,7 @@
 """``triton``: the policy runs on a Triton Inference Server (``vla-accel serve``), reached over
 KServe v2 gRPC with ``tritonclient``; only numpy tensors travel (no pickle anywhere).
 
-The backend talks to the policy's *graph* model (``<name>_graph``, see vla_accel.serve.protocol):
+The backend talks to the policy's *graph* model (``<name>_graph``, see vla_accel.backends.triton_protocol):
 the same graph tensors in and raw actions out as every local backend, so the node's
 pre/post-processing, metrics and a FallbackChain with a local backend behind it work unchanged.
 
@@ -68,7 +68,7 @@ class TritonBackend(Backend):
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from vla_accel.serve import protocol
+        from vla_accel.backends import triton_protocol as protocol
 
         self._grpc = grpcclient
         self._error_type = InferenceServerException
@@ -113,7 +113,7 @@ class TritonBackend(Backend):
             raise BackendError(f"backend 'triton': {what} at {self.url} failed: {exc}", reason=reason) from exc
 
     def _check_server(self) -> None:
-        from vla_accel.serve import protocol
+        from vla_accel.backends import triton_protocol as protocol
 
         if not self._call("server live check", self.client.is_server_live):
             raise BackendError(f"backend 'triton': server at {self.url} is not live", reason="server_unreachable")
@@ -166,7 +166,7 @@ class TritonBackend(Backend):
             return False
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vla_accel.serve import protocol
+        from vla_accel.backends import triton_protocol as protocol
 
         batch, arrays = gather_inputs(self.spec, inputs, self.server_max_batch, self.name)
         request = []

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from vla_accel.errors import BackendError, InputError
-from vla_accel.serve import protocol
+from vla_accel.backends import triton_protocol as protocol
 
 
 class RemotePolicy:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_accel.errors import SpecError
-from vla_accel.serve import protocol
+from vla_accel.backends import triton_protocol as protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec

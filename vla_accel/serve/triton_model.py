@@ -6,7 +6,7 @@ answers every request with its own slice. A request that is bad (undecodable ins
 too large, wrong state size) gets an error response naming the problem; the other requests of the
 same batch are still answered, and the server keeps serving.
 
-Levels (see vla_accel.serve.protocol): ``policy`` runs vla_accel's Preprocessor -> backend ->
+Levels (see vla_accel.backends.triton_protocol): ``policy`` runs vla_accel's Preprocessor -> backend ->
 Postprocessor on raw frames; ``graph`` runs the backend on preprocessed graph tensors.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vla_accel.errors import InputError, VlaAccelError
-from vla_accel.serve import protocol
+from vla_accel.backends import triton_protocol as protocol
 
 log = logging.getLogger("vla_accel.serve")
 

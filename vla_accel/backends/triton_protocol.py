@@ -1,4 +1,6 @@
-"""What travels between a robot and the policy server (KServe v2 tensors; no pickle anywhere).
+"""What travels between a robot and the policy server (KServe v2 tensors; no pickle anywhere):
+the tensor names, datatypes and Triton model names shared by the ``triton`` backend and
+``vla_accel.serve`` (pure: numpy only).
 
 Two Triton models are generated per policy:
 
