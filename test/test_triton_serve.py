@@ -277,3 +277,46 @@ def test_chain_switches_back_when_the_preferred_backend_loads_again(tiny_bundle)
                 assert chain.active_name == "torch" and chain.switches == 1
         finally:
             chain.close()
+
+
+def test_missing_server_environment_is_a_clear_error(tmp_path, monkeypatch):
+    from vla_accel.serve.server import VENV_ENV, ServerEnvironment, ServerError
+
+    with pytest.raises(ServerError) as info:
+        ServerEnvironment.find(tmp_path / "no-venv")
+    assert info.value.reason == "server_env_missing" and "./run.sh setup" in str(info.value)
+    monkeypatch.setenv(VENV_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(ServerError, match="elsewhere"):
+        ServerEnvironment.find()
+
+
+def test_serve_command_starts_answers_and_stops(triton_server, capsys):
+    """`vla-accel serve --check`: repository, server, readiness, one request per model, clean stop."""
+    from vla_accel.cli import main
+    from vla_accel.serve.server import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    assert main(["serve", "--model", "tiny", "--backend", "onnxruntime", "--max-batch", "4", "--threads", "1",
+                 "--host", "127.0.0.1", "--port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
+                 "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "ready" in out and f"/metrics" in out and "tiny_graph" in out
+    assert "check: graph model -> (1, 10, 7), policy model -> (10, 7)" in out and "stopped" in out
+
+
+@pytest.mark.slow
+def test_bench_remote_reports_both_paths_and_the_ratios(tmp_path, triton_server):
+    import json
+
+    from vla_accel.cli import main
+
+    out = tmp_path / "remote.json"
+    assert main(["bench", "remote", "--backends", "onnxruntime", "--remote-robots", "1,2", "--remote-rate-hz", "4",
+                 "--remote-seconds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["robots"] for row in report["rows"]] == [1, 2]
+    for row in report["rows"]:
+        assert row["remote"]["chunks"] > 0 and row["local"]["chunks"] > 0
+        assert len(row["remote"]["per_robot_p50_ms"]) == row["robots"]
+        assert sum(row["server_batches"].values()) > 0 and row["server_stage_ms"]["compute_infer"] > 0
+    assert report["overhead"]["remote_p50_ms"] > 0 and report["dynamic_batching"]["throughput_gain"] > 0
