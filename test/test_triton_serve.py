@@ -178,6 +178,20 @@ def test_triton_backend_checks_the_served_model_against_the_spec(triton_server, 
         backend.close()
 
 
+def test_request_past_its_deadline_is_a_timeout(triton_server, tiny_bundle):
+    server, _ = triton_server
+    backend = _triton(tiny_bundle, server.grpc_url).load()
+    try:
+        assert backend.healthy()
+        backend.timeout_s = 1e-5  # no server answers a 224 KB request within 10 us
+        with pytest.raises(BackendError) as info:
+            backend.infer(example_inputs(tiny_bundle.spec, 1))
+        assert info.value.reason == "timeout"
+        assert not backend.healthy()  # the health check uses the same deadline
+    finally:
+        backend.close()
+
+
 def test_unreachable_server_at_load_falls_back_to_local(tiny_bundle):
     from vla_accel.core.selection import FallbackChain
     from vla_accel.serve.server import free_port
@@ -188,8 +202,7 @@ def test_unreachable_server_at_load_falls_back_to_local(tiny_bundle):
     chain = FallbackChain(tiny_bundle, ["triton", "onnxruntime"], options).load()
     try:
         assert chain.active_name == "onnxruntime"
-        assert chain.failures["triton"] and "server_unreachable" in chain.failures["triton"] or \
-            "unreachable" in chain.failures["triton"] or "failed" in chain.failures["triton"]
+        assert "server live check" in chain.failures["triton"] and "UNAVAILABLE" in chain.failures["triton"]
     finally:
         chain.close()
 
