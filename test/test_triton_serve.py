@@ -303,20 +303,6 @@ def test_missing_server_environment_is_a_clear_error(tmp_path, monkeypatch):
         ServerEnvironment.find()
 
 
-def test_serve_command_starts_answers_and_stops(triton_server, capsys):
-    """`vla-accel serve --check`: repository, server, readiness, one request per model, clean stop."""
-    from vla_accel.cli import main
-    from vla_accel.serve.server import free_port
-
-    ports = [str(free_port()) for _ in range(3)]
-    assert main(["serve", "--model", "tiny", "--backend", "onnxruntime", "--max-batch", "4", "--threads", "1",
-                 "--host", "127.0.0.1", "--port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
-                 "--check"]) == 0
-    out = capsys.readouterr().out
-    assert "ready" in out and f"/metrics" in out and "tiny_graph" in out
-    assert "check: graph model -> (1, 10, 7), policy model -> (10, 7)" in out and "stopped" in out
-
-
 @pytest.mark.slow
 def test_bench_remote_reports_both_paths_and_the_ratios(tmp_path, triton_server):
     import json
@@ -333,3 +319,27 @@ def test_bench_remote_reports_both_paths_and_the_ratios(tmp_path, triton_server)
         assert len(row["remote"]["per_robot_p50_ms"]) == row["robots"]
         assert sum(row["server_batches"].values()) > 0 and row["server_stage_ms"]["compute_infer"] > 0
     assert report["overhead"]["remote_p50_ms"] > 0 and report["dynamic_batching"]["throughput_gain"] > 0
+
+
+def test_serve_command_over_tls_starts_answers_and_stops(tmp_path, triton_server, capsys):
+    """`vla-accel serve --tls-cert/--tls-key --check`: repository, server, readiness, one request per model
+    over TLS (the certificate as root; a plain-text server would fail the handshake), clean stop."""
+    import shutil
+    import subprocess
+
+    from vla_accel.cli import main
+    from vla_accel.serve.server import free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate: apt-get install openssl")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    ports = [str(free_port()) for _ in range(3)]
+    assert main(["serve", "--model", "tiny", "--max-batch", "2", "--threads", "1", "--host", "127.0.0.1",
+                 "--port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
+                 "--tls-cert", str(cert), "--tls-key", str(key), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "ready" in out and "/metrics" in out and "tiny_graph" in out and "TLS" in out
+    assert "check: graph model -> (1, 10, 7), policy model -> (10, 7)" in out and "stopped" in out

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8001, help="gRPC port robots connect to (default 8001)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--tls-cert", default=None, help="PEM server certificate: gRPC over TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                         help="larger camera frames are refused with an error")
     parser.add_argument("--venv", default=None, help="server environment (default .venv-triton or $VLA_ACCEL_TRITON_VENV)")
@@ -59,15 +61,16 @@ def run(args: argparse.Namespace) -> int:
                          backend_options=options, max_image_pixels=args.max_image_pixels)
     server, names = start_policy_server(config, grpc_port=args.port, http_port=args.http_port,
                                         metrics_port=args.metrics_port, host=args.host, venv=args.venv,
-                                        workdir=args.workdir, ready_timeout_s=args.ready_timeout)
+                                        workdir=args.workdir, ready_timeout_s=args.ready_timeout,
+                                        tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
         print(f"vla-accel serve: {args.model} on {args.backend} (max batch {args.max_batch}, queue delay "
               f"{args.max_queue_delay_us} us, {args.instances} instance(s)) ready", flush=True)
-        print(f"  gRPC (KServe v2): {args.host}:{args.port}  models: {names['policy']} (raw frames), "
+        print(f"  gRPC (KServe v2{', TLS' if args.tls_cert else ''}): {args.host}:{args.port}  models: {names['policy']} (raw frames), "
               f"{names['graph']} (backend triton)", flush=True)
         print(f"  metrics: {server.metrics_url}  repository: {server.repository}  log: {server.log_path}", flush=True)
         if args.check:
-            return _check(server, names, config)
+            return _check(server, names, config, args.tls_cert)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
         while not stop:
@@ -83,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         print("vla-accel serve: stopped", flush=True)
 
 
-def _check(server, names, config) -> int:
+def _check(server, names, config, tls_root: str | None = None) -> int:
+    """One request on each model (over TLS with the server's own certificate as root when given)."""
     import numpy as np
 
     from vla_accel.backends.base import BackendOptions, example_inputs
@@ -92,10 +96,11 @@ def _check(server, names, config) -> int:
     from vla_accel.serve.client import RemotePolicy
 
     bundle = load_model(config.model)
-    backend = create_backend("triton", bundle, BackendOptions(extra={"url": server.grpc_url, "timeout_s": 10}))
+    tls = {"ssl": True, "root_certificates": tls_root} if tls_root else {}
+    backend = create_backend("triton", bundle, BackendOptions(extra={"url": server.grpc_url, "timeout_s": 10, **tls}))
     with backend:
         actions = backend.infer(example_inputs(bundle.spec, 1))[bundle.spec.action.output]
-    policy = RemotePolicy(server.grpc_url, names["policy"], timeout_s=10)
+    policy = RemotePolicy(server.grpc_url, names["policy"], timeout_s=10, root_certificates=tls_root)
     try:
         frames = {cam.name: np.zeros((480, 640, 3), np.uint8) for cam in bundle.spec.cameras}
         state = np.zeros(bundle.spec.state.dims, np.float32) if bundle.spec.state is not None else None

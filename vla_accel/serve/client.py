@@ -19,14 +19,20 @@ from vla_accel.backends import triton_protocol as protocol
 
 class RemotePolicy:
     def __init__(self, url: str, model: str, *, timeout_s: float = 5.0, cameras: Sequence[str] | None = None,
-                 ssl: bool = False):
+                 ssl: bool = False, root_certificates: str | None = None):
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         self._grpc = grpcclient
         self._error = InferenceServerException
         self.url, self.model, self.timeout_s = url, model, float(timeout_s)
-        self.client = grpcclient.InferenceServerClient(url, ssl=ssl)
+        if ssl or root_certificates:  # TLS; root_certificates: PEM file of the CA that signed the server's
+            import grpc
+
+            pem = open(root_certificates, "rb").read() if root_certificates else None  # noqa: SIM115
+            self.client = grpcclient.InferenceServerClient(url, ssl=True, creds=grpc.ssl_channel_credentials(pem))
+        else:
+            self.client = grpcclient.InferenceServerClient(url)
         meta = self._call(self.client.get_model_metadata, model, as_json=True)
         self.inputs = {t["name"]: t for t in meta["inputs"]}
         self.cameras = list(cameras) if cameras else [n[len("image_"):] for n in self.inputs if n.startswith("image_")]

@@ -46,7 +46,8 @@ def prepare_backend(config: ServeConfig):
 
 def start_policy_server(config: ServeConfig, *, grpc_port: int = 8001, http_port: int = 8000,
                         metrics_port: int = 8002, host: str = "0.0.0.0", venv: str | Path | None = None,
-                        workdir: str | Path | None = None, ready_timeout_s: float = 120.0) -> tuple[TritonServer, dict]:
+                        workdir: str | Path | None = None, ready_timeout_s: float = 120.0,
+                        tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> tuple[TritonServer, dict]:
     """Prepare, write the repository and start the server; returns (running server, level -> model name)."""
     config.validate()
     bundle = prepare_backend(config)
@@ -55,7 +56,8 @@ def start_policy_server(config: ServeConfig, *, grpc_port: int = 8001, http_port
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vla_accel_serve."))
     names = write_repository(work / "repository", bundle.spec, config)
     server = TritonServer(work / "repository", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
-                          host=host, venv=venv, ready_timeout_s=ready_timeout_s, workdir=work)
+                          host=host, venv=venv, ready_timeout_s=ready_timeout_s, workdir=work,
+                          tls_cert=tls_cert, tls_key=tls_key)
     server._own_workdir = workdir is None  # noqa: SLF001 - a temporary folder made here goes with the server
     server.start()
     return server, names

@@ -119,7 +119,8 @@ class TritonServer:
     def __init__(self, repository: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
                  metrics_port: int = 8002, host: str = "0.0.0.0", venv: str | Path | None = None,
                  log_path: str | Path | None = None, ready_timeout_s: float = 120.0, stop_timeout_s: float = 15.0,
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, tls_cert: str | Path | None = None,
+                 tls_key: str | Path | None = None):
         self.repository = Path(repository)
         self.grpc_port, self.http_port, self.metrics_port = int(grpc_port), int(http_port), int(metrics_port)
         self.host = host
@@ -129,6 +130,12 @@ class TritonServer:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vla_accel_triton."))
         self.log_path = Path(log_path) if log_path else self.workdir / "tritonserver.log"
+        if bool(tls_cert) != bool(tls_key):
+            raise ServerError("TLS needs both a server certificate and its key (PEM files)", reason="bad_tls")
+        for path in filter(None, (tls_cert, tls_key)):
+            if not Path(path).is_file():
+                raise ServerError(f"TLS file not found: {path}", reason="bad_tls")
+        self.tls = (str(tls_cert), str(tls_key)) if tls_cert else None
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -175,6 +182,10 @@ class TritonServer:
             "--allow-sagemaker=false", "--allow-vertex-ai=false",
             "--exit-on-error=true", "--strict-readiness=true", "--log-verbose=0",
             "--disable-auto-complete-config",
+            # gRPC (what robots use) with TLS when a certificate is given; HTTP serves health and
+            # readiness, metrics its own port: bind them to loopback or a trusted network
+            *([f"--grpc-use-ssl=true", f"--grpc-server-cert={self.tls[0]}", f"--grpc-server-key={self.tls[1]}"]
+              if self.tls else []),
         ]
 
     def start(self) -> "TritonServer":
