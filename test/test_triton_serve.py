@@ -221,7 +221,7 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
     switches = []
     options = {"triton": BackendOptions(extra={"url": server.grpc_url, "timeout_s": 2.0}),
                "onnxruntime": BackendOptions(threads=1, extra={"allow_spinning": False})}
-    chain = FallbackChain(tiny_bundle, ["triton", "onnxruntime"], options, recover_interval_s=0.2,
+    chain = FallbackChain(tiny_bundle, ["triton", "onnxruntime"], options, recover_interval_s=0.2, standby=True,
                           on_switch=lambda old, new, err: switches.append((old, new, getattr(err, "reason", ""))))
     engine = Engine(tiny_bundle, chain, max_batch=1)
     rng = np.random.default_rng(5)
@@ -232,6 +232,11 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
     served_by = []
     try:
         assert chain.active_name == "triton"
+        deadline = time.monotonic() + 30
+        while chain._standby is None and time.monotonic() < deadline:  # noqa: SLF001 - the standby in waiting
+            time.sleep(0.05)
+        standby = chain._standby[1]  # noqa: SLF001
+        assert standby.name == "onnxruntime" and standby.loaded
         for i, obs in enumerate(frames[:8]):
             if i == 4:
                 server.kill()  # mid-stream: the next frame's request fails
@@ -239,6 +244,7 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
             served_by.append(chunk.backend)
             np.testing.assert_allclose(chunk.values, reference.infer_one(obs).values, atol=1e-5, rtol=0)
         assert served_by == ["triton"] * 4 + ["onnxruntime"] * 4  # frame 4 itself ran locally: no gap
+        assert chain.active is standby  # the switch took the loaded standby, no load on the failing frame
         assert chain.switches == 1 and switches[0][:2] == ("triton", "onnxruntime")
         assert switches[0][2] in ("server_unreachable", "timeout", "server_error")
         assert engine.metrics.snapshot().frames_processed == 8

@@ -162,6 +162,7 @@ class FallbackChain:
         options: "BackendOptions | Mapping[str, BackendOptions] | None" = None,
         on_switch: "Callable[[str, str, BaseException], None] | None" = None,
         recover_interval_s: float = 0.0,
+        standby: bool = False,
     ):
         if not candidates:
             raise BackendError("FallbackChain needs at least one candidate backend", reason="no_backend")
@@ -182,6 +183,12 @@ class FallbackChain:
         self._recover_at = 0.0
         self._recovery: threading.Thread | None = None
         self._recovered: "tuple[int, Backend] | None" = None
+        # Standby: the candidate after the running one is loaded in the background and kept ready, so a
+        # switch (e.g. a remote server that stops answering) does not wait for the fallback to load.
+        self.standby = bool(standby)
+        self._standby: "tuple[int, Backend] | None" = None
+        self._standby_index = -1
+        self._standby_thread: threading.Thread | None = None
 
     # --- what runs --------------------------------------------------------------------------------
     @property
@@ -231,7 +238,7 @@ class FallbackChain:
         for index in range(start, len(self.candidates)):
             name = self.candidates[index]
             try:
-                backend = create_backend(name, self.model, self._options_for(name))
+                backend = self._take_standby(index) or create_backend(name, self.model, self._options_for(name))
                 backend.load()
             except Exception as exc:  # noqa: BLE001 - any failure of one candidate means: try the next
                 self.failures[name] = str(exc) if isinstance(exc, VlaAccelError) else f"{type(exc).__name__}: {exc}"
@@ -246,6 +253,7 @@ class FallbackChain:
                             f": {reason}" if reason else "")
             if previous and self.on_switch is not None:
                 self.on_switch(previous, name, cause)
+            self._start_standby()
             return
         self._active, self._index = None, len(self.candidates)
         tried = "; ".join(f"{n}: {self.failures.get(n, 'not tried')}" for n in self.candidates)
@@ -297,6 +305,7 @@ class FallbackChain:
             log.warning("backend fallback: %s", cause)
             if self.on_switch is not None:
                 self.on_switch(previous, name, cause)
+            self._start_standby()
             return
         now = time.monotonic()
         if now >= self._recover_at and (self._recovery is None or not self._recovery.is_alive()):
@@ -304,6 +313,49 @@ class FallbackChain:
             self._recovery = threading.Thread(target=self._load_preferred, args=(self._index,),
                                               name="fallback-recovery", daemon=True)
             self._recovery.start()
+
+    def _take_standby(self, index: int) -> "Backend | None":
+        """The standby backend if it is candidate ``index`` (waiting for it when it is still loading:
+        never slower than loading it anew); a standby for another candidate is closed."""
+        thread = self._standby_thread
+        if thread is not None and thread.is_alive() and self._standby_index == index:
+            thread.join()
+        ready, self._standby = self._standby, None
+        if ready is None:
+            return None
+        if ready[0] == index:
+            return ready[1]
+        ready[1].close()
+        return None
+
+    def _start_standby(self) -> None:
+        if not self.standby:
+            return
+        index = self._index + 1
+        thread = self._standby_thread
+        if index >= len(self.candidates) or (self._standby is not None and self._standby[0] == index) or (
+                thread is not None and thread.is_alive() and self._standby_index == index):
+            return
+        old, self._standby = self._standby, None
+        if old is not None:
+            old[1].close()
+        self._standby_index = index
+
+        def load_standby() -> None:
+            from vla_accel.backends.registry import create_backend
+
+            name = self.candidates[index]
+            try:
+                backend = create_backend(name, self.model, self._options_for(name))
+                backend.load()
+                backend.warmup(1, 1)
+            except Exception as exc:  # noqa: BLE001 - no standby; a switch then loads it (and reports why)
+                log.info("standby backend %s could not be loaded: %s", name, exc)
+                return
+            self._standby = (index, backend)
+
+        self._standby_thread = threading.Thread(target=load_standby, name="fallback-standby", daemon=True)
+        self._standby_thread.start()
 
     def _load_preferred(self, limit: int) -> None:
         from vla_accel.backends.registry import create_backend
@@ -356,9 +408,11 @@ class FallbackChain:
             return False
         try:
             self._close_active()
-            ready, self._recovered = self._recovered, None
-            if ready is not None:
-                ready[1].close()
+            for attr in ("_recovered", "_standby"):
+                ready = getattr(self, attr)
+                setattr(self, attr, None)
+                if ready is not None:
+                    ready[1].close()
             return True
         finally:
             self._lock.release()

@@ -65,6 +65,8 @@ PARAMETERS: tuple[ParameterDef, ...] = (
     _p("fallback_recover_s", "float", 0.0, "after a fallback, try the preferred backend again every this many "
        "seconds and switch back when it loads (e.g. a Triton server that is back); 0 = stay on the fallback",
        low=0.0, high=3600.0, read_only=True),
+    _p("fallback_standby", "bool", False, "keep the next fallback backend loaded in the background, so a switch "
+       "(e.g. a policy server that stops answering) does not wait for it to load", read_only=True),
     _p("triton_url", "str", "localhost:8001", "backend triton: the policy server's gRPC host:port", read_only=True),
     _p("triton_model", "str", "", "backend triton: Triton model name (empty = <model>_graph)", read_only=True),
     _p("triton_timeout_s", "float", 1.0, "backend triton: per-request deadline; past it the fallback runs the frame",

@@ -170,7 +170,8 @@ class InferenceSession:
         options = {name: backend_options(values, name) for name in self.candidates}
         t0 = time.perf_counter()
         chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched,
-                              recover_interval_s=float(values.get("fallback_recover_s", 0.0)))
+                              recover_interval_s=float(values.get("fallback_recover_s", 0.0)),
+                              standby=bool(values.get("fallback_standby", False)))
         try:
             chain.load()
             chain.warmup(int(values["batch_size"]), iterations=max(1, int(values["warmup_iterations"])))
