@@ -91,7 +91,7 @@ def test_node_on_triton_matches_local_and_falls_back_when_the_server_dies(listen
         listener.diagnostics.clear()
         listener.stats.clear()
     node = _start_node(["-p", "backend:=triton", "-p", "fallback:=[onnxruntime]", "-p", f"triton_url:={server.grpc_url}",
-                        "-p", "triton_timeout_s:=3.0", "-p", "threads:=1", "-p", "speedup_baseline:=none",
+                        "-p", "triton_timeout_s:=3.0", "-p", "threads:=1", "-p", "fallback_standby:=true", "-p", "speedup_baseline:=none",
                         "-p", "stale_image_timeout_s:=5.0", "-p", "target_latency_ms:=5000.0"])
     robot = None
     try:

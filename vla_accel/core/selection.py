@@ -7,7 +7,9 @@ probe succeeds here by measured speed (core/calibration.py), measuring briefly w
 ``FallbackChain`` runs that list as one backend: it loads the first candidate that loads, and when
 the running one fails mid-stream it closes it, loads the next and re-runs the same batch there, so
 no frame is lost and the switch is reported (``on_switch``, ``.events``, ``device_info()``).
-Like ONNX Runtime's provider list, but never silent: what runs is always reported.
+Like ONNX Runtime's provider list, but never silent: what runs is always reported. Optionally the
+chain keeps the next candidate loaded (``standby``) and, after a fallback, tries the preferred ones
+again in the background every ``recover_interval_s`` and switches back to the first that loads.
 """
 from __future__ import annotations
 
