@@ -138,6 +138,7 @@ class TritonServer:
         self.tls = (str(tls_cert), str(tls_key)) if tls_cert else None
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self._shm_regions: set[str] = set()
 
     @property
     def grpc_url(self) -> str:
@@ -230,10 +231,31 @@ class TritonServer:
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
                                   f"its log ({self.log_path}) ends:\n{self.log_tail()}", reason="server_exited")
             if self.ready():
+                self._shm_regions |= self._mapped_shm_regions()
                 return
             time.sleep(0.2)
         raise ServerError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s; its log ({self.log_path}) "
                           f"ends:\n{self.log_tail()}", reason="server_not_ready")
+
+    def _mapped_shm_regions(self) -> set[str]:
+        """The Python backend's shared-memory regions this server maps (one per model instance). A
+        server that is killed cannot remove them, so stop() / kill() do (they would pile up in /dev/shm)."""
+        try:
+            with open(f"/proc/{self.process.pid}/maps", encoding="utf-8", errors="replace") as maps:
+                return {line.split()[-1] for line in maps
+                        if "/dev/shm/triton_python_backend_shm_region_" in line}
+        except (OSError, AttributeError):
+            return set()
+
+    def _remove_shm_regions(self) -> None:
+        for path in self._shm_regions:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove the server's shared memory %s: %s", path, exc)
+        self._shm_regions = set()
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -250,6 +272,7 @@ class TritonServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+            self._remove_shm_regions()
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -266,6 +289,7 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self._remove_shm_regions()
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
