@@ -29,7 +29,10 @@ class RemotePolicy:
         if ssl or root_certificates:  # TLS; root_certificates: PEM file of the CA that signed the server's
             import grpc
 
-            pem = open(root_certificates, "rb").read() if root_certificates else None  # noqa: SIM115
+            pem = None
+            if root_certificates:
+                with open(root_certificates, "rb") as handle:
+                    pem = handle.read()
             self.client = grpcclient.InferenceServerClient(url, ssl=True, creds=grpc.ssl_channel_credentials(pem))
         else:
             self.client = grpcclient.InferenceServerClient(url)
