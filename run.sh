@@ -30,16 +30,40 @@ setup_venv() {
   "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { log "Python 3.10+ is required"; exit 1; }
   [ -x "$VENV/bin/python" ] || { log "creating venv $VENV"; "$PY" -m venv "$VENV"; }
   local stamp="$VENV/.vla_accel_requirements"
-  local want; want=$(cat requirements/*.txt setup.cfg | sha256sum | cut -c1-16)
+  local want; want=$(cat requirements/*.txt requirements/no-deps/*.txt setup.cfg | sha256sum | cut -c1-16)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing Python packages into $VENV (first run takes a few minutes)"
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     # every requirements/*.txt (runtime, ros, test, and per-area extras); torch pinned to the CPU build
     local reqs=(); for f in requirements/*.txt; do reqs+=(-r "$f"); done
     "$VENV/bin/python" -m pip install -q "${reqs[@]}"
+    # packages whose declared pins would downgrade others (each file says why)
+    for f in requirements/no-deps/*.txt; do "$VENV/bin/python" -m pip install -q --no-deps -r "$f"; done
     "$VENV/bin/python" -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
   fi
+}
+
+setup_triton_server() {
+  # vla-accel serve: the tritonserver binary (nvidia-pytriton wheel) in its own venv, because Triton's
+  # Python backend needs numpy < 2 (requirements/triton-server/). Needs glibc >= 2.35 and a Python
+  # built with a shared libpython (the backend's stub loads it).
+  local venv=${VLA_ACCEL_TRITON_VENV:-$ROOT/.venv-triton}
+  local stamp="$venv/.vla_accel_requirements"
+  local want; want=$(cat requirements/triton-server/*.txt | sha256sum | cut -c1-16)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
+  local glibc; glibc=$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || echo 0.0)
+  if [ "$(printf '%s\n2.35\n' "$glibc" | sort -V | head -1)" != "2.35" ]; then
+    log "glibc $glibc < 2.35: skipping the Triton server environment (vla-accel serve will say it is missing)"; return
+  fi
+  if [ "$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("Py_ENABLE_SHARED") or 0)')" != 1 ]; then
+    log "$PY has no shared libpython: skipping the Triton server environment"; return
+  fi
+  [ -x "$venv/bin/python" ] || { log "creating the Triton server venv $venv"; "$PY" -m venv "$venv"; }
+  log "installing the Triton server environment into $venv"
+  "$venv/bin/python" -m pip install -q -r requirements/triton-server/requirements.txt
+  "$venv/bin/python" -m pip install -q --no-deps -r requirements/triton-server/no-deps.txt
+  echo "$want" > "$stamp"
 }
 
 setup_ros() {
@@ -47,7 +71,7 @@ setup_ros() {
   bash scripts/build_ros.sh "$VENV"
 }
 
-setup() { setup_apt; setup_venv; setup_ros; }
+setup() { setup_apt; setup_venv; setup_triton_server; setup_ros; }
 
 activate() {
   # The ROS build's environment (PYTHONPATH with vla_accel.msg, AMENT_PREFIX_PATH, LD_LIBRARY_PATH).
@@ -65,7 +89,7 @@ case "$cmd" in
     set +e; python -m pytest "$@"; rc=$?; set -e
     [ $rc -eq 5 ] && { log "pytest collected no tests"; exit 1; }
     exit $rc ;;
-  bench|replay|doctor|export|info) setup; activate; exec vla-accel "$cmd" "$@" ;;
+  bench|replay|doctor|export|info|serve) setup; activate; exec vla-accel "$cmd" "$@" ;;
   vla-accel) setup; activate; exec vla-accel "$@" ;;
-  *) echo "usage: ./run.sh {demo|test|setup|bench|replay|doctor|export|info|vla-accel ...}" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh {demo|test|setup|bench|replay|doctor|export|info|serve|vla-accel ...}" >&2; exit 2 ;;
 esac

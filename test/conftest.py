@@ -42,3 +42,47 @@ def base_bundle():
     from vla_accel.models import load_model
 
     return load_model("base")
+
+
+TRITON_MAX_BATCH = 8
+TRITON_MAX_PIXELS = 1280 * 960
+
+
+@pytest.fixture(scope="session")
+def triton_factory(tmp_path_factory):
+    """Starts real Triton servers serving ``tiny`` on onnxruntime on loopback (random free ports unless
+    given); every server started is stopped at the end of the session. Skips, naming what is missing,
+    without the Triton client or the server environment."""
+    started = []
+
+    def start(grpc_port: int = 0, http_port: int = 0, metrics_port: int = 0):
+        from vla_accel.backends.triton_backend import TritonBackend
+        from vla_accel.serve.launch import start_policy_server
+        from vla_accel.serve.repository import ServeConfig
+        from vla_accel.serve.server import ServerEnvironment, ServerError, free_port
+
+        availability = TritonBackend.probe()
+        if not availability.ok:
+            pytest.skip(f"needs {', '.join(availability.missing)}: pip install 'tritonclient[grpc]'")
+        try:
+            ServerEnvironment.find()
+        except ServerError as exc:
+            pytest.skip(f"needs the Triton server environment (.venv-triton from ./run.sh setup): {exc}")
+        config = ServeConfig(model="tiny", backend="onnxruntime", max_batch=TRITON_MAX_BATCH, max_queue_delay_us=1000,
+                             max_image_pixels=TRITON_MAX_PIXELS, backend_options={"threads": 1})
+        server, names = start_policy_server(
+            config, grpc_port=grpc_port or free_port(), http_port=http_port or free_port(),
+            metrics_port=metrics_port or free_port(), host="127.0.0.1", workdir=tmp_path_factory.mktemp("triton"),
+            ready_timeout_s=120)
+        started.append(server)
+        return server, names
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_server(triton_factory):
+    """One Triton server shared by the tests that do not stop it."""
+    return triton_factory()

@@ -28,6 +28,7 @@ LAYER = {
     "bags": 4,
     "commands": 4,
     "benchmarks": 4,
+    "serve": 4,
     "cli": 4,
     "msg": 4,  # generated ROS messages: only the ROS-facing layer uses them
 }

@@ -1,4 +1,4 @@
-"""``vla-accel``: demo | bench | export | info | replay | doctor.
+"""``vla-accel``: demo | bench | export | info | replay | doctor | serve.
 
 Each subcommand lives in ``vla_accel.commands.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only for the command that runs, so ``vla-accel doctor``
@@ -20,6 +20,7 @@ COMMANDS = {
     "info": "show a model's spec, parameter count and FLOPs per inference",
     "replay": "replay a rosbag2 bag through one or more backends and write a report",
     "doctor": "list every backend, whether it can run here, and what is missing",
+    "serve": "serve a policy to many robots from a Triton Inference Server (dynamic batching, metrics)",
 }
 
 

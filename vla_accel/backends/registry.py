@@ -27,6 +27,7 @@ _BACKENDS: dict[str, str] = {
     "external": "vla_accel.backends.litert_backend:ExternalDelegateBackend",
     "npu": "vla_accel.backends.npu_backend:NpuBackend",
     "opencl": "vla_accel.backends.opencl_backend:OpenCLBackend",
+    "triton": "vla_accel.backends.triton_backend:TritonBackend",
 }
 # Friendly names for the same implementations.
 ALIASES: dict[str, str] = {"cpu": "torch", "ort": "onnxruntime", "trt": "tensorrt", "coral": "edgetpu"}

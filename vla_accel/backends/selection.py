@@ -7,7 +7,9 @@ probe succeeds here by measured speed (core/calibration.py), measuring briefly w
 ``FallbackChain`` runs that list as one backend: it loads the first candidate that loads, and when
 the running one fails mid-stream it closes it, loads the next and re-runs the same batch there, so
 no frame is lost and the switch is reported (``on_switch``, ``.events``, ``device_info()``).
-Like ONNX Runtime's provider list, but never silent: what runs is always reported.
+Like ONNX Runtime's provider list, but never silent: what runs is always reported. Optionally the
+chain keeps the next candidate loaded (``standby``) and, after a fallback, tries the preferred ones
+again in the background every ``recover_interval_s`` and switches back to the first that loads.
 """
 from __future__ import annotations
 
@@ -161,6 +163,8 @@ class FallbackChain:
         candidates: Sequence[str],
         options: "BackendOptions | Mapping[str, BackendOptions] | None" = None,
         on_switch: "Callable[[str, str, BaseException], None] | None" = None,
+        recover_interval_s: float = 0.0,
+        standby: bool = False,
     ):
         if not candidates:
             raise BackendError("FallbackChain needs at least one candidate backend", reason="no_backend")
@@ -174,6 +178,19 @@ class FallbackChain:
         self._active: "Backend | None" = None
         self._index = -1
         self._lock = threading.RLock()
+        # Switching back: every recover_interval_s (0 = never) a background thread tries to load the
+        # candidates before the running one (e.g. a remote server that came back); the next infer()
+        # then switches to the first that loaded.
+        self.recover_interval_s = float(recover_interval_s)
+        self._recover_at = 0.0
+        self._recovery: threading.Thread | None = None
+        self._recovered: "tuple[int, Backend] | None" = None
+        # Standby: the candidate after the running one is loaded in the background and kept ready, so a
+        # switch (e.g. a remote server that stops answering) does not wait for the fallback to load.
+        self.standby = bool(standby)
+        self._standby: "tuple[int, Backend] | None" = None
+        self._standby_index = -1
+        self._standby_thread: threading.Thread | None = None
 
     # --- what runs --------------------------------------------------------------------------------
     @property
@@ -223,7 +240,7 @@ class FallbackChain:
         for index in range(start, len(self.candidates)):
             name = self.candidates[index]
             try:
-                backend = create_backend(name, self.model, self._options_for(name))
+                backend = self._take_standby(index) or create_backend(name, self.model, self._options_for(name))
                 backend.load()
             except Exception as exc:  # noqa: BLE001 - any failure of one candidate means: try the next
                 self.failures[name] = str(exc) if isinstance(exc, VlaAccelError) else f"{type(exc).__name__}: {exc}"
@@ -238,6 +255,7 @@ class FallbackChain:
                             f": {reason}" if reason else "")
             if previous and self.on_switch is not None:
                 self.on_switch(previous, name, cause)
+            self._start_standby()
             return
         self._active, self._index = None, len(self.candidates)
         tried = "; ".join(f"{n}: {self.failures.get(n, 'not tried')}" for n in self.candidates)
@@ -263,6 +281,8 @@ class FallbackChain:
         with self._lock:
             if self._active is None:
                 raise BackendError("FallbackChain used before load()", reason="not_loaded")
+            if self.recover_interval_s > 0 and self._index > 0:
+                self._maybe_recover()
             while True:
                 backend = self._active
                 try:
@@ -278,6 +298,89 @@ class FallbackChain:
                     self._close_active()
                     self._try_from(self._index + 1, failed, exc)
                     # loop: the same batch runs again on the new backend
+
+    def _maybe_recover(self) -> None:
+        """Called under the lock: swap in a preferred candidate the recovery thread loaded, or start
+        that thread when its interval has passed."""
+        ready, self._recovered = self._recovered, None
+        if ready is not None:
+            index, backend = ready
+            if index >= self._index:
+                backend.close()
+                return
+            previous, name = self.active_name, self.candidates[index]
+            cause = BackendError(f"backend {name} loads again; switched back from {previous}", reason="recovered")
+            self._close_active()
+            self._active, self._index = backend, index
+            self.events.append(SwitchEvent(time.time(), previous, name, str(cause)))
+            log.warning("backend fallback: %s", cause)
+            if self.on_switch is not None:
+                self.on_switch(previous, name, cause)
+            self._start_standby()
+            return
+        now = time.monotonic()
+        if now >= self._recover_at and (self._recovery is None or not self._recovery.is_alive()):
+            self._recover_at = now + self.recover_interval_s
+            self._recovery = threading.Thread(target=self._load_preferred, args=(self._index,),
+                                              name="fallback-recovery", daemon=True)
+            self._recovery.start()
+
+    def _take_standby(self, index: int) -> "Backend | None":
+        """The standby backend if it is candidate ``index`` (waiting for it when it is still loading:
+        never slower than loading it anew); a standby for another candidate is closed."""
+        thread = self._standby_thread
+        if thread is not None and thread.is_alive() and self._standby_index == index:
+            thread.join()
+        ready, self._standby = self._standby, None
+        if ready is None:
+            return None
+        if ready[0] == index:
+            return ready[1]
+        ready[1].close()
+        return None
+
+    def _start_standby(self) -> None:
+        if not self.standby:
+            return
+        index = self._index + 1
+        thread = self._standby_thread
+        if index >= len(self.candidates) or (self._standby is not None and self._standby[0] == index) or (
+                thread is not None and thread.is_alive() and self._standby_index == index):
+            return
+        old, self._standby = self._standby, None
+        if old is not None:
+            old[1].close()
+        self._standby_index = index
+
+        def load_standby() -> None:
+            from vla_accel.backends.registry import create_backend
+
+            name = self.candidates[index]
+            try:
+                backend = create_backend(name, self.model, self._options_for(name))
+                backend.load()
+                backend.warmup(1, 1)
+            except Exception as exc:  # noqa: BLE001 - no standby; a switch then loads it (and reports why)
+                log.info("standby backend %s could not be loaded: %s", name, exc)
+                return
+            self._standby = (index, backend)
+
+        self._standby_thread = threading.Thread(target=load_standby, name="fallback-standby", daemon=True)
+        self._standby_thread.start()
+
+    def _load_preferred(self, limit: int) -> None:
+        from vla_accel.backends.registry import create_backend
+
+        for index in range(limit):
+            name = self.candidates[index]
+            try:
+                backend = create_backend(name, self.model, self._options_for(name))
+                backend.load()
+            except Exception as exc:  # noqa: BLE001 - still failing: stay on the fallback
+                log.debug("backend %s still cannot load: %s", name, exc)
+                continue
+            self._recovered = (index, backend)
+            return
 
     def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
         from vla_accel.core.spec import example_inputs
@@ -316,6 +419,11 @@ class FallbackChain:
             return False
         try:
             self._close_active()
+            for attr in ("_recovered", "_standby"):
+                ready = getattr(self, attr)
+                setattr(self, attr, None)
+                if ready is not None:
+                    ready[1].close()
             return True
         finally:
             self._lock.release()

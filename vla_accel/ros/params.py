@@ -60,9 +60,20 @@ PARAMETERS: tuple[ParameterDef, ...] = (
        "joint states) or path to a model spec YAML", read_only=True),
     _p("backend", "str", "torch",
        "backend to run (torch = CPU baseline, onnxruntime, openvino, cuda, tensorrt, edgetpu, litert-gpu, "
-       "hexagon, qnn, npu, opencl, ...) or 'auto'", read_only=True),
+       "hexagon, qnn, npu, opencl, triton = a policy server, ...) or 'auto'", read_only=True),
     _p("fallback", "str_list", [], "backends tried in order when the backend cannot load or fails while "
        "running; end with a CPU backend", read_only=True),
+    _p("fallback_recover_s", "float", 0.0, "after a fallback, try the preferred backend again every this many "
+       "seconds and switch back when it loads (e.g. a Triton server that is back); 0 = stay on the fallback",
+       low=0.0, high=3600.0, read_only=True),
+    _p("fallback_standby", "bool", False, "keep the next fallback backend loaded in the background, so a switch "
+       "(e.g. a policy server that stops answering) does not wait for it to load", read_only=True),
+    _p("triton_url", "str", "localhost:8001", "backend triton: the policy server's gRPC host:port", read_only=True),
+    _p("triton_model", "str", "", "backend triton: Triton model name (empty = <model>_graph)", read_only=True),
+    _p("triton_timeout_s", "float", 1.0, "backend triton: per-request deadline; past it the fallback runs the frame",
+       low=0.001, high=60.0, read_only=True),
+    _p("triton_ssl", "bool", False, "backend triton: TLS to the server (root_certificates etc. via backend_extra)",
+       read_only=True),
     _p("device", "str", "", "runtime device (empty = the backend's default: CPU, cuda:0, NPU, ...)", read_only=True),
     _p("precision", "str", "fp32", "inference precision", choices=PRECISIONS, read_only=True),
     _p("threads", "int", 0, "intra-op CPU threads (0 = runtime default)", low=0, high=256, read_only=True),

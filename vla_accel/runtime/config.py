@@ -51,6 +51,13 @@ class RuntimeConfig:
     backend_extra: Mapping[str, Any] = field(default_factory=dict)
     cache_dir: str = ""
     warmup_iterations: int = 3
+    fallback_recover_s: float = 0.0
+    fallback_standby: bool = False
+    # backend triton: the policy server
+    triton_url: str = "localhost:8001"
+    triton_model: str = ""
+    triton_timeout_s: float = 1.0
+    triton_ssl: bool = False
     speedup_baseline: str = "measure"
     parity_check: bool = True
     # inputs

@@ -53,6 +53,11 @@ def backend_options(config: RuntimeConfig, name: str) -> BackendOptions:
     primary = config.backend
     if config.delegate_path and (name == primary or primary == "auto"):
         extra.setdefault("delegate_path", config.delegate_path)
+    if name == "triton":
+        extra.setdefault("url", config.triton_url)
+        extra.setdefault("model", config.triton_model)
+        extra.setdefault("timeout_s", config.triton_timeout_s)
+        extra.setdefault("ssl", config.triton_ssl)
     precision = config.precision
     supported = getattr(backend_class(name), "precisions", ("fp32",))
     if precision not in supported:
@@ -190,7 +195,8 @@ class InferenceSession:
         self.state = BackendState(status="loading", candidates=tuple(self.candidates), precision=config.precision)
         options = {name: backend_options(config, name) for name in self.candidates}
         t0 = time.perf_counter()
-        chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched)
+        chain = FallbackChain(self.bundle, self.candidates, options, on_switch=self._switched,
+                              recover_interval_s=config.fallback_recover_s, standby=config.fallback_standby)
         try:
             chain.load()
             chain.warmup(config.batch_size, iterations=max(1, config.warmup_iterations))
