@@ -230,15 +230,16 @@ def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str
         else:
             out[cam.input] = rng.standard_normal(shape).astype(cam.dtype)
     ins = spec.instruction
-    n = ins.max_tokens
-    lengths = rng.integers(1, n + 1, size=batch)
-    tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
-    mask = np.zeros((batch, n), dtype=np.float32)
-    for b, length in enumerate(lengths):
-        tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
-        mask[b, :length] = 1.0
-    out[ins.input] = tokens
-    out[ins.mask_input] = mask
+    if ins.enabled:
+        n = ins.max_tokens
+        lengths = rng.integers(1, n + 1, size=batch)
+        tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
+        mask = np.zeros((batch, n), dtype=np.float32)
+        for b, length in enumerate(lengths):
+            tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
+            mask[b, :length] = 1.0
+        out[ins.input] = tokens.astype(ins.ids_dtype, copy=False)
+        out[ins.mask_input] = mask.astype(ins.mask_dtype, copy=False)
     if spec.state is not None:
         out[spec.state.input] = rng.standard_normal((batch, spec.state.dims)).astype(np.float32)
     return out
@@ -251,8 +252,9 @@ def input_signature(spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     for cam in spec.cameras:
         expected[cam.input] = (tuple(cam.shape), np.dtype(cam.dtype))
     ins = spec.instruction
-    expected[ins.input] = ((ins.max_tokens,), np.dtype(np.int32))
-    expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(np.float32))
+    if ins.enabled:
+        expected[ins.input] = ((ins.max_tokens,), np.dtype(ins.ids_dtype))
+        expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(ins.mask_dtype))
     if spec.state is not None:
         expected[spec.state.input] = ((spec.state.dims,), np.dtype(np.float32))
     return expected
