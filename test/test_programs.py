@@ -432,3 +432,15 @@ def test_session_runs_tiny_flow_with_stage_metrics():
     msg = fill_stats_msg(Stats(), snap, 1)
     assert msg.program_steps == 10 and msg.prefix_p50_ms > 0
     engine.close()
+
+
+def test_the_worked_specs_of_docs_policies_load():
+    folder = Path(__file__).resolve().parents[1] / "docs" / "policies"
+    specs = {p.stem: ModelSpec.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
+    kinds = {s.program.kind for s in specs.values()}
+    assert kinds == {"single_pass", "flow_matching", "diffusion", "autoregressive"}
+    assert specs["act_single_pass"].fixed_batch == 1 and not specs["act_single_pass"].instruction.enabled
+    assert specs["pi0_flow"].cameras[0].pad == "bottom_right"
+    assert specs["groot_flow"].program.flow.time_dtype == "int64"
+    tokens = specs["openvla_autoregressive"].program.tokens
+    assert prog.tokens_to_values(np.array([31999]), tokens)[0] == tokens.centres()[0]
