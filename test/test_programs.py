@@ -144,14 +144,14 @@ def test_letterbox_pads_bottom_right_like_resize_with_pad():
 
 
 # --- user ONNX graphs and the load-time contract ----------------------------------------------------
-def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=False) -> Path:
+def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=False, batch="B") -> Path:
     """A small hand-built ONNX policy: actions = noise + mean(image) + mean(state) [+ mean(mask*tokens)],
     with a second output 'aux' listed first (so reading output 0 would be wrong)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inputs = [helper.make_tensor_value_info("image_primary", TensorProto.FLOAT, ["B", 3, 8, 8]),
-              helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", 8])]
+    inputs = [helper.make_tensor_value_info("image_primary", TensorProto.FLOAT, [batch, 3, 8, 8]),
+              helper.make_tensor_value_info("state", TensorProto.FLOAT, [batch, 8])]
     nodes = [helper.make_node("ReduceMean", ["image_primary", "axes123"], ["m_img"], keepdims=1),
              helper.make_node("Reshape", ["m_img", "shape_b11"], ["img3"]),
              helper.make_node("MatMul", ["state", "w_state"], ["s7"]),
@@ -182,8 +182,10 @@ def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=Fals
     else:
         nodes.append(helper.make_node("Expand", [last, "shape_b47"], ["actions"]))
         inits.append(numpy_helper.from_array(np.array([1, 4, 7], dtype=np.int64), "shape_b47"))
-    outputs = [helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["B", 8]),
-               helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", 4, 7])]
+    if batch != "B":
+        inits[1] = numpy_helper.from_array(np.array([batch, 1, 1], dtype=np.int64), "shape_b11")
+    outputs = [helper.make_tensor_value_info("aux", TensorProto.FLOAT, [batch, 8]),
+               helper.make_tensor_value_info("actions", TensorProto.FLOAT, [batch, 4, 7])]
     graph = helper.make_graph(nodes, "user_policy", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -444,3 +446,29 @@ def test_the_worked_specs_of_docs_policies_load():
     assert specs["groot_flow"].program.flow.time_dtype == "int64"
     tokens = specs["openvla_autoregressive"].program.tokens
     assert prog.tokens_to_values(np.array([31999]), tokens)[0] == tokens.centres()[0]
+
+
+@needs_onnx
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
+def test_bench_skips_a_batch_the_model_cannot_take_and_keeps_the_others(tmp_path):
+    from vla_accel.commands.bench import run_backends
+
+    _user_onnx(tmp_path / "model.onnx", extra_noise=False, batch=1)  # exported with a fixed batch of 1
+    _user_bundle(tmp_path, "fixed")
+    report = run_backends(model=str(tmp_path / "fixed.yaml"), backends=["onnxruntime"], batches=[1, 2],
+                          warmup=1, iters=2, openvino_default=False, onnxruntime_int8=False, log=lambda m: None)
+    rows = {r["batch"]: r for r in report["results"]}
+    assert rows[1]["iterations"] == 2 and "error" not in rows[1]
+    assert "batch 2" in rows[2]["error"]
+
+
+@pytest.mark.slow
+def test_bench_reports_program_stages_and_the_prefix_cache():
+    from vla_accel.commands.bench import format_table, run_backends
+
+    report = run_backends(model="tiny-diffusion", backends=["torch"], batches=[1], warmup=1, iters=3,
+                          openvino_default=False, onnxruntime_int8=False, log=lambda m: None)
+    (row,) = report["results"]
+    assert row["stages_ms"]["steps"] == 10 and row["chunk_rate_hz"] > 0
+    assert report["prefix_cache"]["per_backend"]["torch"]["speedup"] > 0
+    assert "prefix once speedup" in format_table(report)
