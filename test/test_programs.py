@@ -472,3 +472,18 @@ def test_bench_reports_program_stages_and_the_prefix_cache():
     assert row["stages_ms"]["steps"] == 10 and row["chunk_rate_hz"] > 0
     assert report["prefix_cache"]["per_backend"]["torch"]["speedup"] > 0
     assert "prefix once speedup" in format_table(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (module_available("ai_edge_litert") and module_available("litert_torch")),
+                    reason="needs LiteRT and its converter: pip install -r requirements/litert.txt")
+def test_tiny_flow_runs_on_tflite_like_torch():
+    from vla_accel.models.reference import load_program_reference
+
+    bundle = load_model("tiny-flow")
+    case = load_program_reference(bundle)
+    with create_backend("tflite", bundle) as runner:
+        actions = runner.infer(case.inputs)["actions"]
+    assert np.abs(actions - case.actions).max() <= 1e-4
+    with pytest.raises(BackendError, match="single_pass, flow_matching, diffusion"):
+        create_backend("tflite", load_model("tiny-ar")).load()
