@@ -11,7 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.backends.base import BackendOptions
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.registry import create_backend
 from vla_accel.errors import BackendError, InputError
 from vla_accel.backends import triton_protocol as protocol

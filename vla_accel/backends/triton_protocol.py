@@ -66,7 +66,7 @@ def policy_signature(spec: "ModelSpec") -> dict[str, tuple[tuple[int, ...], str]
 
 def graph_signature(spec: "ModelSpec") -> dict[str, tuple[tuple[int, ...], str]]:
     """Graph-model inputs: the spec's graph inputs, name -> (per-sample dims, v2 datatype)."""
-    from vla_accel.backends.base import input_signature
+    from vla_accel.core.spec import input_signature
 
     return {name: (tuple(shape), datatype(dtype)) for name, (shape, dtype) in input_signature(spec).items()}
 

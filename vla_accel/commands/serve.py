@@ -90,7 +90,8 @@ def _check(server, names, config, tls_root: str | None = None) -> int:
     """One request on each model (over TLS with the server's own certificate as root when given)."""
     import numpy as np
 
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
     from vla_accel.models import load_model
     from vla_accel.serve.client import RemotePolicy

@@ -36,12 +36,14 @@ def time_calls(fn: Callable[[], Any], *, min_calls: int = 1, max_calls: int | No
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], *, calls: int = 0, seconds: float = 0.0, block: int = 1,
                      rotate: bool = True, min_rounds: int = 3,
-                     samples: Sequence[list[float]] | None = None) -> list[list[float]]:
+                     samples: Sequence[list[float]] | None = None,
+                     after: Callable[[int], Any] | None = None) -> list[list[float]]:
     """Turns over ``fns``: each turn makes one untimed call when ``block`` > 1, then ``block`` timed
     calls. With ``rotate`` the first callable changes each round (none always runs right after
     another). Stops once every callable has ``calls`` samples, or (``calls`` = 0) after ``seconds``
     per callable and at least ``min_rounds`` rounds. ``samples``: lists to append to (one per
-    callable); returned."""
+    callable); returned. ``after(i)`` runs after each timed call of ``fns[i]``, outside the timing
+    (e.g. to read the per-stage times the call left behind)."""
     out = [list() for _ in fns] if samples is None else list(samples)
     if not fns:
         return out
@@ -57,6 +59,8 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], *, calls: int = 0, second
             take = block if not calls else min(block, calls - len(out[i]))
             for _ in range(take):
                 out[i].append(time_call_ms(fns[i]))
+                if after is not None:
+                    after(i)
         rounds += 1
         if calls:
             if all(len(s) >= calls for s in out):

@@ -155,4 +155,9 @@ def fill_stats_msg(msg: Any, snap: MetricsSnapshot, stamp_ns: int) -> Any:
     msg.frames_dropped = int(snap.frames_dropped)
     msg.frames_superseded = int(snap.frames_superseded)
     msg.backend_switches = int(snap.backend_switches)
+    if hasattr(msg, "prefix_p50_ms"):  # fields added at the end of the message (older builds lack them)
+        msg.prefix_p50_ms = float(snap.stage("prefix")["p50"])
+        msg.step_p50_ms = float(snap.stage("step")["p50"])
+        msg.program_p50_ms = float(snap.stage("program_total")["p50"])
+        msg.program_steps = int(snap.extra.get("program_steps", 0))
     return msg

@@ -57,7 +57,8 @@ def _p(name, kind, default, description, **kw) -> ParameterDef:
 PARAMETERS: tuple[ParameterDef, ...] = (
     # --- model and backend (need a reload: read-only) -------------------------------------------
     _p("model", "str", "tiny-vision", "model name (tiny-vision: camera + instruction; tiny, tiny-2cam, base: also "
-       "joint states) or path to a model spec YAML", read_only=True),
+       "joint states; policy programs: tiny-flow, base-flow, tiny-diffusion, tiny-ar) or path to a model spec YAML",
+       read_only=True),
     _p("backend", "str", "torch",
        "backend to run (torch = CPU baseline, onnxruntime, openvino, cuda, tensorrt, edgetpu, litert-gpu, "
        "hexagon, qnn, npu, opencl, triton = a policy server, ...) or 'auto'", read_only=True),

@@ -188,6 +188,12 @@ def inference_status(snap: MetricsSnapshot, backend: BackendState, cameras: Sequ
         ("model", snap.model),
         ("backend switches", str(snap.backend_switches)),
     ]
+    if snap.stage("program_total")["count"]:
+        # policy programs: prefix once per chunk, the step graph N times, the whole program
+        values += [("prefix p50 (ms)", _ms(snap.stage("prefix")["p50"])),
+                   ("step p50 (ms)", _ms(snap.stage("step")["p50"])),
+                   ("program p50 (ms)", _ms(snap.stage("program_total")["p50"])),
+                   ("steps per chunk", f"{snap.extra.get('program_steps', 0):.0f}")]
     if config.target_latency_ms > 0:
         values.append(("target latency (ms)", _ms(config.target_latency_ms)))
 
