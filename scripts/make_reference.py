@@ -16,6 +16,7 @@ import argparse
 import sys
 
 
+from vla_accel.backends.registry import create_backend
 from vla_accel.models import builtin_models, load_model
 from vla_accel.models.reference import build_program_reference, build_reference, reference_path, save_reference
 from vla_accel.runtime.parity import GOLDEN_DIR
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in args.models:
         bundle = load_model(name)
-        arrays = build_program_reference(bundle) if bundle.is_program else build_reference(bundle)
+        if bundle.is_program:
+            with create_backend("torch", bundle) as runner:
+                arrays = build_program_reference(bundle, runner.infer)
+        else:
+            arrays = build_reference(bundle)
         # The same file twice: the test reference, and the golden the node's parity self-check ships with.
         for directory in (None, GOLDEN_DIR):
             if not save_reference(reference_path(name, "fp32", directory), arrays, MAX_BYTES):

@@ -425,7 +425,7 @@ def test_session_runs_tiny_flow_with_stage_metrics():
     snap = engine.metrics.snapshot()
     assert snap.stage("prefix")["count"] == 1 and snap.stage("step")["p50"] > 0
     assert snap.extra["program_steps"] == 10
-    from vla_accel.ros.diagnostics import fill_stats_msg
+    from vla_accel.ros.conversions import fill_stats_msg
 
     class Stats:  # the message's fields (the built message is tested in the ROS tests)
         class header:

@@ -121,3 +121,12 @@ class GraphContractError(ModelFileError):
     a dtype or shape mismatch, or an output name the graph lacks."""
 
     reason = "spec_mismatch"
+
+
+class UnknownGraphError(SpecError, KeyError):
+    """A graph name the policy program does not have; the message lists the program's graphs."""
+
+    reason = "unknown_graph"
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from vla_accel.errors import SpecError
+from vla_accel.errors import SpecError, UnknownGraphError
 
 PROGRAM_KINDS = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 DIFFUSION_SCHEDULERS = ("ddpm", "ddim")
@@ -193,7 +193,7 @@ class ProgramSpec:
         for graph in self.graphs:
             if graph.name == name:
                 return graph
-        raise KeyError(f"no graph '{name}' in the program; graphs: {[g.name for g in self.graphs]}")
+        raise UnknownGraphError(f"no graph '{name}' in the program; graphs: {[g.name for g in self.graphs]}")
 
     @property
     def prefix(self) -> GraphSpec | None:

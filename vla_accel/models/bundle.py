@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from vla_accel.errors import ModelFileError, SpecError
 from vla_accel.models.architecture import NetworkConfig
 from vla_accel.models.progress import ExportProgress
+from vla_accel.models.publish import ONNX_OPSET, publish_directory
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -36,7 +37,6 @@ EXPORT_FORMATS = ("onnx", "openvino", "tflite")
 EXPORT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16")}
 # The file a model-file format must end with.
 FORMAT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml", "engine": ".engine"}
-ONNX_OPSET = 18
 
 
 def default_cache_dir() -> Path:
@@ -51,19 +51,6 @@ def _sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash
         for block in iter(lambda: handle.read(1 << 20), b""):
             h.update(block)
     return h
-
-
-def publish_directory(tmp_dir: Path, final_dir: Path) -> Path:
-    """Atomically move a completed export folder into place. If another process finished the same
-    export first, keep theirs (identical content) and discard ours."""
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        if not final_dir.is_dir():
-            raise
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return final_dir
 
 
 class ModelBundle:

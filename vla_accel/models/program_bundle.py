@@ -125,7 +125,7 @@ def example_feeds(bundle: "ModelBundle", batch: int = 2, seed: int = 0) -> dict[
     modules), used to export each graph."""
     import torch
 
-    from vla_accel.backends.program import program_example_feeds
+    from vla_accel.core.spec import program_example_feeds
 
     program = bundle.spec.program
     env = program_example_feeds(bundle.spec, batch, seed)
@@ -148,7 +148,8 @@ def example_feeds(bundle: "ModelBundle", batch: int = 2, seed: int = 0) -> dict[
 def export_program(bundle: "ModelBundle", fmt: str, precision: str = "fp32", progress: bool = True,
                    force: bool = False) -> dict[str, Path]:
     """Export every graph to ``fmt`` (onnx | openvino); returns graph name -> model file (cached)."""
-    from vla_accel.models.bundle import ExportProgress, publish_directory
+    from vla_accel.models.progress import ExportProgress
+    from vla_accel.models.publish import publish_directory
 
     fmt = fmt.lower()
     if not bundle.has_torch_network:
@@ -208,7 +209,7 @@ def _export_onnx_graphs(bundle: "ModelBundle", directory: Path, report) -> None:
     import onnx
     import torch
 
-    from vla_accel.models.bundle import ONNX_OPSET
+    from vla_accel.models.publish import ONNX_OPSET
 
     program = bundle.spec.program
     report.stage("building the torch graphs and example feeds")

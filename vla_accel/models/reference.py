@@ -145,13 +145,12 @@ def program_reference_inputs(bundle, seed: int, batch: int) -> dict[str, np.ndar
     return inputs
 
 
-def build_program_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_BATCH) -> dict[str, np.ndarray]:
-    """Run a reference program on torch (fp32, CPU) with seeded inputs and noise."""
-    from vla_accel.backends.registry import create_backend
-
+def build_program_reference(bundle, infer, seed: int = REFERENCE_SEED,
+                            batch: int = REFERENCE_BATCH) -> dict[str, np.ndarray]:
+    """The reference of a program: ``infer`` (the torch fp32 CPU backend's ``infer``, handed in by the
+    caller so the models layer needs no backend) run on seeded inputs and noise."""
     inputs = program_reference_inputs(bundle, seed, batch)
-    with create_backend("torch", bundle) as runner:
-        actions = runner.infer(inputs)[bundle.spec.action.output]
+    actions = infer(inputs)[bundle.spec.action.output]
     tolerances = PROGRAM_TOLERANCES[bundle.spec.program.kind]
     small = {f"input:{name}": arr for name, arr in inputs.items() if arr.nbytes <= 16384}
     return {
