@@ -38,13 +38,14 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_accel.core.ratelimit import RateLimitedLogger
 from vla_accel.core.scheduling import QUEUED
 from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
-from vla_accel.ros import conversions, diagnostics, params
+from vla_accel.ros import conversions, diagnostics, execution_output, params
 from vla_accel.ros.inputs import ObservationAssembler
 
 log = logging.getLogger("vla_accel.vla_node")
@@ -60,6 +61,9 @@ class VlaNode(Node):
         self.assembler: ObservationAssembler | None = None
         self.cameras: list[diagnostics.CameraInput] = []
         self.streamer = None
+        self.execution: execution_output.ExecutionOutput | None = None  # async execution, trajectory, limits
+        self.trajectory_pub = None
+        self.output_enabled = True  # False: inference paused and nothing published (a deactivated managed node)
         self.bridge = None
         self._stream_lock = threading.Lock()
         self._last_action: np.ndarray | None = None
@@ -88,6 +92,7 @@ class VlaNode(Node):
                                         on_switch=self._on_switch)
         try:
             self.session.load_model()
+            self.execution = execution_output.ExecutionOutput.from_values(self.values, self.session.spec.action)
             self._make_inputs()
             self.session.load()
         except VlaAccelError as exc:
@@ -118,7 +123,7 @@ class VlaNode(Node):
         self.create_subscription(String, values["instruction_topic"], self._on_instruction, QoSProfile(depth=10))
         if spec.state is not None:
             self.create_subscription(JointState, values["joint_states_topic"], self._on_joint_state, qos)
-        if values["stream_actions"]:
+        if values["stream_actions"] or (self.execution is not None and self.execution.executor is not None):
             from vla_accel.core.streaming import ActionStreamer
 
             self.streamer = ActionStreamer(spec.action, mode=values["streaming_mode"])
@@ -185,12 +190,18 @@ class VlaNode(Node):
             self.action_pub = self.create_publisher(TwistStamped, values["action_topic"], QoSProfile(depth=10))
         elif kind == "float64_array":
             self.action_pub = self.create_publisher(Float64MultiArray, values["action_topic"], QoSProfile(depth=10))
+        if values["joint_trajectory_topic"]:
+            self.trajectory_pub = self.create_publisher(JointTrajectory, values["joint_trajectory_topic"],
+                                                        QoSProfile(depth=10))
 
     # --- callbacks: inputs ----------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
         entry_ns = time.monotonic_ns()
         raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
         obs = self.assembler.on_frame(camera, raw, conversions.stamp_to_ns(msg.header.stamp), msg.header.frame_id)
+        if obs is not None and (not self.output_enabled or (self.execution is not None and not
+                                                            self.execution.want_frame(self.get_clock().now().nanoseconds))):
+            obs = None  # paused, or the executing chunk does not need a new one yet (counted)
         if obs is not None:
             with self._overhead_lock:
                 self._entry_ns[obs.stamp_ns] = entry_ns
@@ -237,12 +248,23 @@ class VlaNode(Node):
             return
         device = self.session.device
         for chunk in chunks:
+            executed = chunk
+            if self.execution is not None:
+                now_ns = self.get_clock().now().nanoseconds
+                executed = self.execution.on_chunk(chunk, now_ns)
+                if executed is not None and self.trajectory_pub is not None and not self.values["dry_run"]:
+                    plan = self.execution.trajectory(executed, now_ns)
+                    if plan is not None:
+                        self.trajectory_pub.publish(execution_output.fill_joint_trajectory(
+                            JointTrajectory(), plan, JointTrajectoryPoint))
             t = chunk.timings_ms
             msg = conversions.fill_chunk_msg(
                 self._chunk_msg, chunk, device=device, inference_latency_ms=t.get("infer", 0.0),
                 total_latency_ms=t.get("total", 0.0), batch_size=int(t.get("batch_size", 1)))
             self.chunk_pub.publish(msg)
-            if self.streamer is not None:
+            if executed is None or (self.execution is not None and self.execution.executor is not None):
+                pass  # executed by ChunkExecutor (sampled on the control timer), or entirely in the past
+            elif self.streamer is not None:
                 with self._stream_lock:
                     self.streamer.push(chunk)
             elif not self.values["dry_run"]:
@@ -266,6 +288,8 @@ class VlaNode(Node):
         if self.action_pub is None:
             return
         spec = self.session.spec.action
+        if self.execution is not None:
+            action = self.execution.limit_action(np.asarray(action, dtype=np.float32), dt)
         msg = self._first_action_msg if reuse else None
         if self.action_kind == "twist":
             from geometry_msgs.msg import TwistStamped
@@ -302,11 +326,18 @@ class VlaNode(Node):
 
     # --- timers ---------------------------------------------------------------------------------
     def _on_control_tick(self) -> None:
-        if self.values["dry_run"]:
+        if not self.output_enabled:
             return
         now_ns = self.get_clock().now().nanoseconds
-        with self._stream_lock:
-            action = self.streamer.sample(now_ns)
+        if self.execution is not None and self.execution.executor is not None:
+            action = self.execution.sample(now_ns)  # measured (jump, jerk) even in a dry run
+            if self.values["dry_run"]:
+                return
+        elif self.values["dry_run"]:
+            return
+        else:
+            with self._stream_lock:
+                action = self.streamer.sample(now_ns)
         if action is not None:
             self._publish_action(action, now_ns, "", self.session.spec.action.dt)
 
@@ -329,9 +360,11 @@ class VlaNode(Node):
 
     def _on_stats_tick(self) -> None:
         if self.session is not None and self.session.state.status == "running":
+            if self.execution is not None:
+                self.execution.report(self.session.metrics)
             snap = self.session.metrics.snapshot()
-            self.stats_pub.publish(diagnostics.fill_stats_msg(InferenceStats(), snap,
-                                                              self.get_clock().now().nanoseconds))
+            msg = diagnostics.fill_stats_msg(InferenceStats(), snap, self.get_clock().now().nanoseconds)
+            self.stats_pub.publish(execution_output.fill_stats(msg, snap.extra))
         self._publish_diagnostics()
 
     def diagnostic_reports(self) -> list:
@@ -348,7 +381,11 @@ class VlaNode(Node):
         state = session.state if session is not None else diagnostics.BackendState(status="loading")
         cameras = [c.view() for c in self.cameras]
         instruction = self.assembler.instruction_view() if self.assembler is not None else None
-        return diagnostics.build_reports(metrics.snapshot(), state, cameras, instruction, config)
+        snap = metrics.snapshot()
+        reports = diagnostics.build_reports(snap, state, cameras, instruction, config)
+        if self.execution is not None:
+            reports.append(self.execution.status(snap.extra, config.node_name, reports[0].hardware_id))
+        return reports
 
     def _publish_diagnostics(self) -> None:
         self._force_diagnostics.clear()
