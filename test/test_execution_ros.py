@@ -114,7 +114,8 @@ def _joint_model(tmp_path: Path) -> Path:
     from vla_accel.models import load_model
 
     data = load_model("tiny").spec.to_dict()
-    data["action"].update(names=list(JOINTS), space="joint_position")
+    # dt 0.2 s: a 2 s chunk, so chunks still have live steps when inference is slow on a loaded machine
+    data["action"].update(names=list(JOINTS), space="joint_position", dt=0.2)
     data["name"] = "tiny-joints"
     path = tmp_path / "tiny_joints.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -125,6 +126,7 @@ def _params_file(tmp_path: Path, node_name: str, **values) -> Path:
     import yaml
 
     path = tmp_path / f"{node_name}_params.yaml"
+    values = {"speedup_baseline": "none", "warmup_iterations": 1, "threads": 1, **values}
     path.write_text(yaml.safe_dump({node_name: {"ros__parameters": values}}), encoding="utf-8")
     return path
 
@@ -217,3 +219,55 @@ def test_malformed_urdf_fails_configure_with_a_clear_error(ros, tmp_path):
         if node.poll() is None:
             _, out = e2e._sigint_and_wait(node)
             assert "Traceback" not in out
+
+
+def _change_state(listener, transition_id: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    client = listener.node.create_client(ChangeState, "/vla_node/change_state")
+    assert client.wait_for_service(timeout_sec=30.0), "the managed node's change_state service did not appear"
+    request = ChangeState.Request()
+    request.transition.id = transition_id
+    future = client.call_async(request)
+    deadline = time.monotonic() + 120.0  # configure loads the model and measures the CPU baseline
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listener.node.destroy_client(client)
+    assert future.done(), f"lifecycle transition {transition_id} timed out"
+    return bool(future.result().success)
+
+
+@pytest.mark.ros
+def test_managed_node_publishes_only_while_active(ros, tmp_path):
+    from lifecycle_msgs.msg import Transition
+
+    e2e, listener = ros
+    pfile = _params_file(tmp_path, "vla_node", model=str(_joint_model(tmp_path)), backend="torch",
+                         joint_trajectory_topic="/jtc/joint_trajectory", async_execution=True,
+                         speedup_baseline="none", stats_period_s=0.5)
+    cmd = [sys.executable, "-m", "vla_accel.ros.managed_node", "--ros-args", "--params-file", str(pfile)]
+    node = subprocess.Popen(cmd, env=e2e._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    camera = None
+    try:
+        camera = e2e._start_camera(120.0, tmp_path / "stamps.txt")
+        time.sleep(2.0)
+        with listener.lock:
+            listener.trajectories.clear()
+        assert _change_state(listener, Transition.TRANSITION_CONFIGURE)
+        time.sleep(1.0)
+        with listener.lock:
+            assert not listener.trajectories, "an inactive node must not publish trajectories"
+        assert _change_state(listener, Transition.TRANSITION_ACTIVATE)
+        listener.wait_for(lambda: len(listener.trajectories) >= 3, 60, "trajectories while active")
+        assert _change_state(listener, Transition.TRANSITION_DEACTIVATE)
+        time.sleep(0.5)  # a chunk in flight may still land
+        with listener.lock:
+            count = len(listener.trajectories)
+        time.sleep(1.5)
+        with listener.lock:
+            assert len(listener.trajectories) == count, "a deactivated node must hold"
+    finally:
+        e2e._kill_leftovers(camera)
+        if node.poll() is None:
+            _, out = e2e._sigint_and_wait(node)
+            assert "Traceback" not in out, out[-3000:]

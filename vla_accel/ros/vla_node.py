@@ -241,6 +241,9 @@ class VlaNode(Node):
 
     # --- callbacks: outputs (the loop's worker thread) ------------------------------------------
     def _on_chunks(self, chunks) -> None:
+        if not self.output_enabled:
+            self.session.metrics.record_event("chunks_withheld_inactive", len(chunks))
+            return
         if self._stale:
             # Inputs went stale (e.g. the instruction timed out) and the hold was published: chunks
             # computed meanwhile must not override it. Counted, not silent.
