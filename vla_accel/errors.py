@@ -106,3 +106,10 @@ class ExecutionError(VlaAccelError):
     space, or joint names that do not match the action's dimensions)."""
 
     reason = "bad_execution_setup"
+
+
+class GraphContractError(ModelFileError):
+    """A model file does not match its spec (checked at load): a graph input the spec does not feed,
+    a dtype or shape mismatch, or an output name the graph lacks."""
+
+    reason = "spec_mismatch"
