@@ -131,6 +131,59 @@ def _observations(bag: Path, bundle, options: ExecutionReplayOptions, metrics) -
             yield timed.observation
 
 
+def _frame_inference(bag: Path, bundle, backend, engine, options: ExecutionReplayOptions):
+    """(infer(obs, plan) -> chunk, frame stamps, guided). Frames are preprocessed once and kept as
+    input tensors. Single-pass programs: one inference per frame, reused by every mode. Flow-matching
+    programs run by the ProgramRunner: the noise of a frame is fixed (seeded by the frame's index), so
+    every mode sees the same sample for it, and an RTC plan becomes the runner's guide for that call."""
+    from vla_accel.core.program import call_noise
+
+    spec = bundle.spec
+    program = getattr(spec, "program", None)
+    runner = getattr(backend, "_runner", None)
+    guided = bool(program is not None and program.kind == "flow_matching" and runner is not None
+                  and hasattr(runner, "guide"))
+    frames: dict[int, tuple[int, dict[str, np.ndarray], Observation]] = {}
+    for obs in _observations(bag, bundle, options, engine.metrics):
+        batch = engine.prepare([obs])
+        try:
+            if batch.size:
+                inputs = {k: np.array(v, copy=True) for k, v in batch.inputs.items()}
+                frames[obs.stamp_ns] = (len(frames), inputs, Observation(images={}, instruction="", stamp_ns=obs.stamp_ns,
+                                                                          frame_id=obs.frame_id))
+        finally:
+            batch.release()
+    cache: dict[int, ActionChunk] = {}
+    post = engine.postprocessor
+
+    def run(stamp: int, plan: RtcPlan | None) -> ActionChunk:
+        index, inputs, obs = frames[stamp]
+        feeds = dict(inputs)
+        if program is not None and program.kind != "single_pass":
+            feeds[program.noise] = call_noise(program.seed, index, (1, spec.action.steps, spec.action.dims))
+        if guided:
+            runner.guide = None if plan is None else plan.guide(
+                program.flow.t_start, program.flow.t_end, options.rtc_max_guidance, scale=post.scale, offset=post.offset)
+        try:
+            outputs = backend.infer(feeds)
+        finally:
+            if guided:
+                runner.guide = None
+        values = post.unnormalize(outputs[spec.action.output], 1)
+        return post.to_chunks(values, [obs], spec.name, info_name)[0]
+
+    info_name = backend.device_info().backend
+
+    def infer(obs: Observation, plan: RtcPlan | None) -> ActionChunk:
+        if plan is not None:
+            return run(obs.stamp_ns, plan)
+        if obs.stamp_ns not in cache:
+            cache[obs.stamp_ns] = run(obs.stamp_ns, None)
+        return cache[obs.stamp_ns]
+
+    return infer, sorted(frames), guided
+
+
 def run_execution_replay(bag: str | Path, options: ExecutionReplayOptions, out_dir: str | Path) -> dict[str, Any]:
     """Every mode x delay on ``bag``; writes execution.json, execution.md and execution.png into
     ``out_dir`` and returns the JSON document."""
@@ -149,20 +202,11 @@ def run_execution_replay(bag: str | Path, options: ExecutionReplayOptions, out_d
     try:
         info = backend.device_info()
         engine = Engine(bundle, backend)
-        guided = False  # single-pass programs: RTC is prefix freezing plus blending in the executor
-        chunks: dict[int, ActionChunk] = {}
-        for obs in _observations(bag, bundle, options, engine.metrics):
-            chunks[obs.stamp_ns] = engine.infer_one(obs)
-        if len(chunks) < 2:
+        infer, stamps, guided = _frame_inference(bag, bundle, backend, engine, options)
+        if len(stamps) < 2:
             raise VlaAccelError(f"{bag}: fewer than 2 usable frames for the model {spec.name}", reason="bad_bag")
-        stamps = sorted(chunks)
         observations = {s: Observation(images={}, instruction="", stamp_ns=s) for s in stamps}
-
-        def infer(obs: Observation, plan: RtcPlan | None) -> ActionChunk:
-            return chunks[obs.stamp_ns]
-
         runs = []
-        end = stamps[-1]
         for delay in options.delay_periods:
             for mode in options.modes:
                 config = ExecutionConfig(mode=mode, threshold=options.threshold, control_period_s=period,
@@ -171,7 +215,7 @@ def run_execution_replay(bag: str | Path, options: ExecutionReplayOptions, out_d
                                          rtc_blend_steps=options.rtc_blend_steps,
                                          rtc_max_guidance=options.rtc_max_guidance)
                 runs.append(simulate(stamps, infer, lambda i: observations[stamps[i]], spec.action, config,
-                                     delay * period, guided=guided, end_ns=end))
+                                     delay * period, guided=guided and mode == "rtc", end_ns=stamps[-1]))
     finally:
         backend.close()
     program = getattr(getattr(spec, "program", None), "kind", "single_pass")
@@ -181,7 +225,8 @@ def run_execution_replay(bag: str | Path, options: ExecutionReplayOptions, out_d
         "bag": bag.name,
         "model": spec.name,
         "program": program,
-        "rtc_kind": "guided denoising" if guided else "prefix freezing plus blending (single-pass program)",
+        "rtc_kind": "guided denoising (RTC inside the flow-matching loop)" if guided
+                    else "prefix freezing plus blending (single-pass program)",
         "backend": info.backend,
         "device": info.device,
         "frames": len(stamps),

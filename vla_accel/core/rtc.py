@@ -116,8 +116,15 @@ class RtcPlan:
         return cls(target, soft_mask(steps, frozen, blend, schedule), frozen, overlap)
 
     def guide(self, t_start: float, t_end: float, max_guidance: float = 5.0,
-              vjp: Callable[[Any, Any], Any] | None = None) -> "RtcGuide":
-        return RtcGuide(self.target, self.weights, self.frozen, t_start=t_start, t_end=t_end,
+              vjp: Callable[[Any, Any], Any] | None = None, scale: np.ndarray | None = None,
+              offset: np.ndarray | None = None) -> "RtcGuide":
+        """The per-step guide for one denoising loop. The loop integrates *normalised* actions: give the
+        un-normalisation ``a = x * scale + offset`` (core.postprocess.Postprocessor's) and the target is
+        mapped into the loop's space."""
+        target = self.target
+        if scale is not None:
+            target = (target - np.asarray(offset if offset is not None else 0.0)) / np.asarray(scale)
+        return RtcGuide(target, self.weights, self.frozen, t_start=t_start, t_end=t_end,
                         max_guidance=max_guidance, vjp=vjp)
 
 
