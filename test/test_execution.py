@@ -296,3 +296,68 @@ def test_limiter_names_missing_joints():
     with pytest.raises(RobotDescriptionError, match="no commanded joint"):
         JointLimiter(["j0", "wrist"], parse_urdf_limits(URDF))
     assert JointLimiter(["j0", "gripper"], parse_urdf_limits(URDF)).velocity[1] == math.inf
+
+
+# --- the execution replay's simulated clock (pure) ----------------------------------------------------------
+def test_simulated_execution_skips_stale_steps_and_rtc_blend_reduces_the_jump():
+    from vla_accel.bags.execution import jump_ratios, simulate
+    from vla_accel.core.types import Observation
+
+    spec = _spec(dims=1, steps=10)
+    stamps = [i * 50 * MS for i in range(60)]
+    frames = [Observation(images={}, instruction="", stamp_ns=s) for s in stamps]
+
+    def infer(obs, plan):  # each frame predicts a constant that alternates: every switch disagrees by 1
+        level = float((obs.stamp_ns // (50 * MS)) % 2)
+        return _chunk(obs.stamp_ns, np.full((10, 1), level))
+
+    jumps = {}
+    for mode in ("naive", "blend", "rtc"):
+        # threshold 0.8: the next inference starts with 8 steps left, so 5 steps blend after the 3 frozen
+        config = ExecutionConfig(mode=mode, threshold=0.8, control_period_s=DT, initial_delay_s=3 * DT,
+                                 rtc_schedule="linear")
+        run = simulate(stamps, infer, lambda i: frames[i], spec, config, delay_s=3 * DT)
+        assert run.figures["execution_stale_steps_skipped"] == 3 * run.figures["execution_chunks_executed"]
+        assert run.figures["execution_chunks_late"] == 0
+        jumps[mode] = run.figures["chunk_jump_max"]
+    assert jumps["naive"] == pytest.approx(1.0)
+    assert jumps["rtc"] < jumps["naive"] / 3
+    ratios = jump_ratios([{"mode": "naive", "delay_periods": 3.0, "chunk_jump_max": 1.0},
+                          {"mode": "rtc", "delay_periods": 3.0, "chunk_jump_max": 0.25}])
+    assert ratios == {"rtc_vs_naive_at_3x": 0.25}
+
+
+def test_rtc_guide_inside_the_program_runner_of_a_flow_matching_model():
+    pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0")
+    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.core.postprocess import Postprocessor
+    from vla_accel.core.program import call_noise
+    from vla_accel.models import load_model
+
+    bundle = load_model("tiny-flow")
+    spec = bundle.spec
+    if getattr(spec, "program", None) is None or spec.program.kind != "flow_matching":
+        pytest.skip("needs the tiny-flow flow-matching reference program")
+    backend = create_backend("torch", bundle, BackendOptions(threads=1))
+    backend.load()
+    try:
+        runner = backend._runner
+        post = Postprocessor(spec)
+        inputs = dict(example_inputs(spec, 1, seed=0))
+        inputs[spec.program.noise] = call_noise(spec.program.seed, 7, (1, spec.action.steps, spec.action.dims))
+        free = backend.infer(inputs)[spec.action.output]
+        previous = post.unnormalize(free, 1)[0] * 0.0 + 0.5 * (np.asarray(spec.action.clip_high, np.float32))
+        plan = RtcPlan.from_previous(previous, 0, spec.action.dt, 0, spec.action.steps, delay_s=3 * spec.action.dt)
+        runner.guide = plan.guide(spec.program.flow.t_start, spec.program.flow.t_end, 5.0,
+                                  scale=post.scale, offset=post.offset)
+        try:
+            guided = backend.infer(inputs)[spec.action.output]
+        finally:
+            runner.guide = None
+        target = (plan.target - post.offset) / post.scale
+        assert guided[0, :3] == pytest.approx(target[:3], abs=1e-5)  # frozen prefix written exactly
+        assert np.abs(guided[0, 3] - target[3]).max() < np.abs(free[0, 3] - target[3]).max()
+        assert np.allclose(backend.infer(inputs)[spec.action.output], free)  # guide cleared: plain sample again
+    finally:
+        backend.close()
