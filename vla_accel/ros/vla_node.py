@@ -8,12 +8,10 @@ CompressedImage on <topic>/compressed), /vla/instruction (std_msgs/String), /joi
 /vla/action_chunk (vla_accel/ActionChunk, header.stamp = the source frame's stamp), /vla/action
 (TwistStamped or Float64MultiArray), /vla/stats (vla_accel/InferenceStats) and /diagnostics.
 
-Lifecycle: not a managed (rclpy.lifecycle) node. There is no lifecycle manager where the package must
-run (no launch_ros / ros2 CLI in the pip-wheel environment) and the node must come up on its own, so
-it runs the same phases itself: declare parameters -> configure (load model and backend; on failure
-it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the loop) -> shutdown
-(publish the on_shutdown action, stop the loop, join threads). Each phase is a method, ready to be
-mapped onto on_configure / on_activate / on_shutdown.
+Lifecycle: this plain node runs its phases itself: declare parameters -> configure (load model and
+backend; on failure it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the
+loop) -> shutdown (publish the on_shutdown action, stop the loop, join threads). vla_accel.ros.managed_node
+maps the same phases onto rclpy.lifecycle transitions for systems with a lifecycle manager.
 
 The logic lives in tested modules without a graph: params, inputs, conversions, diagnostics, session.
 """
