@@ -271,3 +271,29 @@ def test_managed_node_publishes_only_while_active(ros, tmp_path):
         if node.poll() is None:
             _, out = e2e._sigint_and_wait(node)
             assert "Traceback" not in out, out[-3000:]
+
+
+def test_rtc_plan_is_handed_to_the_flow_runner_before_each_inference():
+    from vla_accel.core.postprocess import Postprocessor
+    from vla_accel.models import load_model
+
+    spec = load_model("tiny-flow").spec
+    if getattr(spec, "program", None) is None or spec.program.kind != "flow_matching":
+        pytest.skip("needs the tiny-flow flow-matching reference program")
+
+    class Runner:  # the attribute ProgramRunner reads in its loop
+        guide = None
+
+    runner = Runner()
+    out = ExecutionOutput.from_values(_values(async_execution=True, execution_mode="rtc"), spec.action)
+    assert out.attach_program(spec.program, Postprocessor(spec), lambda: runner)
+    assert out.want_frame(0, stamp_ns=0) and runner.guide is None  # nothing executing yet: a free sample
+    first = ActionChunk(stamp_ns=0, dt=spec.action.dt, names=spec.action.names, space=spec.action.space,
+                        values=np.zeros((spec.action.steps, spec.action.dims), np.float32))
+    out.on_chunk(first, 100_000_000)
+    later = int(0.6 * spec.action.steps * spec.action.dt * 1e9)
+    assert out.want_frame(later, stamp_ns=later)
+    assert runner.guide is not None and runner.guide.frozen == 2  # the 100 ms delay estimate / 50 ms
+    assert out.executor.guided and out.counters()["execution_rtc_guided_inferences"] == 1
+    plain = ExecutionOutput.from_values(_values(async_execution=True, execution_mode="blend"), spec.action)
+    assert not plain.attach_program(spec.program, Postprocessor(spec), lambda: runner)

@@ -81,7 +81,7 @@ def simulate(stamps: list[int], infer: InferFn, frame_at: Callable[[int], Observ
     used = -1  # a frame is inferred once: the next inference waits for a newer frame, as on the robot
     pending: tuple[int, ActionChunk] | None = None
     raw_newest: ActionChunk | None = None  # the newest chunk as the model predicted it
-    run = ExecutionRun(config.mode, delay_s / config.control_period_s, delay_s * 1e3)
+    run = ExecutionRun(config.mode, round(delay_s / config.control_period_s, 6), delay_s * 1e3)
     lag = []
     while t <= end:
         while newest + 1 < len(stamps) and stamps[newest + 1] <= t:
@@ -290,11 +290,14 @@ def plot(runs: list[ExecutionRun], path: Path, names) -> None:
     modes = list(dict.fromkeys(r.mode for r in runs))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     worst = max(delays)
+    # Show the dimension where the naive switch jumps most (where the modes differ most).
+    naive = [r for r in runs if r.mode == "naive" and r.delay_periods == worst]
+    dim = int(np.argmax(naive[0].figures["chunk_jump_max_per_dim"])) if naive else 0
     for r in runs:
         if r.delay_periods == worst and r.executed:
             values = np.asarray(r.executed)
-            axes[0].plot(r.times_s, values[:, 0], label=r.mode, linewidth=1.2)
-    axes[0].set_title(f"executed '{names[0]}' at {worst:g}x the control period of delay")
+            axes[0].plot(r.times_s, values[:, dim], label=r.mode, linewidth=1.2)
+    axes[0].set_title(f"executed '{names[dim]}' at {worst:g}x the control period of delay")
     axes[0].set_xlabel("time (s)")
     axes[0].legend()
     width = 0.8 / max(len(modes), 1)

@@ -74,6 +74,10 @@ class ExecutionOutput:
         self.trajectories_empty = 0  # every step already past on arrival
         self._last_plan: TrajectoryPlan | None = None
         self._last_action: np.ndarray | None = None
+        self._program: Any = None  # flow-matching ProgramSpec when RTC runs inside its loop
+        self._post: Any = None
+        self._runner_of: Any = None
+        self.guided_inferences = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], action_spec: ActionSpec,
@@ -105,8 +109,32 @@ class ExecutionOutput:
                    lead_s=values.get("trajectory_lead_s", 0.0), jump_warn=values.get("jump_warn_threshold", 0.0),
                    dry_run=bool(values.get("dry_run", False)))
 
+    def attach_program(self, program: Any, postprocessor: Any, runner_of: Any) -> bool:
+        """rtc mode with a flow-matching program: guide its denoising loop (core.rtc) instead of blending.
+        ``runner_of()`` returns the running backend's ProgramRunner (None when the backend has none, e.g.
+        after a fallback; that inference then falls back to prefix freezing plus blending)."""
+        if (self.executor is None or self.executor.config.mode != "rtc" or program is None
+                or getattr(program, "kind", "") != "flow_matching"):
+            return False
+        self._program, self._post, self._runner_of = program, postprocessor, runner_of
+        return True
+
+    def _prepare_guide(self, stamp_ns: int | None) -> None:
+        """Called with the lock held, just before the one inference in flight is handed over."""
+        runner = self._runner_of() if self._runner_of is not None else None
+        guided = runner is not None and hasattr(runner, "guide") and stamp_ns is not None
+        self.executor.guided = guided
+        if not guided:
+            return
+        plan = self.executor.rtc_plan(stamp_ns)
+        flow = self._program.flow
+        runner.guide = None if plan is None else plan.guide(
+            flow.t_start, flow.t_end, self.executor.config.rtc_max_guidance,
+            scale=self._post.scale, offset=self._post.offset)
+        self.guided_inferences += int(plan is not None)
+
     # --- inputs -----------------------------------------------------------------------------------
-    def want_frame(self, now_ns: int) -> bool:
+    def want_frame(self, now_ns: int, stamp_ns: int | None = None) -> bool:
         if self.executor is None:
             return True
         with self.lock:
@@ -119,6 +147,8 @@ class ExecutionOutput:
                 self.inferences_lost += 1
             if ex.should_start_inference(now_ns):
                 ex.inference_started(now_ns)
+                if self._program is not None:
+                    self._prepare_guide(stamp_ns)
                 return True
             self.frames_skipped += 1
             return False
@@ -177,7 +207,8 @@ class ExecutionOutput:
         out: dict[str, float] = {"execution_frames_skipped": self.frames_skipped,
                                  "execution_inferences_lost": self.inferences_lost,
                                  "trajectories_published": self.trajectories,
-                                 "trajectories_all_past": self.trajectories_empty}
+                                 "trajectories_all_past": self.trajectories_empty,
+                                 "execution_rtc_guided_inferences": self.guided_inferences}
         if self.executor is not None:
             out.update(self.executor.counters())
         if self.limiter is not None:

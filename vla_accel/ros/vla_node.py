@@ -93,6 +93,8 @@ class VlaNode(Node):
             self.execution = execution_output.ExecutionOutput.from_values(self.values, self.session.spec.action)
             self._make_inputs()
             self.session.load()
+            self.execution.attach_program(getattr(self.session.spec, "program", None), self.session.engine.postprocessor,
+                                          lambda: getattr(self.session.chain.active, "_runner", None))
         except VlaAccelError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             if self.session.state.status != "failed":
@@ -197,9 +199,11 @@ class VlaNode(Node):
         entry_ns = time.monotonic_ns()
         raw = conversions.compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
         obs = self.assembler.on_frame(camera, raw, conversions.stamp_to_ns(msg.header.stamp), msg.header.frame_id)
-        if obs is not None and (not self.output_enabled or (self.execution is not None and not
-                                                            self.execution.want_frame(self.get_clock().now().nanoseconds))):
-            obs = None  # paused, or the executing chunk does not need a new one yet (counted)
+        if obs is not None and not self.output_enabled:
+            obs = None  # paused (an inactive managed node)
+        if obs is not None and self.execution is not None:
+            if not self.execution.want_frame(self.get_clock().now().nanoseconds, obs.stamp_ns):
+                obs = None  # the executing chunk does not need a new one yet (counted)
         if obs is not None:
             with self._overhead_lock:
                 self._entry_ns[obs.stamp_ns] = entry_ns
