@@ -151,7 +151,6 @@ def test_rtc_guidance_continues_the_previous_chunk_on_a_synthetic_flow():
     steps, dims = 16, 2
     mu = np.stack([np.linspace(0, 1, steps), np.linspace(1, 0, steps)], axis=1)
     velocity = _gaussian_flow(mu, sigma=0.5)
-    rng = np.random.default_rng(0)
     previous = mu + 0.8  # the chunk being executed disagrees with this prediction by 0.8
     plan = RtcPlan.from_previous(previous, 0, DT, 0, steps, delay_s=4 * DT, schedule="exp")
     assert plan.frozen == 4 and plan.overlap == steps
@@ -167,7 +166,6 @@ def test_rtc_guidance_continues_the_previous_chunk_on_a_synthetic_flow():
     assert np.mean(jumps_rtc) < np.mean(jumps_free) / 3
     # Past the overlap's guided region the sample stays the policy's own (weights are 0 at the end).
     assert np.mean(tails) < np.mean(jumps_free)
-    del rng
 
 
 def test_rtc_guide_works_in_the_pi0_time_convention_and_on_batches():

@@ -8,7 +8,6 @@ node stays up, and the managed (lifecycle) node only publishes while active.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -161,7 +160,6 @@ def _ros_time_ns() -> int:
 @pytest.mark.ros
 def test_joint_trajectory_stream_seen_by_an_independent_subscriber(ros, tmp_path):
     e2e, listener = ros
-    sys.path.insert(0, str(Path(__file__).parent))
     model = _joint_model(tmp_path)
     pfile = _params_file(tmp_path, "vla_node", model=str(model), joint_trajectory_topic="/jtc/joint_trajectory",
                          async_execution=True, execution_mode="rtc", robot_description=TIGHT_URDF,
