@@ -295,3 +295,48 @@ def test_rtc_plan_is_handed_to_the_flow_runner_before_each_inference():
     assert out.executor.guided and out.counters()["execution_rtc_guided_inferences"] == 1
     plain = ExecutionOutput.from_values(_values(async_execution=True, execution_mode="blend"), spec.action)
     assert not plain.attach_program(spec.program, Postprocessor(spec), lambda: runner)
+
+
+def test_robot_description_from_a_topic_blocks_until_valid():
+    out = ExecutionOutput.from_values(_values(joint_trajectory_topic="/t"), _joint_spec())
+    out.wait_for_description("/robot_description")
+    assert out.blocked and out.status({}, "vla_accel", "x").level == WARN
+    problem = out.set_robot_description("<robot><joint")
+    assert "not valid XML" in problem and out.status({}, "vla_accel", "x").level == 2  # ERROR, still blocked
+    assert out.set_robot_description(TIGHT_URDF) == "" and not out.blocked and out.limiter is not None
+    assert out.status({}, "vla_accel", "x").level == OK
+
+
+@pytest.mark.ros
+def test_limits_from_the_robot_description_topic(ros, tmp_path):
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from std_msgs.msg import String
+
+    e2e, listener = ros
+    pfile = _params_file(tmp_path, "vla_node", model=str(_joint_model(tmp_path)), async_execution=True,
+                         joint_trajectory_topic="/jtc/joint_trajectory", robot_description_topic="/robot_description",
+                         trajectory_lead_s=0.05)
+    node = e2e._start_node(["--params-file", str(pfile)])
+    camera = None
+    try:
+        e2e._node_ready(listener, node)
+        with listener.lock:
+            listener.trajectories.clear()
+        camera = e2e._start_camera(120.0, tmp_path / "stamps.txt")
+        listener.wait_for(lambda: (s := listener.latest_status("vla_accel: execution")) is not None
+                          and "waiting for the robot description" in s.message, 60, "execution status: waiting")
+        time.sleep(1.0)
+        with listener.lock:
+            assert not listener.trajectories, "nothing may reach the robot before the robot description"
+        pub = listener.node.create_publisher(String, "/robot_description",
+                                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        pub.publish(String(data=TIGHT_URDF))
+        listener.wait_for(lambda: len(listener.trajectories) >= 2, 90, "trajectories after the robot description")
+        with listener.lock:
+            for _, msg in listener.trajectories:
+                assert all(abs(v) <= 0.001 + 1e-9 for p in msg.points for v in list(p.positions)[:6])
+        listener.node.destroy_publisher(pub)
+    finally:
+        e2e._kill_leftovers(camera)
+        if node.poll() is None:
+            e2e._sigint_and_wait(node)

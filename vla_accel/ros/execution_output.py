@@ -29,8 +29,8 @@ from vla_accel.core.execution import (ChunkExecutor, ExecutionConfig, Trajectory
 from vla_accel.core.limits import JointLimiter, parse_urdf_limits
 from vla_accel.core.spec import ActionSpec
 from vla_accel.core.types import ActionChunk
-from vla_accel.errors import ExecutionError
-from vla_accel.ros.diagnostics import OK, WARN, StatusReport
+from vla_accel.errors import ExecutionError, RobotDescriptionError
+from vla_accel.ros.diagnostics import ERROR, OK, WARN, StatusReport
 
 EXECUTION_STATUS = "execution"
 
@@ -78,6 +78,9 @@ class ExecutionOutput:
         self._post: Any = None
         self._runner_of: Any = None
         self.guided_inferences = 0
+        # Non-empty: nothing may reach the robot (waiting for the robot description, or it is malformed).
+        self.blocked = ""
+        self.limit_names: tuple[str, ...] = ()
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], action_spec: ActionSpec,
@@ -99,15 +102,36 @@ class ExecutionOutput:
             names = trajectory_joint_names(action_spec, values.get("trajectory_joint_names") or ())
         text = values.get("robot_description", "") if robot_description is None else robot_description
         limiter = None
+        limit_names = names or (tuple(action_spec.names) if action_spec.space.startswith("joint_") else ())
         if text:
-            limit_names = names or (tuple(action_spec.names) if action_spec.space.startswith("joint_") else ())
             if limit_names:
                 limiter = JointLimiter(limit_names, parse_urdf_limits(text))
             else:
                 parse_urdf_limits(text)  # still validated: a malformed URDF is an error at configure
-        return cls(action_spec, config, joint_names=names, limiter=limiter,
-                   lead_s=values.get("trajectory_lead_s", 0.0), jump_warn=values.get("jump_warn_threshold", 0.0),
-                   dry_run=bool(values.get("dry_run", False)))
+        out = cls(action_spec, config, joint_names=names, limiter=limiter,
+                  lead_s=values.get("trajectory_lead_s", 0.0), jump_warn=values.get("jump_warn_threshold", 0.0),
+                  dry_run=bool(values.get("dry_run", False)))
+        out.limit_names = limit_names
+        return out
+
+    # --- robot description from a topic -----------------------------------------------------------
+    def wait_for_description(self, topic: str) -> None:
+        """Limits will come from ``topic``: until a valid description arrives nothing reaches the robot."""
+        self.blocked = f"waiting for the robot description on {topic}: nothing is sent to the robot"
+
+    def set_robot_description(self, text: str) -> str:
+        """A robot description received at run time: "" when applied, else why not (the robot stays
+        blocked, never unlimited)."""
+        try:
+            limits = parse_urdf_limits(text)
+            limiter = JointLimiter(self.limit_names, limits) if self.limit_names else None
+        except RobotDescriptionError as exc:
+            self.blocked = f"{exc}: nothing is sent to the robot"
+            return str(exc)
+        with self.lock:
+            self.limiter = limiter
+            self.blocked = ""
+        return ""
 
     def attach_program(self, program: Any, postprocessor: Any, runner_of: Any) -> bool:
         """rtc mode with a flow-matching program: guide its denoising loop (core.rtc) instead of blending.
@@ -232,7 +256,9 @@ class ExecutionOutput:
         values.append(("mode", self.executor.config.mode if self.executor is not None else "first_action"))
         values.append(("dry_run", str(self.dry_run).lower()))
         level, message = OK, "ok"
-        if self.jump_warn > 0 and jump > self.jump_warn:
+        if self.blocked:
+            level, message = (WARN if self.blocked.startswith("waiting") else ERROR), self.blocked
+        elif self.jump_warn > 0 and jump > self.jump_warn:
             level, message = WARN, f"chunk switch jumped {jump:.4g} (> jump_warn_threshold {self.jump_warn:g})"
         clipped = int(extra.get("limits_position_clipped", 0)) + int(extra.get("limits_velocity_limited", 0))
         if clipped and level == OK:

@@ -153,6 +153,9 @@ PARAMETERS: tuple[ParameterDef, ...] = (
        "(transport delay to the controller)", low=0.0, high=10.0, read_only=True),
     _p("robot_description", "str", "", "URDF text: joint position / velocity limits applied to what is "
        "published (clipped values counted on diagnostics); a malformed URDF fails configure", read_only=True),
+    _p("robot_description_topic", "str", "", "when robot_description is empty: read the URDF from this "
+       "std_msgs/String topic (transient local, e.g. /robot_description); nothing reaches the robot until a valid "
+       "one arrived", read_only=True),
 )
 BY_NAME: dict[str, ParameterDef] = {p.name: p for p in PARAMETERS}
 

@@ -193,6 +193,12 @@ class VlaNode(Node):
         if values["joint_trajectory_topic"]:
             self.trajectory_pub = self.create_publisher(JointTrajectory, values["joint_trajectory_topic"],
                                                         QoSProfile(depth=10))
+        if values["robot_description_topic"] and not values["robot_description"]:
+            from rclpy.qos import DurabilityPolicy
+
+            self.execution.wait_for_description(values["robot_description_topic"])
+            self.create_subscription(String, values["robot_description_topic"], self._on_robot_description,
+                                     QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
     # --- callbacks: inputs ----------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
@@ -217,6 +223,14 @@ class VlaNode(Node):
         previous = self.assembler.instruction_view().text
         if self.assembler.set_instruction(msg.data) and msg.data != previous:
             self.get_logger().info(f"instruction: {msg.data[:200]!r}")
+
+    def _on_robot_description(self, msg: String) -> None:
+        problem = self.execution.set_robot_description(msg.data)
+        if problem:
+            self.get_logger().error(f"robot description rejected, nothing is sent to the robot: {problem}")
+        else:
+            self.get_logger().info("robot description received: joint limits applied")
+        self._force_diagnostics.set()
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self.assembler is not None:
@@ -257,7 +271,8 @@ class VlaNode(Node):
             if self.execution is not None:
                 now_ns = self.get_clock().now().nanoseconds
                 executed = self.execution.on_chunk(chunk, now_ns)
-                if executed is not None and self.trajectory_pub is not None and not self.values["dry_run"]:
+                if (executed is not None and self.trajectory_pub is not None and not self.values["dry_run"]
+                        and not self.execution.blocked):
                     plan = self.execution.trajectory(executed, now_ns)
                     if plan is not None:
                         self.trajectory_pub.publish(execution_output.fill_joint_trajectory(
@@ -294,6 +309,8 @@ class VlaNode(Node):
             return
         spec = self.session.spec.action
         if self.execution is not None:
+            if self.execution.blocked:
+                return  # no valid robot description yet: nothing reaches the robot (diagnostics say why)
             action = self.execution.limit_action(np.asarray(action, dtype=np.float32), dt)
         msg = self._first_action_msg if reuse else None
         if self.action_kind == "twist":
