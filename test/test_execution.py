@@ -359,3 +359,21 @@ def test_rtc_guide_inside_the_program_runner_of_a_flow_matching_model():
         assert np.allclose(backend.infer(inputs)[spec.action.output], free)  # guide cleared: plain sample again
     finally:
         backend.close()
+
+
+def test_bench_execution_reports_jump_and_jerk_at_the_measured_delay(tmp_path, capsys):
+    pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0")
+    import argparse
+    import json
+
+    from vla_accel.benchmarks import execution as bench_execution
+
+    args = argparse.Namespace(model="tiny", backends=["torch"], threads=1, ex_modes="naive,rtc", ex_frames=12,
+                              ex_threshold=0.5, json_path=tmp_path / "execution.json")
+    assert bench_execution.run(args) == 0
+    report = json.loads((tmp_path / "execution.json").read_text())
+    rows = {r["execution_mode"]: r for r in report["rows"]}
+    assert set(rows) == {"naive", "rtc"} and rows["naive"]["delay_ms"] > 0
+    assert rows["naive"]["chunk_switches"] >= 1 and "action_jerk_p95" in rows["rtc"]
+    assert "torch_rtc_vs_naive" in report["jump_vs_naive"]
+    assert "jump max" in capsys.readouterr().out
