@@ -116,6 +116,20 @@ class UnknownCameraError(SpecError, KeyError):
         return self.args[0]
 
 
+class RobotDescriptionError(VlaAccelError):
+    """The robot description (URDF) cannot be used for joint limits: not XML, no <robot>, a joint with
+    a malformed <limit>, or a joint the output names that the URDF lacks. The message says which."""
+
+    reason = "bad_robot_description"
+
+
+class ExecutionError(VlaAccelError):
+    """Chunk execution cannot be set up as asked (e.g. a joint trajectory from an end-effector action
+    space, or joint names that do not match the action's dimensions)."""
+
+    reason = "bad_execution_setup"
+
+
 class GraphContractError(ModelFileError):
     """A model file does not match its spec (checked at load): a graph input the spec does not feed,
     a dtype or shape mismatch, or an output name the graph lacks."""

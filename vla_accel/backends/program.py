@@ -190,6 +190,9 @@ class ProgramRunner:
         self.ops = ops or NumpyOps()
         self.timed = timed
         self.recompute_prefix = False
+        # Real-time chunking: a core.rtc.RtcGuide applied to the next flow-matching calls (None = off). It
+        # corrects each Euler step's velocity and writes the frozen prefix at the end (docs/execution.md).
+        self.guide = None
         self._diffusion = diffusion_steps(self.program.diffusion, self.program.steps) \
             if self.program.kind == "diffusion" else []
 
@@ -245,8 +248,10 @@ class ProgramRunner:
                 if program.step_index:
                     env[program.step_index] = ops.full((batch,), i, "int64", like=x)
                 v = self._call(step, env, step_times)[program.prediction]
+                if self.guide is not None:
+                    v = self.guide.velocity(x, v, grid[i])
                 x = euler_step(x, v, grid[i], grid[i + 1])
-            actions = x
+            actions = x if self.guide is None else self.guide.finish(x)
         elif program.kind == "diffusion":
             x = env[program.noise]
             spec = program.diffusion

@@ -6,6 +6,8 @@ Examples::
     vla-accel replay /tmp/sample_bag --model tiny --backends torch,onnxruntime --out /tmp/replay
     vla-accel replay /tmp/sample_bag --golden /tmp/replay/actions --tolerance-profile fp32
     vla-accel replay /tmp/sample_bag --live --out /tmp/live     # player + real node + recorder
+    vla-accel replay --make-sample /tmp/bag20 --sample-frames 200 --sample-rate 20
+    vla-accel replay /tmp/bag20 --execution --delays 0,1,3 --out /tmp/exec   # naive/ensemble/blend/rtc
 
 Exit status: 0 success; 1 an error (bad bag, no backend could run, ...); 3 a regression or live
 comparison failed (drift beyond tolerance, missing or extra chunks).
@@ -59,18 +61,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--live: least time between two published messages, so the node handles them in "
                         "recorded order (default 20)")
     parser.add_argument("--live-backend", default=None, help="backend for the live node (default: the first of --backends)")
+    parser.add_argument("--sample-rate", type=float, default=10.0, help="camera rate of the sample bag in Hz (default 10)")
+    execution = parser.add_argument_group("chunk execution (--execution)")
+    execution.add_argument("--execution", action="store_true",
+                           help="execute the chunks at the control rate on a simulated clock, per execution mode and "
+                                "simulated inference delay: jump and jerk in execution.json/.md/.png")
+    execution.add_argument("--execution-modes", default="naive,ensemble,blend,rtc", help="modes to compare")
+    execution.add_argument("--delays", default="0,1,3", help="simulated inference delays in control periods")
+    execution.add_argument("--threshold", type=float, default=0.5,
+                           help="start the next inference when this share of the chunk is left (default 0.5)")
+    execution.add_argument("--control-period", type=float, default=0.0, help="control period in s (0 = the spec's dt)")
+    execution.add_argument("--rtc-schedule", default="exp", help="RTC weight schedule: exp | linear | ones | zeros")
+    execution.add_argument("--blend-time", type=float, default=0.2, help="blend mode cross-fade time in s")
 
 
 def _make_sample(args) -> int:
     from vla_accel.bags.sample import make_sample_bag
 
-    manifest = make_sample_bag(args.make_sample, frames=args.sample_frames, storage=args.storage)
+    manifest = make_sample_bag(args.make_sample, frames=args.sample_frames, storage=args.storage,
+                               rate_hz=args.sample_rate)
     print(f"sample bag written: {manifest.path} ({args.storage})")
     for topic, count in sorted(manifest.counts.items()):
         print(f"  {topic}: {count} messages")
     broken = {**manifest.broken_frames, **manifest.broken_messages}
     if broken:
         print("  broken on purpose: " + ", ".join(f"{k} {v}" for k, v in sorted(broken.items())))
+    return 0
+
+
+def _run_execution(args) -> int:
+    from vla_accel.bags.execution import ExecutionReplayOptions, run_execution_replay
+
+    try:
+        delays = tuple(float(d) for d in args.delays.split(",") if d.strip())
+    except ValueError:
+        raise VlaAccelError(f"--delays must be numbers of control periods, got {args.delays!r}",
+                            reason="bad_argument") from None
+    modes = tuple(m.strip() for m in args.execution_modes.split(",") if m.strip())
+    options = ExecutionReplayOptions(
+        model=args.model, backend=args.backends.split(",")[0].strip(), modes=modes, delay_periods=delays,
+        threshold=args.threshold, control_period_s=args.control_period, blend_time_s=args.blend_time,
+        rtc_schedule=args.rtc_schedule, threads=args.threads, camera_topics=tuple(args.camera_topic),
+        instruction_topic=args.instruction_topic, state_topic=args.state_topic)
+    out_dir = _out_dir(args)
+    run_execution_replay(args.bag, options, out_dir)
+    print((out_dir / "execution.md").read_text(encoding="utf-8"))
+    print(f"report: {out_dir / 'execution.json'} (also execution.md, execution.png)")
     return 0
 
 
@@ -99,6 +135,8 @@ def run(args) -> int:
         raise VlaAccelError("give a BAG to replay (or --make-sample PATH to write the sample bag)", reason="bad_argument")
     if args.batch_size < 1:
         raise VlaAccelError(f"--batch-size must be >= 1, got {args.batch_size}", reason="bad_argument")
+    if args.execution:
+        return _run_execution(args)
 
     from vla_accel.bags import compare
     from vla_accel.bags.observations import RateMode

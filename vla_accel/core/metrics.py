@@ -309,6 +309,7 @@ class InferenceMetrics:
         self.baseline_ms = 0.0
         self._baselines: dict[int, float] = {}  # batch size -> CPU baseline ms
         self._values: dict[str, float] = {}  # set_value: reported in the snapshot's extra
+        self._boundary = None  # core.boundary.BoundaryMeter: chunk-boundary jump / jerk (attach_boundary)
         self.reset()
 
     def reset(self) -> None:
@@ -373,6 +374,12 @@ class InferenceMetrics:
         """A named figure measured once (e.g. startup_speedup), reported in the snapshot's ``extra``."""
         with self._lock:
             self._values[name] = float(value)
+
+    def attach_boundary(self, meter) -> None:
+        """Report a core.boundary.BoundaryMeter's summary (chunk_jump_*, action_jerk_*, ...) in the
+        snapshot's ``extra``, so the executed actions' smoothness is read where every other figure is."""
+        with self._lock:
+            self._boundary = meter
 
     def record_event(self, name: str, count: int = 1) -> None:
         """Something worth counting that is neither a drop nor an error (e.g. instruction_truncated);
@@ -477,7 +484,8 @@ class InferenceMetrics:
                 baseline_ms=baseline_ms,
                 speedup=s,
                 parallel_efficiency=parallel_efficiency(s, self.parallel_units),
-                extra={**self._values, **{f"events_{name}": count for name, count in sorted(self._events.items())}},
+                extra={**self._values, **{f"events_{name}": count for name, count in sorted(self._events.items())},
+                       **(self._boundary.summary() if self._boundary is not None else {})},
             )
 
     def _matching_baseline(self, infer_p50: float) -> tuple[float, float]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vla_accel.backends.base import PRECISIONS
+from vla_accel.core.execution import EXECUTION_MODES
+from vla_accel.core.rtc import RTC_SCHEDULES
 from vla_accel.core.buffers import MEMORY_STRATEGIES
 from vla_accel.core.streaming import STREAM_MODES
 from vla_accel.errors import ConfigError
@@ -151,6 +153,31 @@ PARAMETERS: tuple[ParameterDef, ...] = (
     _p("streaming_mode", "str", "latest", "how overlapping chunks combine", choices=STREAM_MODES, read_only=True),
     _p("control_rate_hz", "float", 0.0, "action output rate with stream_actions (0 = 1 / the spec's dt)",
        low=0.0, high=1000.0, read_only=True),
+    # --- chunk execution (vla_accel.core.execution; docs/execution.md) ---------------------------
+    _p("async_execution", "bool", False, "execute chunks asynchronously: infer the next chunk while the current "
+       "one runs (execution_threshold), skip the steps the inference delay left in the past, join chunks with "
+       "execution_mode; the control-rate output (stream_actions) samples the executed chunks", read_only=True),
+    _p("execution_mode", "str", "naive", "how a new chunk takes over: naive (hard switch), ensemble, blend, rtc "
+       "(real-time chunking: frozen prefix + guidance / blending)", choices=EXECUTION_MODES, read_only=True),
+    _p("execution_threshold", "float", 0.5, "start the next inference when this share of the chunk is left "
+       "(earlier when the measured delay needs it)", low=0.0, high=1.0, read_only=True),
+    _p("rtc_schedule", "str", "exp", "RTC weights over the overlap after the frozen prefix",
+       choices=RTC_SCHEDULES, read_only=True),
+    _p("rtc_max_guidance", "float", 5.0, "RTC guidance weight cap (flow-matching programs)", low=0.0, high=100.0,
+       read_only=True),
+    _p("jump_warn_threshold", "float", 0.0, "a chunk switch jumping more than this (action units) turns the "
+       "execution diagnostics WARN (0 = never)", low=0.0, high=1e6),
+    _p("joint_trajectory_topic", "str", "", "publish each chunk as trajectory_msgs/JointTrajectory here (e.g. "
+       "/joint_trajectory_controller/joint_trajectory; empty = off); joint action spaces only", read_only=True),
+    _p("trajectory_joint_names", "str_list", [], "controller joint name per action dimension (empty = the "
+       "spec's action names)", read_only=True),
+    _p("trajectory_lead_s", "float", 0.0, "only points at least this far ahead of publishing are sent "
+       "(transport delay to the controller)", low=0.0, high=10.0, read_only=True),
+    _p("robot_description", "str", "", "URDF text: joint position / velocity limits applied to what is "
+       "published (clipped values counted on diagnostics); a malformed URDF fails configure", read_only=True),
+    _p("robot_description_topic", "str", "", "when robot_description is empty: read the URDF from this "
+       "std_msgs/String topic (transient local, e.g. /robot_description); nothing reaches the robot until a valid "
+       "one arrived", read_only=True),
 )
 BY_NAME: dict[str, ParameterDef] = {p.name: p for p in PARAMETERS}
 

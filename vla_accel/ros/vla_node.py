@@ -8,12 +8,10 @@ CompressedImage on <topic>/compressed), /vla/instruction (std_msgs/String), /joi
 /vla/action_chunk (vla_accel/ActionChunk, header.stamp = the source frame's stamp), /vla/action
 (TwistStamped or Float64MultiArray), /vla/stats (vla_accel/InferenceStats) and /diagnostics.
 
-Lifecycle: not a managed (rclpy.lifecycle) node. There is no lifecycle manager where the package must
-run (no launch_ros / ros2 CLI in the pip-wheel environment) and the node must come up on its own, so
-it runs the same phases itself: declare parameters -> configure (load model and backend; on failure
-it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the loop) -> shutdown
-(publish the on_shutdown action, stop the loop, join threads). Each phase is a method, ready to be
-mapped onto on_configure / on_activate / on_shutdown.
+Lifecycle: this plain node runs its phases itself: declare parameters -> configure (load model and
+backend; on failure it stays up and reports ERROR on /diagnostics) -> activate (subscribe, start the
+loop) -> shutdown (publish the on_shutdown action, stop the loop, join threads). vla_accel.ros.managed_node
+maps the same phases onto rclpy.lifecycle transitions for systems with a lifecycle manager.
 
 Everything that runs without ROS is vla_accel.runtime (typed config, observation assembly, session,
 status reports), wired once by runtime.wiring.Runtime; this node declares parameters, converts
@@ -40,6 +38,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_accel.core.ratelimit import RateLimitedLogger
 from vla_accel.core.scheduling import QUEUED
@@ -47,6 +46,7 @@ from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, params
+from vla_accel.runtime import execution_output
 from vla_accel.runtime import status
 from vla_accel.runtime.conversions import compressed_msg_to_raw, resolve_first_action_type, stamp_to_ns, stop_action
 from vla_accel.runtime.inputs import ObservationAssembler
@@ -67,6 +67,9 @@ class VlaNode(Node):
         self.assembler: ObservationAssembler | None = None
         self.cameras: list[status.CameraInput] = []
         self.streamer = None
+        self.execution: execution_output.ExecutionOutput | None = None  # async execution, trajectory, limits
+        self.trajectory_pub = None
+        self.output_enabled = True  # False: inference paused and nothing published (a deactivated managed node)
         self.bridge = None
         self._stream_lock = threading.Lock()
         self._last_action: np.ndarray | None = None
@@ -97,8 +100,11 @@ class VlaNode(Node):
         self.session = self.runtime.session
         try:
             self.runtime.load_model()
+            self.execution = execution_output.ExecutionOutput.from_values(self.values, self.session.spec.action)
             self._make_inputs()
             self.runtime.load()
+            self.execution.attach_program(getattr(self.session.spec, "program", None), self.session.engine.postprocessor,
+                                          lambda: getattr(self.session.chain.active, "_runner", None))
         except VlaAccelError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             if self.session.state.status != "failed":
@@ -129,7 +135,7 @@ class VlaNode(Node):
         self.create_subscription(String, values["instruction_topic"], self._on_instruction, QoSProfile(depth=10))
         if spec.state is not None:
             self.create_subscription(JointState, values["joint_states_topic"], self._on_joint_state, qos)
-        if values["stream_actions"]:
+        if values["stream_actions"] or (self.execution is not None and self.execution.executor is not None):
             from vla_accel.core.streaming import ActionStreamer
 
             self.streamer = ActionStreamer(spec.action, mode=values["streaming_mode"])
@@ -192,6 +198,15 @@ class VlaNode(Node):
             self.action_pub = self.create_publisher(TwistStamped, values["action_topic"], QoSProfile(depth=10))
         elif kind == "float64_array":
             self.action_pub = self.create_publisher(Float64MultiArray, values["action_topic"], QoSProfile(depth=10))
+        if values["joint_trajectory_topic"]:
+            self.trajectory_pub = self.create_publisher(JointTrajectory, values["joint_trajectory_topic"],
+                                                        QoSProfile(depth=10))
+        if values["robot_description_topic"] and not values["robot_description"]:
+            from rclpy.qos import DurabilityPolicy
+
+            self.execution.wait_for_description(values["robot_description_topic"])
+            self.create_subscription(String, values["robot_description_topic"], self._on_robot_description,
+                                     QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
     # --- callbacks: inputs ----------------------------------------------------------------------
     def _on_image(self, camera: str, msg: Any, compressed: bool = False) -> None:
@@ -204,7 +219,16 @@ class VlaNode(Node):
                 if len(self._entry_ns) > 64:  # dropped and superseded frames never come back: bound the map
                     self._entry_ns.pop(next(iter(self._entry_ns)))
         raw = compressed_msg_to_raw(msg) if compressed else conversions.image_msg_to_frame(msg, self.bridge)
-        self.runtime.on_frame(camera, raw, stamp_ns, msg.header.frame_id, entry_ns)
+        self.runtime.on_frame(camera, raw, stamp_ns, msg.header.frame_id, entry_ns, admit=self._admit)
+
+    def _admit(self, observation: Any) -> bool:
+        """Whether an assembled observation goes to inference: not while a managed node is inactive,
+        and with async execution only when the executing chunk needs a successor (counted there)."""
+        if not self.output_enabled:
+            return False
+        if self.execution is not None:
+            return self.execution.want_frame(self.get_clock().now().nanoseconds, observation.stamp_ns)
+        return True
 
     def _on_instruction(self, msg: String) -> None:
         if self.assembler is None:
@@ -212,6 +236,14 @@ class VlaNode(Node):
         previous = self.assembler.instruction_view().text
         if self.assembler.set_instruction(msg.data) and msg.data != previous:
             self.get_logger().info(f"instruction: {msg.data[:200]!r}")
+
+    def _on_robot_description(self, msg: String) -> None:
+        problem = self.execution.set_robot_description(msg.data)
+        if problem:
+            self.get_logger().error(f"robot description rejected, nothing is sent to the robot: {problem}")
+        else:
+            self.get_logger().info("robot description received: joint limits applied")
+        self._force_diagnostics.set()
 
     def _on_joint_state(self, msg: JointState) -> None:
         if self.assembler is not None:
@@ -241,6 +273,9 @@ class VlaNode(Node):
 
     # --- callbacks: outputs (the loop's worker thread) ------------------------------------------
     def _on_chunks(self, chunks) -> None:
+        if not self.output_enabled:
+            self.session.metrics.record_event("chunks_withheld_inactive", len(chunks))
+            return
         if self._stale:
             # Inputs went stale (e.g. the instruction timed out) and the hold was published: chunks
             # computed meanwhile must not override it. Counted, not silent.
@@ -248,12 +283,24 @@ class VlaNode(Node):
             return
         device = self.session.device
         for chunk in chunks:
+            executed = chunk
+            if self.execution is not None:
+                now_ns = self.get_clock().now().nanoseconds
+                executed = self.execution.on_chunk(chunk, now_ns)
+                if (executed is not None and self.trajectory_pub is not None and not self.values["dry_run"]
+                        and not self.execution.blocked):
+                    plan = self.execution.trajectory(executed, now_ns)
+                    if plan is not None:
+                        self.trajectory_pub.publish(execution_output.fill_joint_trajectory(
+                            JointTrajectory(), plan, JointTrajectoryPoint))
             t = chunk.timings_ms
             msg = conversions.fill_chunk_msg(
                 self._chunk_msg, chunk, device=device, inference_latency_ms=t.get("infer", 0.0),
                 total_latency_ms=t.get("total", 0.0), batch_size=int(t.get("batch_size", 1)))
             self.chunk_pub.publish(msg)
-            if self.streamer is not None:
+            if executed is None or (self.execution is not None and self.execution.executor is not None):
+                pass  # executed by ChunkExecutor (sampled on the control timer), or entirely in the past
+            elif self.streamer is not None:
                 with self._stream_lock:
                     self.streamer.push(chunk)
             elif not self.values["dry_run"]:
@@ -277,6 +324,10 @@ class VlaNode(Node):
         if self.action_pub is None:
             return
         spec = self.session.spec.action
+        if self.execution is not None:
+            if self.execution.blocked:
+                return  # no valid robot description yet: nothing reaches the robot (diagnostics say why)
+            action = self.execution.limit_action(np.asarray(action, dtype=np.float32), dt)
         msg = self._first_action_msg if reuse else None
         if self.action_kind == "twist":
             from geometry_msgs.msg import TwistStamped
@@ -318,11 +369,18 @@ class VlaNode(Node):
 
     # --- timers ---------------------------------------------------------------------------------
     def _on_control_tick(self) -> None:
-        if self.values["dry_run"]:
+        if not self.output_enabled:
             return
         now_ns = self.get_clock().now().nanoseconds
-        with self._stream_lock:
-            action = self.streamer.sample(now_ns)
+        if self.execution is not None and self.execution.executor is not None:
+            action = self.execution.sample(now_ns)  # measured (jump, jerk) even in a dry run
+            if self.values["dry_run"]:
+                return
+        elif self.values["dry_run"]:
+            return
+        else:
+            with self._stream_lock:
+                action = self.streamer.sample(now_ns)
         if action is not None:
             self._publish_action(action, now_ns, "", self.session.spec.action.dt)
 
@@ -363,16 +421,25 @@ class VlaNode(Node):
     def _on_stats_tick(self) -> None:
         snap = None
         if self.session is not None and self.session.state.status == "running":
+            if self.execution is not None:
+                self.execution.report(self.session.metrics)
             snap = self.session.metrics.snapshot()
-            self.stats_pub.publish(conversions.fill_stats_msg(InferenceStats(), snap,
-                                                              self.get_clock().now().nanoseconds))
+            if self.execution is not None:
+                self.execution.report(self.session.metrics)
+            snap = self.session.metrics.snapshot()
+            msg = conversions.fill_stats_msg(InferenceStats(), snap, self.get_clock().now().nanoseconds)
+            self.stats_pub.publish(execution_output.fill_stats(msg, snap.extra))
         self._publish_diagnostics(snap)  # the same snapshot: /vla/stats and /diagnostics agree
 
     def diagnostic_reports(self, snap=None, cameras: list | None = None) -> list:
         """The node's status reports now. ``snap``: the metrics snapshot to report (the one /vla/stats
         got); ``cameras``: the camera snapshots to report. Default: taken now; nothing is reset."""
         if self.runtime is not None:
-            return self.runtime.reports(cameras, snap)
+            snap = self.session.metrics.snapshot() if snap is None else snap
+            reports = self.runtime.reports(cameras, snap)
+            if self.execution is not None:
+                reports.append(self.execution.status(snap.extra, self.runtime.node_name, reports[0].hardware_id))
+            return reports
         from vla_accel.core.metrics import InferenceMetrics
 
         config = status.DiagnosticsConfig(node_name="vla_accel")

@@ -118,10 +118,14 @@ class Runtime:
 
     # --- inputs ---------------------------------------------------------------------------------
     def on_frame(self, camera: str, image: "RawImage", stamp_ns: int, frame_id: str = "",
-                 received_ns: int | None = None) -> "Observation | None":
+                 received_ns: int | None = None,
+                 admit: "Callable[[Observation], bool] | None" = None) -> "Observation | None":
         """One camera frame: assembled with the latest other inputs and, when it makes an
-        observation, submitted to the inference loop. Returns that observation (None: stored or dropped)."""
+        observation that ``admit`` (default: every one) lets through, submitted to the inference loop.
+        Returns that observation (None: stored, dropped or not admitted; the admitter counts its own)."""
         observation = self.assembler.on_frame(camera, image, stamp_ns, frame_id, received_ns)
+        if observation is not None and admit is not None and not admit(observation):
+            return None
         if observation is not None:
             self.session.submit(observation)
         return observation
