@@ -24,6 +24,7 @@ import threading
 from typing import Sequence
 
 import numpy as np
+from vla_accel.errors import ConfigError
 
 JUMP_KEYS = ("chunk_switches", "chunk_jump_max", "chunk_jump_p50", "chunk_jump_p95", "chunk_jump_last",
              "action_jerk_p50", "action_jerk_p95", "action_jerk_max", "action_step_max")
@@ -80,7 +81,7 @@ class BoundaryMeter:
 
     def __init__(self, dims: int, period_s: float, window: int = 512):
         if dims <= 0 or not (math.isfinite(period_s) and period_s > 0) or window <= 0:
-            raise ValueError(f"BoundaryMeter needs dims > 0, period_s > 0, window > 0; got {dims}, {period_s}, {window}")
+            raise ConfigError(f"BoundaryMeter needs dims > 0, period_s > 0, window > 0; got {dims}, {period_s}, {window}")
         self.dims = int(dims)
         self.period_s = float(period_s)
         self.window = int(window)

@@ -35,7 +35,7 @@ from vla_accel.core.rtc import RTC_SCHEDULES, RtcPlan, blend_chunk
 from vla_accel.core.spec import ActionSpec
 from vla_accel.core.streaming import ActionStreamer, StreamSample
 from vla_accel.core.types import ActionChunk
-from vla_accel.errors import ExecutionError
+from vla_accel.errors import ConfigError, ExecutionError
 
 EXECUTION_MODES = ("naive", "ensemble", "blend", "rtc")
 _STREAM_MODE = {"naive": "latest", "ensemble": "ensemble", "blend": "blend", "rtc": "latest"}
@@ -69,7 +69,7 @@ class DelayEstimator:
 
     def __init__(self, initial_s: float = 0.0, window: int = 32, quantile: float = 90.0):
         if not (math.isfinite(initial_s) and initial_s >= 0):
-            raise ValueError(f"initial delay must be >= 0 seconds, got {initial_s!r}")
+            raise ConfigError(f"initial delay must be >= 0 seconds, got {initial_s!r}")
         self.initial_s = float(initial_s)
         self.quantile = float(quantile)
         self._window = LatencyWindow(window)

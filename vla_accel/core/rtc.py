@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from vla_accel.errors import ConfigError
 
 RTC_SCHEDULES = ("exp", "linear", "ones", "zeros")
 
@@ -55,7 +56,7 @@ def soft_mask(steps: int, frozen: int, blend_steps: int, schedule: str = "exp") 
     ``c = (frozen + blend_steps - i) / (blend_steps + 1)``; ``linear``: ``c``; ``ones``: 1 over the
     whole overlap; ``zeros``: the frozen prefix alone (a hard mask)."""
     if schedule not in RTC_SCHEDULES:
-        raise ValueError(f"RTC schedule must be one of {', '.join(RTC_SCHEDULES)}, got {schedule!r}")
+        raise ConfigError(f"RTC schedule must be one of {', '.join(RTC_SCHEDULES)}, got {schedule!r}")
     steps, frozen, blend_steps = int(steps), max(int(frozen), 0), max(int(blend_steps), 0)
     weights = np.zeros(steps)
     weights[: min(frozen, steps)] = 1.0
@@ -145,9 +146,9 @@ class RtcGuide:
                  t_end: float = 0.0, max_guidance: float = 5.0,
                  vjp: Callable[[Any, Any], Any] | None = None):
         if t_start == t_end:
-            raise ValueError("RtcGuide needs t_start != t_end")
+            raise ConfigError("RtcGuide needs t_start != t_end")
         if not (math.isfinite(max_guidance) and max_guidance >= 0):
-            raise ValueError(f"max_guidance must be finite and >= 0, got {max_guidance!r}")
+            raise ConfigError(f"max_guidance must be finite and >= 0, got {max_guidance!r}")
         self.target = np.asarray(target, dtype=np.float32)
         self.weights = np.asarray(weights, dtype=np.float32)[:, None]
         self.frozen = int(frozen)
