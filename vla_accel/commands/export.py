@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-FORMATS = ("onnx", "openvino", "tflite")
+FORMATS = ("onnx", "openvino", "tflite", "pt2")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated formats: {', '.join(FORMATS)} (default: onnx)")
     parser.add_argument("--precision", default="fp32",
                         help="fp32 (default); onnx also int8 (ONNX Runtime dynamic quantisation); openvino also "
-                             "fp16 (compressed weights); tflite per its exporter")
+                             "fp16 (compressed weights); tflite per its exporter; pt2 fp32 / fp16 / bf16")
+    parser.add_argument("--device", default="cpu",
+                        help="pt2 only: the device type the AOTInductor package is compiled for, cpu or cuda")
     parser.add_argument("--force", action="store_true", help="export again even if a cached export exists")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
                              reason="bad_export_format")
     bundle = load_model(args.model)
     for fmt in formats:
-        path = bundle.export(fmt, precision=args.precision, progress=not args.quiet, force=args.force)
+        path = bundle.export(fmt, precision=args.precision, progress=not args.quiet, force=args.force,
+                             device=getattr(args, "device", "cpu"))
         print(f"{fmt} {args.precision}: {path}")
     return 0

@@ -9,6 +9,13 @@ Export notes, since every backend runs this same function:
   -inf, so fp16 builds cannot produce NaN;
 * GELU uses the tanh form (a handful of element-wise ops everywhere; exact erf is missing on some
   NPUs and in int8 TFLite kernels).
+
+GPU layout (``ReferenceVLA.use_gpu_layout()``, what the ``cuda`` backend and the ``.pt2`` export run):
+the same arithmetic, written for tensor cores. Attention goes through fused
+``scaled_dot_product_attention`` with the same additive key bias; the token sequence is padded with
+zero tokens to a multiple of ``TOKEN_MULTIPLE`` (335 -> 336 on ``base``), masked as keys and dropped
+as queries, so every attention product has aligned shapes; the patch embedding is a reshape plus one
+matrix multiply instead of a convolution. Outputs match the plain layout to float rounding.
 """
 from __future__ import annotations
 
@@ -25,7 +32,10 @@ from vla_accel.models.architecture import (
     flops_per_inference,
 )
 
-__all__ = ["ReferenceVLA", "count_parameters", "flops_per_inference"]
+__all__ = ["ReferenceVLA", "count_parameters", "flops_per_inference", "TOKEN_MULTIPLE"]
+
+# Sequence length multiple of the GPU layout: fp16/bf16 tensor-core tiles want multiples of 8-16.
+TOKEN_MULTIPLE = 16
 
 
 def count_parameters(model: "nn.Module | NetworkConfig") -> int:
@@ -43,8 +53,20 @@ class CameraEncoder(nn.Module):
         cam = config.cameras[index]
         self.patch = nn.Conv2d(cam.channels, config.hidden_dim, kernel_size=cam.patch_size, stride=cam.patch_size)
         self.position = nn.Parameter(torch.zeros(1, cam.num_patches, config.hidden_dim))
+        self.patch_size = cam.patch_size
+        self.as_matmul = False  # GPU layout: patches gathered by a reshape, then one GEMM
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.as_matmul:
+            batch, channels, height, width = image.shape
+            p = self.patch_size
+            rows, cols = height // p, width // p
+            # (B, C, rows, p, cols, p) -> (B, rows, cols, C, p, p): each patch flattened in the
+            # conv weight's (C, kh, kw) order, so the GEMM computes exactly the convolution.
+            patches = image.reshape(batch, channels, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
+            patches = patches.reshape(batch, rows * cols, channels * p * p)
+            weight = self.patch.weight.reshape(self.patch.weight.shape[0], -1)
+            return F.linear(patches, weight, self.patch.bias) + self.position
         x = self.patch(image)  # (B, D, rows, cols)
         return x.flatten(2).transpose(1, 2) + self.position  # (B, patches, D)
 
@@ -69,9 +91,16 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self.qkv = nn.Linear(config.hidden_dim, 3 * config.hidden_dim)
         self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+        self.fused = False  # GPU layout: scaled_dot_product_attention with the same key bias
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
+        if self.fused:
+            # (B, N, 3, H, Dh) -> (3, B, H, N, Dh): one permute instead of three transposes.
+            qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            bias = key_bias.expand(batch, self.heads, tokens, tokens)
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias, scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q = q.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2) * self.scale
         k = k.reshape(batch, tokens, self.heads, self.head_dim).transpose(1, 2)
@@ -125,6 +154,21 @@ class ReferenceVLA(nn.Module):
         # Tokens before / after the instruction in the sequence: always attended to.
         self._keys_before_text = config.num_image_tokens
         self._keys_after_text = (1 if config.state_dims else 0) + config.action_steps
+        self._pad_tokens = 0  # zero tokens appended by the GPU layout (masked keys, unused queries)
+
+    def use_gpu_layout(self, enabled: bool = True) -> "ReferenceVLA":
+        """Switch to (or back from) the GPU layout described in the module docstring; returns self."""
+        n = self.config.num_tokens
+        self._pad_tokens = (-n) % TOKEN_MULTIPLE if enabled else 0
+        for encoder in self.cameras:
+            encoder.as_matmul = enabled
+        for block in self.blocks:
+            block.attn.fused = enabled
+        return self
+
+    @property
+    def gpu_layout(self) -> bool:
+        return bool(self.blocks) and self.blocks[0].attn.fused
 
     @property
     def num_inputs(self) -> int:
@@ -153,14 +197,21 @@ class ReferenceVLA(nn.Module):
                 state = state.to(compute_dtype)
             parts.append(self.state_proj(state).unsqueeze(1))
         parts.append(self.action_queries.expand(batch, -1, -1))
+        pad = self._pad_tokens
+        if pad:
+            parts.append(parts[-1].new_zeros(batch, pad, parts[-1].shape[-1]))
         x = torch.cat(parts, dim=1)
 
-        # Key padding: 1 for every image / state / query token, token_mask for the instruction.
+        # Key padding: 1 for every image / state / query token, token_mask for the instruction,
+        # 0 for the GPU layout's alignment tokens.
         key_valid = F.pad(mask, (self._keys_before_text, self._keys_after_text), value=1.0)
+        if pad:
+            key_valid = F.pad(key_valid, (0, pad), value=0.0)
         key_bias = ((1.0 - key_valid) * MASK_BIAS).unsqueeze(1).unsqueeze(1)  # (B, 1, 1, N): 0 or MASK_BIAS
         for block in self.blocks:
             x = block(x, key_bias)
-        queries = x[:, -self.config.action_steps :]
+        end = x.shape[1] - pad
+        queries = x[:, end - self.config.action_steps : end]
         actions = torch.tanh(self.head(self.norm(queries)))
         if actions.dtype != torch.float32:
             actions = actions.float()
