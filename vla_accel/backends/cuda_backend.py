@@ -9,7 +9,16 @@ What makes it fast at batch 1, where a robot lives:
   ``extra["compile"] = "reduce-overhead"`` uses torch.compile's own CUDA graphs (slow first call);
   docs/gpu.md reports which measured better;
 * pinned host staging buffers and asynchronous H2D / D2H copies on a dedicated copy stream, all
-  sized once for ``options.max_batch``; compute runs on its own stream, ordered by events.
+  sized once for ``options.max_batch``; compute runs on its own stream, ordered by events;
+* the reference network in its GPU layout (fused attention, tokens padded to a tensor-core multiple,
+  patch embedding as a GEMM; ``extra["gpu_layout"]``, default on), or any policy program packaged
+  as an AOTInductor ``.pt2`` (a spec with ``format: pt2``, or ``extra["program"] = "pt2"`` to run
+  the reference network's own package), with the CUDA graph over the whole program;
+* ``infer_frames``: uint8 camera frames copied as they come and resized / normalised on the device
+  (backends/cuda_images.py), inside the same CUDA graph;
+* graphs that coexist with other CUDA-graph users in the process (torch.compile's graph trees,
+  other backends): the backend's own memory pool, and the cuBLAS workspace re-allocated inside that
+  pool at capture, so that another user clearing cuBLAS workspaces cannot free memory a graph uses.
 
 Absent CUDA (no NVIDIA driver, or a CPU-only torch build) ``load()`` raises BackendUnavailableError
 naming what is missing and how to install it.
@@ -24,7 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs, module_available
-from vla_accel.errors import BackendError, BackendUnavailableError
+from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,15 @@ INSTALL_HINT = (
 _DRIVER_MARKERS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl", "/dev/nvhost-ctrl-gpu",
                    "/dev/nvgpu/igpu0/ctrl")
 _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspaces, lazy modules
+
+
+_MAX_FRAME_SHAPES = 8  # distinct (camera, frame size) upload buffers kept
+
+
+def _clear_blas_workspaces(torch) -> None:
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 def _flag(value: Any) -> bool:
@@ -97,20 +115,63 @@ class CudaBackend(Backend):
                 f"cuda: {torch.cuda.get_device_name(index)} does not support bf16; use fp16", reason="bad_precision"
             )
         self.max_batch = max(1, int(self.options.max_batch))
-        self.compile_mode = self.options.extra.get("compile") or None
-        self.use_graphs = _flag(self.options.extra.get("cuda_graphs", True)) and self.compile_mode is None
+        extra = self.options.extra
+        self.compile_mode = extra.get("compile") or None
+        self.use_graphs = _flag(extra.get("cuda_graphs", True)) and self.compile_mode is None
+        self.gpu_layout = _flag(extra.get("gpu_layout", True))
+        self.program = str(extra.get("program", "module") or "module").lower()
+        if self.program not in ("module", "pt2"):
+            raise BackendError(f"cuda: extra program must be 'module' or 'pt2', got {self.program!r}",
+                               reason="bad_option")
         self._lock = threading.Lock()
         with torch.cuda.device(self.device):
-            self.module = self.model.torch_module(self.device, self.dtype)
-            if self.compile_mode:
-                self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
+            self.module = None
+            self.program_file = ""
+            if not self.model.has_torch_network or self.program == "pt2":
+                self.forward = self._load_program()
             else:
-                self.forward = self.module
+                self.module = self.model.torch_module(self.device, self.dtype)
+                if self.gpu_layout:
+                    self.module.use_gpu_layout()
+                if self.compile_mode:
+                    self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
+                else:
+                    self.forward = self.module
             self.copy_stream = torch.cuda.Stream(self.device)
             self.compute_stream = torch.cuda.Stream(self.device)
             self._allocate_staging()
-        self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (CUDAGraph, static output)
-        self._eager_passes: dict[int, int] = {}
+        self._pool = None  # this backend's CUDA-graph memory pool, made at the first capture
+        self._graphs: dict[Any, tuple[Any, Any]] = {}  # batch or frames key -> (CUDAGraph, static output)
+        self._eager_passes: dict[Any, int] = {}
+        self._frames: dict[tuple[str, int, int], tuple[Any, Any]] = {}  # (input, H, W) -> (pinned, device)
+        self._preparers: dict[str, Any] = {}
+        self.last_device_ms = float("nan")
+
+    def _load_program(self):
+        """An AOTInductor package: the spec's own (format pt2), or the reference network's export."""
+        from vla_accel.errors import ModelFileError
+        from vla_accel.models.export_pt2 import load_pt2
+
+        if not self.model.has_torch_network and self.spec.format != "pt2":
+            raise BackendError(
+                f"cuda runs the reference network or a policy program packaged as .pt2 (vla-accel export "
+                f"--format pt2); '{self.model.name}' is a {self.spec.format} file: use a backend that runs it "
+                "(onnxruntime, tensorrt, ...)",
+                reason="unsupported_model",
+            )
+        if self.compile_mode:
+            raise BackendError("cuda: extra compile applies to the torch module, not to a .pt2 program",
+                               reason="bad_option")
+        try:
+            if self.model.has_torch_network:
+                path = self.model.export("pt2", precision=self.options.precision, device="cuda", progress=False)
+            else:
+                path = self.model.model_file
+            runner = load_pt2(path, str(self.device), single_threaded=self.use_graphs)
+        except ModelFileError as exc:
+            raise BackendError(f"cuda: {exc}", reason=getattr(exc, "reason", "bad_model_file")) from exc
+        self.program_file = str(path)
+        return runner
 
     def _allocate_staging(self) -> None:
         """Pinned host buffers and device buffers for every input and the output, at max_batch."""
@@ -134,7 +195,9 @@ class CudaBackend(Backend):
         self.host_input_views = {name: t.numpy() for name, t in self.host_inputs.items()}
         self.host_output_view = self.host_output.numpy()
         self.h2d_done = torch.cuda.Event()
-        self.compute_done = torch.cuda.Event()
+        # Timed events around the enqueued program: the device time of the last call.
+        self.compute_start = torch.cuda.Event(enable_timing=True)
+        self.compute_done = torch.cuda.Event(enable_timing=True)
         self.d2h_done = torch.cuda.Event()
 
     # --- run ------------------------------------------------------------------------------------
@@ -143,57 +206,167 @@ class CudaBackend(Backend):
         args = [self.device_inputs[name][:batch] for name in self.spec.input_names]
         return self.forward(*args)
 
-    def _capture(self, batch: int):
+    def _capture(self, enqueue):
+        """Capture ``enqueue()`` into a CUDA graph in this backend's own memory pool.
+
+        cuBLAS keeps one workspace per (handle, stream) and a captured GEMM bakes its address in.
+        Other CUDA-graph users in the process (torch.compile's graph trees) clear those workspaces,
+        which frees the memory to whoever allocates next. So the workspaces are cleared before the
+        capture (cuBLAS then allocates a fresh one inside this graph's pool, where nobody else
+        allocates) and again after it (eager work never shares a workspace with the graph)."""
         torch = self._torch
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        _clear_blas_workspaces(torch)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.compute_stream):
-            static_output = self._run_model(batch)
+        with torch.cuda.graph(graph, pool=self._pool, stream=self.compute_stream):
+            static_output = enqueue()
+        _clear_blas_workspaces(torch)
         return graph, static_output
 
-    def _compute(self, batch: int):
-        """Enqueue the forward pass on the compute stream; returns the device output tensor."""
+    def _compute(self, key, enqueue):
+        """Enqueue the work named ``key`` on the compute stream (eager warm-up passes, then its
+        captured graph); returns the device output tensor."""
         if not self.use_graphs:
-            return self._run_model(batch)
-        entry = self._graphs.get(batch)
+            return enqueue()
+        entry = self._graphs.get(key)
         if entry is None:
-            passes = self._eager_passes.get(batch, 0)
+            passes = self._eager_passes.get(key, 0)
             if passes < _EAGER_WARMUP_PASSES:
-                self._eager_passes[batch] = passes + 1
-                return self._run_model(batch)
+                self._eager_passes[key] = passes + 1
+                return enqueue()
             self.compute_stream.synchronize()
-            entry = self._graphs[batch] = self._capture(batch)
-            log.debug("cuda: captured a CUDA graph for batch %d", batch)
+            entry = self._graphs[key] = self._capture(enqueue)
+            log.debug("cuda: captured a CUDA graph for %s", key)
         graph, static_output = entry
         graph.replay()
         return static_output
+
+    def _run(self, batch: int, key, enqueue, uploads) -> np.ndarray:
+        """Uploads (pinned -> device pairs) on the copy stream, the program on the compute stream,
+        the actions back; returns a copy of the first ``batch`` output rows."""
+        torch = self._torch
+        try:
+            with torch.cuda.stream(self.copy_stream):
+                for host, device in uploads:
+                    device.copy_(host, non_blocking=True)
+                self.h2d_done.record(self.copy_stream)
+            self.compute_stream.wait_event(self.h2d_done)
+            with torch.cuda.stream(self.compute_stream):
+                self.compute_start.record(self.compute_stream)
+                output = self._compute(key, enqueue)
+                self.compute_done.record(self.compute_stream)
+            self.copy_stream.wait_event(self.compute_done)
+            with torch.cuda.stream(self.copy_stream):
+                self.host_output[:batch].copy_(output, non_blocking=True)
+                self.d2h_done.record(self.copy_stream)
+            self.d2h_done.synchronize()
+            self.last_device_ms = self.compute_start.elapsed_time(self.compute_done)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise BackendError(f"cuda: out of GPU memory at batch {batch}: {exc}", reason="out_of_memory") from exc
+        except RuntimeError as exc:  # CUDA launch / illegal address errors surface as RuntimeError
+            raise BackendError(f"cuda: inference failed on {self.device}: {exc}", reason="device_error") from exc
+        # The pinned buffer is reused by the next call: hand the caller its own copy.
+        return self.host_output_view[:batch].copy()
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         batch, arrays = gather_inputs(self.spec, inputs, self.max_batch, self.name)
         with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
-            try:
-                for name, array in arrays.items():
-                    np.copyto(self.host_input_views[name][:batch], array)
-                with torch.cuda.stream(self.copy_stream):
-                    for name in arrays:
-                        self.device_inputs[name][:batch].copy_(self.host_inputs[name][:batch], non_blocking=True)
-                    self.h2d_done.record(self.copy_stream)
-                self.compute_stream.wait_event(self.h2d_done)
-                with torch.cuda.stream(self.compute_stream):
-                    output = self._compute(batch)
-                    self.compute_done.record(self.compute_stream)
-                self.copy_stream.wait_event(self.compute_done)
-                with torch.cuda.stream(self.copy_stream):
-                    self.host_output[:batch].copy_(output, non_blocking=True)
-                    self.d2h_done.record(self.copy_stream)
-                self.d2h_done.synchronize()
-            except torch.cuda.OutOfMemoryError as exc:
-                raise BackendError(f"cuda: out of GPU memory at batch {batch}: {exc}", reason="out_of_memory") from exc
-            except RuntimeError as exc:  # CUDA launch / illegal address errors surface as RuntimeError
-                raise BackendError(f"cuda: inference failed on {self.device}: {exc}", reason="device_error") from exc
-            # The pinned buffer is reused by the next call: hand the caller its own copy.
-            result = self.host_output_view[:batch].copy()
+            for name, array in arrays.items():
+                np.copyto(self.host_input_views[name][:batch], array)
+            uploads = [(self.host_inputs[name][:batch], self.device_inputs[name][:batch]) for name in arrays]
+            result = self._run(batch, batch, lambda: self._run_model(batch), uploads)
         return {self.spec.action.output: result}
+
+    # --- uint8 frames ------------------------------------------------------------------------------
+    def infer_frames(self, frames: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Like ``infer``, but each camera input is given as its uint8 rgb frames (B, H, W, 3) of any
+        size (or a list of HxWx3 frames of one size): copied as they are and resized /
+        normalised on the device exactly as core.preprocess does on the CPU. ``inputs`` holds the
+        other tensors (tokens, mask, state). A graph is captured per batch size and frame sizes."""
+        if not self.loaded:
+            raise BackendError("backend 'cuda' used before load()", reason="not_loaded")
+        torch = self._torch
+        batch, frame_arrays, arrays = self._gather_frames(frames, inputs)
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
+            uploads = []
+            sources = []
+            for cam in self.spec.cameras:
+                array = frame_arrays[cam.input]
+                pinned, device = self._frame_buffers(cam.input, array.shape[1], array.shape[2])
+                np.copyto(pinned.numpy()[:batch], array)
+                uploads.append((pinned[:batch], device[:batch]))
+                sources.append((cam, device[:batch]))
+            for name, array in arrays.items():
+                np.copyto(self.host_input_views[name][:batch], array)
+                uploads.append((self.host_inputs[name][:batch], self.device_inputs[name][:batch]))
+
+            def enqueue():
+                for cam, source in sources:
+                    self._preparer(cam)(source, self.device_inputs[cam.input][:batch])
+                return self._run_model(batch)
+
+            key = ("frames", batch, tuple(tuple(src.shape[1:3]) for _, src in sources))
+            self._calls += 1
+            result = self._run(batch, key, enqueue, uploads)
+        return {self.spec.action.output: result}
+
+    def _preparer(self, cam):
+        if cam.input not in self._preparers:
+            from vla_accel.backends.cuda_images import DeviceImagePreparer
+
+            self._preparers[cam.input] = DeviceImagePreparer(cam, self.device)
+        return self._preparers[cam.input]
+
+    def _frame_buffers(self, name: str, height: int, width: int):
+        key = (name, int(height), int(width))
+        if key not in self._frames:
+            torch = self._torch
+            if len(self._frames) >= _MAX_FRAME_SHAPES:
+                raise InputError(f"cuda: more than {_MAX_FRAME_SHAPES} distinct camera frame sizes; resize frames "
+                                 "to a few fixed sizes", reason="bad_input_shape")
+            shape = (self.max_batch, int(height), int(width), 3)
+            self._frames[key] = (torch.empty(shape, dtype=torch.uint8, pin_memory=True),
+                                 torch.empty(shape, dtype=torch.uint8, device=self.device))
+        return self._frames[key]
+
+    def _gather_frames(self, frames: Mapping[str, Any], inputs: Mapping[str, np.ndarray]):
+        from vla_accel.backends.base import input_signature
+
+        cams = {cam.input for cam in self.spec.cameras}
+        missing = sorted(cams - set(frames))
+        if missing:
+            raise InputError(f"cuda: missing camera frames {missing}", reason="missing_input")
+        frame_arrays = {}
+        batch = None
+        for name in sorted(cams):
+            value = frames[name]
+            array = np.stack(value) if isinstance(value, (list, tuple)) else np.asarray(value)
+            if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or min(array.shape[1:3]) < 1:
+                raise InputError(f"cuda: frames for '{name}' must be uint8 (B, H, W, 3) rgb, got {array.dtype} "
+                                 f"{array.shape}", reason="bad_input_shape")
+            frame_arrays[name] = array
+            batch = array.shape[0] if batch is None else batch
+            if array.shape[0] != batch:
+                raise InputError(f"cuda: frames for '{name}' have batch {array.shape[0]}, others {batch}",
+                                 reason="bad_input_shape")
+        signature = {k: v for k, v in input_signature(self.spec).items() if k not in cams}
+        arrays = {}
+        for name, (shape, dtype) in signature.items():
+            if name not in inputs:
+                raise InputError(f"cuda: missing input tensor '{name}'", reason="missing_input")
+            array = np.asarray(inputs[name])
+            if array.shape != (batch, *shape):
+                raise InputError(f"cuda: input '{name}' has shape {array.shape}, expected {(batch, *shape)}",
+                                 reason="bad_input_shape")
+            arrays[name] = np.ascontiguousarray(array, dtype=dtype)
+        if not batch:
+            raise InputError("cuda: empty batch", reason="bad_input_shape")
+        if batch > self.max_batch:
+            raise InputError(f"cuda: batch {batch} is larger than max_batch {self.max_batch}",
+                             reason="batch_too_large")
+        return batch, frame_arrays, arrays
 
     def _device_info(self) -> DeviceInfo:
         torch = self._torch
@@ -213,7 +386,12 @@ class CudaBackend(Backend):
                 "total_memory_bytes": int(props.total_memory),
                 "cuda_graphs": self.use_graphs,
                 "compile": self.compile_mode or "",
-                "graphs_captured": sorted(self._graphs),
+                "graphs_captured": sorted(k for k in self._graphs if isinstance(k, int)),
+                "frame_graphs_captured": sorted(k[1] for k in self._graphs if not isinstance(k, int)),
+                "gpu_layout": bool(self.module is not None and self.module.gpu_layout),
+                "program": self.program_file or ("torch module" if self.compile_mode is None
+                                                 else f"torch.compile {self.compile_mode}"),
+                "last_device_ms": self.last_device_ms,
                 "max_batch": self.max_batch,
                 "cudnn": torch.backends.cudnn.version(),
             },
@@ -225,4 +403,6 @@ class CudaBackend(Backend):
         self.module = self.forward = None
         self.host_inputs.clear()
         self.device_inputs.clear()
+        self._frames.clear()
+        self._pool = None
         torch.cuda.empty_cache()

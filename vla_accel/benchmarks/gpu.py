@@ -8,8 +8,20 @@ output copy), throughput (samples/s = batch / mean latency), speedup over the CP
 same batch (p50 ratio, core.metrics.speedup), parallel efficiency E = S / P and the largest
 absolute difference from the CPU baseline's output on the same inputs.
 
-A variant that cannot run here (no CUDA, no OpenCL GPU) is listed with the reason instead of numbers.
-The table is printed last and every number is written as JSON (``--gpu-json``).
+Beside the host-to-host latency, cuda rows give the device time of the program (CUDA events around
+the enqueued work, p50) and every row repeats the CPU baseline's p50 and thread count (the ratio alone
+misleads: the CPU baseline of one GPU machine kind moved by 2x between machines). Per model and batch
+the physical floor is printed too: FLOPs / peak matrix rate and weight bytes / memory bandwidth, both
+measured on this GPU at the start of the run (a large bf16 GEMM, a large device-to-device copy).
+
+Variants beyond the precision / graph matrix: ``-plain`` runs the network in its plain layout (hand-written
+attention, conv patch embedding), ``-pt2`` the AOTInductor package of the network under CUDA graphs,
+``-u8`` feeds 640x480 uint8 camera frames resized and normalised on the GPU (``CudaBackend.infer_frames``)
+instead of float32 tensors at the network's size.
+
+A variant that cannot run here (no CUDA, no OpenCL GPU) is listed with the reason instead of numbers;
+so is a model that does not exist (yet) in this build, e.g. a flow-matching program before policy
+programs are available. The table is printed last and every number is written as JSON (``--gpu-json``).
 Options are prefixed ``--gpu-`` because ``vla-accel bench`` shares one parser between its modes.
 """
 from __future__ import annotations
@@ -39,9 +51,16 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cuda-bf16": ("cuda", "bf16", {"cuda_graphs": False}),
     "cuda-bf16-graph": ("cuda", "bf16", {"cuda_graphs": True}),
     "cuda-fp16-compile": ("cuda", "fp16", {"compile": "reduce-overhead"}),
+    "cuda-fp16-graph-plain": ("cuda", "fp16", {"cuda_graphs": True, "gpu_layout": False}),
+    "cuda-bf16-graph-u8": ("cuda", "bf16", {"cuda_graphs": True, "frames": "640x480"}),
+    "cuda-fp16-graph-u8": ("cuda", "fp16", {"cuda_graphs": True, "frames": "640x480"}),
+    "cuda-bf16-pt2-graph": ("cuda", "bf16", {"cuda_graphs": True, "program": "pt2"}),
+    "cuda-fp16-pt2-graph": ("cuda", "fp16", {"cuda_graphs": True, "program": "pt2"}),
     "opencl": ("opencl", "fp32", {}),
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("compile")]
+# Options of a variant that the bench itself acts on (not passed to the backend).
+_BENCH_ONLY = ("frames",)
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith(("compile", "pt2-graph"))]
 
 
 @dataclass
@@ -61,6 +80,10 @@ class Row:
     max_abs_diff: float = float("nan")
     load_s: float = 0.0
     skipped: str = ""
+    device_ms: dict[str, float] = field(default_factory=dict)  # CUDA events around the program (cuda rows)
+    cpu_p50_ms: float = 0.0  # the CPU baseline's p50 at this batch (what the speedup divides)
+    cpu_threads: int = 0
+    input: str = "float32 tensors at the network's size"
 
 
 def _option(parser: argparse.ArgumentParser, flag: str, **kwargs) -> None:
@@ -88,19 +111,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="also check every variant against the committed reference outputs (gpu mode)")
 
 
-def _time_backend(backend, inputs, batch, warmup, seconds, min_iters) -> tuple[list[float], np.ndarray]:
+def _time_backend(backend, inputs, batch, warmup, seconds, min_iters,
+                  frames=None) -> tuple[list[float], list[float], np.ndarray]:
+    """Host-to-host latencies (ms), device times (ms, where the backend measures them), last output."""
+    if frames is None:
+        call = lambda: backend.infer(inputs)  # noqa: E731
+    else:
+        others = {k: v for k, v in inputs.items() if k not in frames}
+        call = lambda: backend.infer_frames(frames, others)  # noqa: E731
     output = None
     for _ in range(warmup):
-        output = backend.infer(inputs)
+        output = call()
     latencies: list[float] = []
+    device: list[float] = []
     start = time.perf_counter()
     while len(latencies) < min_iters or time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        output = backend.infer(inputs)
+        output = call()
         latencies.append((time.perf_counter() - t0) * 1e3)
+        device.append(float(getattr(backend, "last_device_ms", float("nan"))))
         if len(latencies) >= 100_000:
             break
-    return latencies, next(iter(output.values()))
+    return latencies, device, next(iter(output.values()))
+
+
+def _camera_frames(spec, batch: int, size: str, seed: int) -> dict[str, np.ndarray]:
+    """uint8 rgb camera frames (B, H, W, 3) of ``size`` ("WxH") per camera, seeded."""
+    width, height = (int(v) for v in size.lower().split("x"))
+    rng = np.random.default_rng(seed)
+    return {cam.input: rng.integers(0, 256, size=(batch, height, width, 3), dtype=np.uint8) for cam in spec.cameras}
+
+
+def _frames_as_tensors(spec, frames: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same frames through the CPU preprocessing: the float inputs the CPU baseline gets."""
+    from vla_accel.core.preprocess import _CameraWriter
+
+    out = dict(inputs)
+    for cam in spec.cameras:
+        tensor = np.zeros((len(frames[cam.input]), *cam.shape), dtype=np.float32)
+        writer = _CameraWriter(cam)
+        for i, frame in enumerate(frames[cam.input]):
+            writer.write(frame, tensor[i])
+        out[cam.input] = tensor
+    return out
+
+
+def measure_ceilings(device: str = "", log=print) -> dict[str, float]:
+    """This GPU's matrix rate (bf16 8192^3 GEMM, TFLOP/s) and copy bandwidth (device-to-device,
+    bytes read + written, GB/s): the denominators of the physical floor. Empty without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    dev = torch.device(device or "cuda:0")
+    n = 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def timed(fn, reps):
+        for _ in range(3):
+            fn()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps / 1e3
+
+    gemm_s = timed(lambda: torch.mm(a, b), 10)
+    copy_s = timed(lambda: dst.copy_(src), 10)
+    result = {"matmul_bf16_tflops": 2 * n**3 / gemm_s / 1e12, "copy_gbps": 2 * src.numel() / copy_s / 1e9}
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    log(f"[bench gpu] ceilings: bf16 GEMM {result['matmul_bf16_tflops']:.0f} TFLOP/s, "
+        f"copy {result['copy_gbps']:.0f} GB/s")
+    return result
+
+
+def physical_floor(bundle, batch: int, ceilings: dict[str, float], bytes_per_weight: int = 2) -> dict[str, float]:
+    """FLOPs / peak and (weights + inputs + outputs) bytes / bandwidth for one call, in ms."""
+    spec = bundle.spec
+    flops = bundle.flops(batch)
+    weight_bytes = bundle.parameter_count() * bytes_per_weight
+    io_bytes = batch * (sum(int(np.prod(c.shape)) for c in spec.cameras) * 4
+                        + spec.instruction.max_tokens * 8 + (spec.state.dims * 4 if spec.state else 0)
+                        + spec.action.steps * spec.action.dims * 4)
+    floor = {"gflop": flops / 1e9, "weight_mb": weight_bytes / 1e6, "io_mb": io_bytes / 1e6}
+    if ceilings:
+        floor["compute_ms"] = flops / (ceilings["matmul_bf16_tflops"] * 1e12) * 1e3
+        floor["memory_ms"] = (weight_bytes + io_bytes) / (ceilings["copy_gbps"] * 1e9) * 1e3
+        floor["floor_ms"] = max(floor["compute_ms"], floor["memory_ms"])
+    return floor
 
 
 def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup=5, cpu_threads=0,
@@ -118,14 +224,30 @@ def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup
     max_batch = max(batches)
     rows: list[Row] = []
     for model_name in models:
-        bundle = load_model(model_name)
-        bundle.load_weights()
+        try:
+            bundle = load_model(model_name)
+            bundle.load_weights()
+        except VlaAccelError as exc:
+            log(f"[bench gpu] {model_name}: skipped: {exc}")
+            rows += [Row(model_name, v, VARIANTS[v][0], VARIANTS[v][1], b, skipped=f"model unavailable: {exc}")
+                     for v in variants for b in batches]
+            continue
+        frames_by_batch: dict[int, dict[str, np.ndarray]] = {}
         inputs_by_batch = {b: example_inputs(bundle.spec, b, seed=100 + b) for b in batches}
+        if any("frames" in VARIANTS[v][2] for v in variants):
+            # One input set for every variant: the frames, and the CPU preprocessing of them for
+            # the tensor-fed variants, so that max|diff| compares like with like.
+            sizes = {VARIANTS[v][2]["frames"] for v in variants if "frames" in VARIANTS[v][2]}
+            size = sorted(sizes)[0]
+            frames_by_batch = {b: _camera_frames(bundle.spec, b, size, seed=200 + b) for b in batches}
+            inputs_by_batch = {b: _frames_as_tensors(bundle.spec, frames_by_batch[b], inputs_by_batch[b])
+                               for b in batches}
         for variant in variants:
             backend_name, precision, extra = VARIANTS[variant]
             device = {"cuda": cuda_device, "opencl": opencl_device}.get(backend_name, "")
+            backend_extra = {k: v for k, v in extra.items() if k not in _BENCH_ONLY}
             options = BackendOptions(device=device, precision=precision, max_batch=max_batch,
-                                     threads=threads if backend_name == "torch" else 0, extra=dict(extra))
+                                     threads=threads if backend_name == "torch" else 0, extra=backend_extra)
             t0 = time.perf_counter()
             try:
                 backend = create_backend(backend_name, bundle, options).load()
@@ -139,9 +261,12 @@ def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup
                 for batch in batches:
                     row = Row(model_name, variant, backend_name, precision, batch, device=info.device,
                               parallel_units=info.parallel_units, load_s=load_s)
+                    frames = frames_by_batch.get(batch) if "frames" in extra else None
+                    if frames is not None:
+                        row.input = f"uint8 {extra['frames']} frames, resized and normalised on the GPU"
                     try:
-                        latencies, output = _time_backend(backend, inputs_by_batch[batch], batch, warmup,
-                                                          seconds, min_iters)
+                        latencies, device_times, output = _time_backend(
+                            backend, inputs_by_batch[batch], batch, warmup, seconds, min_iters, frames)
                     except VlaAccelError as exc:
                         row.skipped = str(exc)
                         rows.append(row)
@@ -149,6 +274,8 @@ def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup
                         continue
                     row.iterations = len(latencies)
                     row.latency_ms = percentiles(latencies)
+                    row.device_ms = percentiles(device_times) if np.isfinite(device_times).any() else {}
+                    row.cpu_threads = threads
                     row.throughput_sps = batch / (row.latency_ms["mean"] / 1e3)
                     row.max_abs_diff = float("nan")
                     row._output = output  # type: ignore[attr-defined]  (parity, dropped before JSON)
@@ -169,6 +296,7 @@ def _fill_relative(rows: list[Row], model_name: str) -> None:
         base = baseline.get(row.batch)
         if base is None:
             continue
+        row.cpu_p50_ms = base.latency_ms["p50"]
         row.speedup = speedup(base.latency_ms["p50"], row.latency_ms["p50"])
         row.efficiency = parallel_efficiency(row.speedup, row.parallel_units)
         row.max_abs_diff = float(np.max(np.abs(row._output - base._output)))  # type: ignore[attr-defined]
@@ -178,17 +306,18 @@ def _fill_relative(rows: list[Row], model_name: str) -> None:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'model':6} {'variant':18} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} {'samples/s':>10} "
-              f"{'speedup':>8} {'E=S/P':>7} {'max|diff|':>10}  device")
+    header = (f"{'model':6} {'variant':22} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} {'dev ms':>8} {'samples/s':>10} "
+              f"{'speedup':>8} {'cpu ms':>9} {'thr':>3} {'E=S/P':>7} {'max|diff|':>10}  device")
     lines = [header, "-" * len(header)]
     for r in rows:
         if r.skipped:
-            lines.append(f"{r.model:6} {r.variant:18} {r.batch:>5}  skipped: {r.skipped[:90]}")
+            lines.append(f"{r.model:6} {r.variant:22} {r.batch:>5}  skipped: {r.skipped[:90]}")
             continue
+        dev = f"{r.device_ms['p50']:>8.3f}" if r.device_ms else f"{'-':>8}"
         lines.append(
-            f"{r.model:6} {r.variant:18} {r.batch:>5} {r.latency_ms['p50']:>9.3f} {r.latency_ms['p99']:>9.3f} "
-            f"{r.throughput_sps:>10.1f} {r.speedup:>7.1f}x {r.efficiency:>7.3f} {r.max_abs_diff:>10.2e}  "
-            f"{r.device} (P={r.parallel_units})"
+            f"{r.model:6} {r.variant:22} {r.batch:>5} {r.latency_ms['p50']:>9.3f} {r.latency_ms['p99']:>9.3f} {dev} "
+            f"{r.throughput_sps:>10.1f} {r.speedup:>7.1f}x {r.cpu_p50_ms:>9.2f} {r.cpu_threads:>3} "
+            f"{r.efficiency:>7.3f} {r.max_abs_diff:>10.2e}  {r.device} (P={r.parallel_units})"
         )
     return "\n".join(lines)
 
@@ -209,8 +338,8 @@ def reference_parity(models: list[str], variants: list[str], cuda_device: str = 
         batch = next(iter(case.inputs.values())).shape[0]
         for variant in variants:
             backend_name, precision, extra = VARIANTS[variant]
-            if backend_name == "torch" or "compile" in extra:
-                continue  # compile computes what the eager variant does; its bench row has max|diff| too
+            if backend_name == "torch" or "compile" in extra or "frames" in extra:
+                continue  # compile computes what the eager variant does; frames are checked by the tests
             device = {"cuda": cuda_device, "opencl": opencl_device}.get(backend_name, "")
             options = BackendOptions(device=device, precision=precision, max_batch=batch, extra=dict(extra))
             entry: dict[str, Any] = {"model": model_name, "variant": variant, "precision": precision,
@@ -253,6 +382,20 @@ def opencl_profile(models: list[str], batches: list[int], opencl_device: str = "
     return results
 
 
+def _floors(models: list[str], batches: list[int], ceilings: dict[str, float]) -> list[dict[str, Any]]:
+    from vla_accel.models import load_model
+
+    out = []
+    for model_name in models:
+        try:
+            bundle = load_model(model_name)
+            floors = [physical_floor(bundle, b, ceilings) for b in batches]
+        except (VlaAccelError, ValueError):
+            continue  # a model that is not a reference network has no analytic FLOP count here
+        out += [{"model": model_name, "batch": b, **f} for b, f in zip(batches, floors)]
+    return out
+
+
 def _machine() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                             "platform": platform.platform()}
@@ -286,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
     variants = _split(args.gpu_variants)
     threads = args.gpu_cpu_threads or min(16, os.cpu_count() or 1)
     started = time.time()
+    logger = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    ceilings = measure_ceilings(args.gpu_device, log=logger)
     rows = run_benchmark(models, batches, variants, seconds=args.gpu_seconds, min_iters=args.gpu_min_iters,
                          warmup=args.gpu_warmup, cpu_threads=threads, cuda_device=args.gpu_device,
                          opencl_device=args.gpu_opencl_device,
@@ -304,10 +449,13 @@ def run(args: argparse.Namespace) -> int:
         command = "python -m vla_accel.benchmarks.gpu " + " ".join(sys.argv[1:])
     else:
         command = " ".join(sys.argv)
+    floors = _floors(models, batches, ceilings)
     report = {
         "command": command,
         "machine": _machine(),
         "cpu_baseline_threads": threads,
+        "ceilings": ceilings,
+        "physical_floor": floors,
         "seconds_per_row": args.gpu_seconds,
         "wall_s": round(time.time() - started, 1),
         "rows": [asdict(r) for r in rows],
@@ -322,6 +470,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"GPU benchmark on {machine.get('gpu', 'no CUDA GPU')} + {machine.get('cpu')} "
           f"(CPU baseline: torch fp32 eager, {threads} threads); latency per batch, host to host")
     print(format_table(rows))
+    if ceilings:
+        print(f"physical floor (this GPU: bf16 GEMM {ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, copy "
+              f"{ceilings['copy_gbps']:.0f} GB/s; weights in 16-bit):")
+    for entry in floors:
+        if "floor_ms" in entry:
+            print(f"  {entry['model']:6} b{entry['batch']:<3} {entry['gflop']:8.1f} GFLOP -> {entry['compute_ms']:.3f} ms;"
+                  f" {entry['weight_mb'] + entry['io_mb']:7.1f} MB -> {entry['memory_ms']:.3f} ms;"
+                  f" floor {entry['floor_ms']:.3f} ms")
     for entry in profiles:
         total = sum(entry["stages_ms"].values())
         top = sorted(entry["stages_ms"].items(), key=lambda kv: -kv[1])[:6]
