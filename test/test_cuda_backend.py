@@ -166,7 +166,7 @@ def test_hand_captured_graph_survives_torch_compile_graphs(cuda_ready, base_bund
 
 
 @pytest.mark.hardware
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["bf16"])  # one AOTInductor compile (the bench reuses it)
 def test_pt2_program_runs_under_cuda_graphs(cuda_ready, tiny_bundle, precision):
     """The AOTInductor package of the reference network, loaded by cuda with a CUDA graph over it."""
     case = load_reference(tiny_bundle)

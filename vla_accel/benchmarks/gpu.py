@@ -382,6 +382,38 @@ def opencl_profile(models: list[str], batches: list[int], opencl_device: str = "
     return results
 
 
+# What the GPU path must reach on an H100/H200 class GPU (ms): base at batch 1 with graphs on the
+# device and host to host, base at batch 32 host to host, a 10-step flow program at batch 1.
+GOALS_MS = {"base_b1_device": 0.5, "base_b1_host": 0.7, "base_b32_host": 6.0, "base-flow_b1_host": 3.0}
+
+
+def goal_check(rows: list[Row]) -> list[dict[str, Any]]:
+    """The best 16-bit graph row (tensor inputs, any program) per goal, against its target."""
+    def best(model, batch, key):
+        candidates = [r for r in rows if r.model == model and r.batch == batch and not r.skipped
+                      and r.backend == "cuda" and r.precision in ("fp16", "bf16") and "graph" in r.variant
+                      and "plain" not in r.variant and "u8" not in r.variant]
+        if key == "device":
+            candidates = [r for r in candidates if r.device_ms]
+            return min(candidates, key=lambda r: r.device_ms["p50"], default=None)
+        return min(candidates, key=lambda r: r.latency_ms["p50"], default=None)
+
+    out = []
+    for goal, target in GOALS_MS.items():
+        subject, kind = goal.rsplit("_", 1)
+        model, batch = subject.rsplit("_b", 1)
+        row = best(model, int(batch), kind)
+        entry: dict[str, Any] = {"goal": goal, "target_ms": target}
+        if row is None:
+            entry["result"] = "not measured in this run"
+        else:
+            value = row.device_ms["p50"] if kind == "device" else row.latency_ms["p50"]
+            entry.update(variant=row.variant, measured_ms=value, met=bool(value <= target))
+            entry["result"] = f"{value:.3f} ms ({row.variant}) {'met' if value <= target else 'NOT met'}"
+        out.append(entry)
+    return out
+
+
 def _floors(models: list[str], batches: list[int], ceilings: dict[str, float]) -> list[dict[str, Any]]:
     from vla_accel.models import load_model
 
@@ -456,6 +488,7 @@ def run(args: argparse.Namespace) -> int:
         "cpu_baseline_threads": threads,
         "ceilings": ceilings,
         "physical_floor": floors,
+        "goals": goal_check(rows),
         "seconds_per_row": args.gpu_seconds,
         "wall_s": round(time.time() - started, 1),
         "rows": [asdict(r) for r in rows],
@@ -473,6 +506,8 @@ def run(args: argparse.Namespace) -> int:
     if ceilings:
         print(f"physical floor (this GPU: bf16 GEMM {ceilings['matmul_bf16_tflops']:.0f} TFLOP/s, copy "
               f"{ceilings['copy_gbps']:.0f} GB/s; weights in 16-bit):")
+    for entry in report["goals"]:
+        print(f"goal {entry['goal']:18} <= {entry['target_ms']:g} ms: {entry['result']}")
     for entry in floors:
         if "floor_ms" in entry:
             print(f"  {entry['model']:6} b{entry['batch']:<3} {entry['gflop']:8.1f} GFLOP -> {entry['compute_ms']:.3f} ms;"
