@@ -49,6 +49,8 @@ _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspa
 
 
 _MAX_FRAME_SHAPES = 8  # distinct (camera, frame size) upload buffers kept
+_THREADED_STAGING_BYTES = 4 << 20  # inputs at least this large are staged by several threads
+_STAGING_THREADS = 4
 
 
 def _clear_blas_workspaces(torch) -> None:
@@ -143,7 +145,8 @@ class CudaBackend(Backend):
         self._pool = None  # this backend's CUDA-graph memory pool, made at the first capture
         self._graphs: dict[Any, tuple[Any, Any]] = {}  # batch or frames key -> (CUDAGraph, static output)
         self._eager_passes: dict[Any, int] = {}
-        self._frames: dict[tuple[str, int, int], tuple[Any, Any]] = {}  # (input, H, W) -> (pinned, device)
+        self._frames: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}  # (input, H, W) -> pinned, view, device
+        self._stagers = None  # threads that stage large batches into pinned memory
         self._preparers: dict[str, Any] = {}
         self.last_device_ms = float("nan")
 
@@ -242,13 +245,30 @@ class CudaBackend(Backend):
         graph.replay()
         return static_output
 
+    def _stage(self, pinned: np.ndarray, array: np.ndarray) -> None:
+        """Copy ``array`` into the pinned buffer; large batches in row slices on a few threads
+        (numpy releases the GIL while copying), since one core copies only a few GB/s."""
+        if array.nbytes < _THREADED_STAGING_BYTES or len(array) < 2:
+            np.copyto(pinned, array)
+            return
+        if self._stagers is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._stagers = ThreadPoolExecutor(_STAGING_THREADS, thread_name_prefix="cuda-staging")
+        bounds = np.linspace(0, len(array), min(_STAGING_THREADS, len(array)) + 1).astype(int)
+        jobs = [self._stagers.submit(np.copyto, pinned[a:b], array[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
+
     def _run(self, batch: int, key, enqueue, uploads) -> np.ndarray:
-        """Uploads (pinned -> device pairs) on the copy stream, the program on the compute stream,
-        the actions back; returns a copy of the first ``batch`` output rows."""
+        """Uploads on the copy stream ((pinned view, array, pinned tensor, device tensor): each array is
+        staged, then its copy is enqueued, so that staging the next overlaps the transfer), the program
+        on the compute stream, the actions back; returns a copy of the first ``batch`` output rows."""
         torch = self._torch
         try:
             with torch.cuda.stream(self.copy_stream):
-                for host, device in uploads:
+                for view, array, host, device in uploads:
+                    self._stage(view, array)
                     device.copy_(host, non_blocking=True)
                 self.h2d_done.record(self.copy_stream)
             self.compute_stream.wait_event(self.h2d_done)
@@ -273,9 +293,8 @@ class CudaBackend(Backend):
         torch = self._torch
         batch, arrays = gather_inputs(self.spec, inputs, self.max_batch, self.name)
         with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
-            for name, array in arrays.items():
-                np.copyto(self.host_input_views[name][:batch], array)
-            uploads = [(self.host_inputs[name][:batch], self.device_inputs[name][:batch]) for name in arrays]
+            uploads = [(self.host_input_views[name][:batch], array, self.host_inputs[name][:batch],
+                        self.device_inputs[name][:batch]) for name, array in arrays.items()]
             result = self._run(batch, batch, lambda: self._run_model(batch), uploads)
         return {self.spec.action.output: result}
 
@@ -294,13 +313,12 @@ class CudaBackend(Backend):
             sources = []
             for cam in self.spec.cameras:
                 array = frame_arrays[cam.input]
-                pinned, device = self._frame_buffers(cam.input, array.shape[1], array.shape[2])
-                np.copyto(pinned.numpy()[:batch], array)
-                uploads.append((pinned[:batch], device[:batch]))
+                pinned, view, device = self._frame_buffers(cam.input, array.shape[1], array.shape[2])
+                uploads.append((view[:batch], array, pinned[:batch], device[:batch]))
                 sources.append((cam, device[:batch]))
             for name, array in arrays.items():
-                np.copyto(self.host_input_views[name][:batch], array)
-                uploads.append((self.host_inputs[name][:batch], self.device_inputs[name][:batch]))
+                uploads.append((self.host_input_views[name][:batch], array, self.host_inputs[name][:batch],
+                                self.device_inputs[name][:batch]))
 
             def enqueue():
                 for cam, source in sources:
@@ -327,8 +345,8 @@ class CudaBackend(Backend):
                 raise InputError(f"cuda: more than {_MAX_FRAME_SHAPES} distinct camera frame sizes; resize frames "
                                  "to a few fixed sizes", reason="bad_input_shape")
             shape = (self.max_batch, int(height), int(width), 3)
-            self._frames[key] = (torch.empty(shape, dtype=torch.uint8, pin_memory=True),
-                                 torch.empty(shape, dtype=torch.uint8, device=self.device))
+            pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            self._frames[key] = (pinned, pinned.numpy(), torch.empty(shape, dtype=torch.uint8, device=self.device))
         return self._frames[key]
 
     def _gather_frames(self, frames: Mapping[str, Any], inputs: Mapping[str, np.ndarray]):
@@ -405,4 +423,7 @@ class CudaBackend(Backend):
         self.device_inputs.clear()
         self._frames.clear()
         self._pool = None
+        if self._stagers is not None:
+            self._stagers.shutdown(wait=True)
+            self._stagers = None
         torch.cuda.empty_cache()

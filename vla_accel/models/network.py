@@ -12,7 +12,8 @@ Export notes, since every backend runs this same function:
 
 GPU layout (``ReferenceVLA.use_gpu_layout()``, what the ``cuda`` backend and the ``.pt2`` export run):
 the same arithmetic, written for tensor cores. Attention goes through fused
-``scaled_dot_product_attention`` with the same additive key bias; the token sequence is padded with
+``scaled_dot_product_attention`` with the same additive key bias; the MLP's first GEMM carries its
+bias and the tanh GELU in the GEMM epilogue on CUDA (``_addmm_activation``); the token sequence is padded with
 zero tokens to a multiple of ``TOKEN_MULTIPLE`` (335 -> 336 on ``base``), masked as keys and dropped
 as queries, so every attention product has aligned shapes; the patch embedding is a reshape plus one
 matrix multiply instead of a convolution. Outputs match the plain layout to float rounding.
@@ -116,8 +117,13 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_dim, config.mlp_dim)
         self.fc2 = nn.Linear(config.mlp_dim, config.hidden_dim)
+        self.fused = False  # GPU layout: fc1 + bias + GELU(tanh) in one GEMM epilogue (cuBLASLt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.is_cuda:  # on CUDA the epilogue is the tanh GELU; the CPU kernel would use erf
+            rows = x.reshape(-1, x.shape[-1])
+            hidden = torch._addmm_activation(self.fc1.bias, rows, self.fc1.weight.t(), use_gelu=True)  # tanh GELU
+            return self.fc2(hidden).reshape(*x.shape[:-1], -1)
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
@@ -164,6 +170,7 @@ class ReferenceVLA(nn.Module):
             encoder.as_matmul = enabled
         for block in self.blocks:
             block.attn.fused = enabled
+            block.mlp.fused = enabled
         return self
 
     @property
