@@ -69,3 +69,14 @@ def test_cpu_package_matches_the_reference(tiny_bundle, tmp_path):
                                            architecture={}), cache_dir=tmp_path)
     assert not user.has_torch_network and user.model_file == path
     assert user.export("pt2", progress=False) == path
+
+
+def test_a_package_that_cannot_load_is_caught_in_a_child_process(tmp_path):
+    """A crash or failure while loading native code happens in a child process, not in the caller."""
+    from vla_accel.models.export_pt2 import check_pt2_loads
+
+    bogus = tmp_path / "model.pt2"
+    bogus.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError) as err:
+        check_pt2_loads(bogus, "cpu", timeout_s=120)
+    assert "child process" in str(err.value) and err.value.reason == "bad_model_file"

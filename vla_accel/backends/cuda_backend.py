@@ -49,8 +49,9 @@ _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspa
 
 
 _MAX_FRAME_SHAPES = 8  # distinct (camera, frame size) upload buffers kept
-_THREADED_STAGING_BYTES = 4 << 20  # inputs at least this large are staged by several threads
+_THREADED_STAGING_BYTES = 1 << 20  # blocks at least this large are staged by several threads
 _STAGING_THREADS = 4
+_UPLOAD_BLOCK_BYTES = 8 << 20  # staged and sent in row blocks of about this size
 
 
 def _clear_blas_workspaces(torch) -> None:
@@ -170,7 +171,8 @@ class CudaBackend(Backend):
                 path = self.model.export("pt2", precision=self.options.precision, device="cuda", progress=False)
             else:
                 path = self.model.model_file
-            runner = load_pt2(path, str(self.device), single_threaded=self.use_graphs)
+            runner = load_pt2(path, str(self.device), single_threaded=self.use_graphs,
+                              check=_flag(self.options.extra.get("check_program", True)))
         except ModelFileError as exc:
             raise BackendError(f"cuda: {exc}", reason=getattr(exc, "reason", "bad_model_file")) from exc
         self.program_file = str(path)
@@ -268,8 +270,12 @@ class CudaBackend(Backend):
         try:
             with torch.cuda.stream(self.copy_stream):
                 for view, array, host, device in uploads:
-                    self._stage(view, array)
-                    device.copy_(host, non_blocking=True)
+                    # Row blocks: the transfer of one block overlaps the staging of the next.
+                    rows = max(1, _UPLOAD_BLOCK_BYTES // max(1, array[:1].nbytes))
+                    for start in range(0, len(array), rows):
+                        stop = min(len(array), start + rows)
+                        self._stage(view[start:stop], array[start:stop])
+                        device[start:stop].copy_(host[start:stop], non_blocking=True)
                 self.h2d_done.record(self.copy_stream)
             self.compute_stream.wait_event(self.h2d_done)
             with torch.cuda.stream(self.compute_stream):

@@ -105,19 +105,57 @@ def export_pt2(bundle: "ModelBundle", *, device: str = "cpu", precision: str = "
     return target
 
 
-def load_pt2(path: str | Path, device: str = "cpu", *, single_threaded: bool = False) -> Callable[..., Any]:
+_CHECK_TIMEOUT_S = 180.0
+
+
+def check_pt2_loads(path: str | Path, device: str = "cpu", *, single_threaded: bool = False,
+                    timeout_s: float = _CHECK_TIMEOUT_S) -> None:
+    """Load the package once in a child process. An AOTInductor package is native code: one built
+    for another torch build or device can crash or hang the process that loads it. A crash or hang
+    in the child becomes a ModelFileError here instead of taking the caller down."""
+    import subprocess
+    import sys
+
+    code = ("import sys, faulthandler, torch; faulthandler.enable(); "
+            "torch._inductor.aoti_load_package(sys.argv[1], run_single_threaded=sys.argv[2] == '1', "
+            "device_index=int(sys.argv[3])); print('pt2 loads')")
+    args = [sys.executable, "-c", code, str(path), "1" if single_threaded else "0", str(_device_index(device))]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise ModelFileError(f"loading pt2 package {path} on {device} did not finish in {timeout_s:.0f} s "
+                             "(checked in a child process)", reason="bad_model_file") from exc
+    if done.returncode != 0 or "pt2 loads" not in done.stdout:
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
+        raise ModelFileError(
+            f"loading pt2 package {path} on {device} failed in a child process ({how}): "
+            f"{(done.stderr or done.stdout).strip()[-800:]}",
+            reason="bad_model_file",
+        )
+
+
+def _device_index(device: str) -> int:
+    if not device.startswith("cuda"):
+        return -1
+    _, _, index = device.partition(":")
+    return int(index) if index else 0
+
+
+def load_pt2(path: str | Path, device: str = "cpu", *, single_threaded: bool = False,
+             check: bool = False) -> Callable[..., Any]:
     """Load an AOTInductor package; ``single_threaded`` drops the runner's own locking (needed when
-    its calls are captured into a CUDA graph, where the caller serialises calls itself)."""
+    its calls are captured into a CUDA graph, where the caller serialises calls itself); ``check``
+    loads it in a child process first (``check_pt2_loads``)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"pt2 package {path} does not exist", reason="missing_file")
-    index = -1
-    if device.startswith("cuda"):
-        index = torch.device(device).index or 0
+    if check:
+        check_pt2_loads(path, device, single_threaded=single_threaded)
     try:
-        return torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded, device_index=index)
+        return torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded,
+                                                 device_index=_device_index(device))
     except Exception as exc:  # a package for another device / torch build fails inside the loader
         raise ModelFileError(
             f"cannot load pt2 package {path} on {device} with torch {torch.__version__}: {type(exc).__name__}: "
