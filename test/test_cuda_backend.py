@@ -166,9 +166,10 @@ def test_hand_captured_graph_survives_torch_compile_graphs(cuda_ready, base_bund
 
 
 @pytest.mark.hardware
-@pytest.mark.parametrize("precision", ["bf16"])  # one AOTInductor compile (the bench reuses it)
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_pt2_program_runs_under_cuda_graphs(cuda_ready, tiny_bundle, precision):
-    """The AOTInductor package of the reference network, loaded by cuda with a CUDA graph over it."""
+    """The reference network's torch.export program (no Python model code), moved to the GPU and run
+    by cuda with a CUDA graph over it, at several batch sizes."""
     case = load_reference(tiny_bundle)
     options = BackendOptions(precision=precision, max_batch=4, extra={"program": "pt2"})
     with CudaBackend(tiny_bundle, options) as backend:
@@ -179,3 +180,41 @@ def test_pt2_program_runs_under_cuda_graphs(cuda_ready, tiny_bundle, precision):
         other = backend.infer(example_inputs(tiny_bundle.spec, 3, seed=1))["actions"]  # another batch size
     assert other.shape[0] == 3 and np.isfinite(other).all()
     assert np.max(np.abs(got - case.actions)) < CUDA_TOLERANCES[precision]
+
+
+@pytest.mark.hardware
+@pytest.mark.slow
+def test_user_pt2_policy_runs_on_cuda_with_parity(cuda_ready, tiny_bundle, tmp_path):
+    """A policy known only by its .pt2 file and spec (format: pt2) runs on cuda, matching its CPU run."""
+    import dataclasses
+
+    import torch
+
+    from vla_accel.models.bundle import ModelBundle
+    from vla_accel.models.export_pt2 import load_program
+
+    path = tiny_bundle.export("pt2", precision="fp32", progress=False)
+    user = ModelBundle(dataclasses.replace(tiny_bundle.spec, name="user-policy", format="pt2", weights=str(path),
+                                           architecture={}), cache_dir=tmp_path)
+    inputs = example_inputs(user.spec, 2, seed=3)
+    with torch.inference_mode():
+        on_cpu = load_program(path, "cpu")(*[torch.from_numpy(inputs[n]) for n in user.spec.input_names]).numpy()
+    with CudaBackend(user, BackendOptions(precision="fp32", max_batch=2)) as backend:
+        for _ in range(5):
+            got = backend.infer(inputs)["actions"]
+        assert backend.device_info().detail["graphs_captured"] == [2]
+    assert np.max(np.abs(got - on_cpu)) < CUDA_TOLERANCES["fp32"]
+
+
+@pytest.mark.hardware
+@pytest.mark.slow
+@pytest.mark.aoti
+def test_aoti_package_runs_under_cuda_graphs(cuda_ready, tiny_bundle):
+    """The AOTInductor package of the network (compiled on this machine), loaded after a check in a
+    child process, under a CUDA graph."""
+    case = load_reference(tiny_bundle)
+    options = BackendOptions(precision="bf16", max_batch=2, extra={"program": "aoti"})
+    with CudaBackend(tiny_bundle, options) as backend:
+        for _ in range(5):
+            got = backend.infer(case.inputs)["actions"]
+    assert np.max(np.abs(got - case.actions)) < CUDA_TOLERANCES["bf16"]

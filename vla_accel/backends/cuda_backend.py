@@ -11,9 +11,10 @@ What makes it fast at batch 1, where a robot lives:
 * pinned host staging buffers and asynchronous H2D / D2H copies on a dedicated copy stream, all
   sized once for ``options.max_batch``; compute runs on its own stream, ordered by events;
 * the reference network in its GPU layout (fused attention, tokens padded to a tensor-core multiple,
-  patch embedding as a GEMM; ``extra["gpu_layout"]``, default on), or any policy program packaged
-  as an AOTInductor ``.pt2`` (a spec with ``format: pt2``, or ``extra["program"] = "pt2"`` to run
-  the reference network's own package), with the CUDA graph over the whole program;
+  patch embedding as a GEMM; ``extra["gpu_layout"]``, default on), or any policy program saved as
+  ``.pt2`` (a spec with ``format: pt2``; ``extra["program"] = "pt2"`` runs the reference network's
+  own torch.export program, ``"aoti"`` its AOTInductor package), with the CUDA graph over the whole
+  program;
 * ``infer_frames``: uint8 camera frames copied as they come and resized / normalised on the device
   (backends/cuda_images.py), inside the same CUDA graph;
 * graphs that coexist with other CUDA-graph users in the process (torch.compile's graph trees,
@@ -123,14 +124,14 @@ class CudaBackend(Backend):
         self.use_graphs = _flag(extra.get("cuda_graphs", True)) and self.compile_mode is None
         self.gpu_layout = _flag(extra.get("gpu_layout", True))
         self.program = str(extra.get("program", "module") or "module").lower()
-        if self.program not in ("module", "pt2"):
-            raise BackendError(f"cuda: extra program must be 'module' or 'pt2', got {self.program!r}",
+        if self.program not in ("module", "pt2", "aoti"):
+            raise BackendError(f"cuda: extra program must be 'module', 'pt2' or 'aoti', got {self.program!r}",
                                reason="bad_option")
         self._lock = threading.Lock()
         with torch.cuda.device(self.device):
             self.module = None
             self.program_file = ""
-            if not self.model.has_torch_network or self.program == "pt2":
+            if not self.model.has_torch_network or self.program in ("pt2", "aoti"):
                 self.forward = self._load_program()
             else:
                 self.module = self.model.torch_module(self.device, self.dtype)
@@ -152,13 +153,14 @@ class CudaBackend(Backend):
         self.last_device_ms = float("nan")
 
     def _load_program(self):
-        """An AOTInductor package: the spec's own (format pt2), or the reference network's export."""
+        """A ``.pt2`` policy program: the spec's own (format pt2), or the reference network's export
+        (``program`` "pt2": the torch.export program; "aoti": its AOTInductor package for CUDA)."""
         from vla_accel.errors import ModelFileError
-        from vla_accel.models.export_pt2 import load_pt2
+        from vla_accel.models.export_pt2 import load_program
 
         if not self.model.has_torch_network and self.spec.format != "pt2":
             raise BackendError(
-                f"cuda runs the reference network or a policy program packaged as .pt2 (vla-accel export "
+                f"cuda runs the reference network or a policy program saved as .pt2 (vla-accel export "
                 f"--format pt2); '{self.model.name}' is a {self.spec.format} file: use a backend that runs it "
                 "(onnxruntime, tensorrt, ...)",
                 reason="unsupported_model",
@@ -168,11 +170,12 @@ class CudaBackend(Backend):
                                reason="bad_option")
         try:
             if self.model.has_torch_network:
-                path = self.model.export("pt2", precision=self.options.precision, device="cuda", progress=False)
+                path = self.model.export("pt2", precision=self.options.precision, progress=False,
+                                         aoti_device="cuda" if self.program == "aoti" else "")
             else:
                 path = self.model.model_file
-            runner = load_pt2(path, str(self.device), single_threaded=self.use_graphs,
-                              check=_flag(self.options.extra.get("check_program", True)))
+            runner = load_program(path, str(self.device), single_threaded=self.use_graphs,
+                                  check=_flag(self.options.extra.get("check_program", True)))
         except ModelFileError as exc:
             raise BackendError(f"cuda: {exc}", reason=getattr(exc, "reason", "bad_model_file")) from exc
         self.program_file = str(path)

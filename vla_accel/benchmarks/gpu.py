@@ -15,7 +15,8 @@ the physical floor is printed too: FLOPs / peak matrix rate and weight bytes / m
 measured on this GPU at the start of the run (a large bf16 GEMM, a large device-to-device copy).
 
 Variants beyond the precision / graph matrix: ``-plain`` runs the network in its plain layout (hand-written
-attention, conv patch embedding), ``-pt2`` the AOTInductor package of the network under CUDA graphs,
+attention, conv patch embedding), ``-pt2`` its torch.export program (what a user's ``.pt2`` policy is)
+under CUDA graphs, ``-aoti`` the AOTInductor package of that program under CUDA graphs,
 ``-u8`` feeds 640x480 uint8 camera frames resized and normalised on the GPU (``CudaBackend.infer_frames``)
 instead of float32 tensors at the network's size.
 
@@ -56,11 +57,12 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cuda-fp16-graph-u8": ("cuda", "fp16", {"cuda_graphs": True, "frames": "640x480"}),
     "cuda-bf16-pt2-graph": ("cuda", "bf16", {"cuda_graphs": True, "program": "pt2"}),
     "cuda-fp16-pt2-graph": ("cuda", "fp16", {"cuda_graphs": True, "program": "pt2"}),
+    "cuda-bf16-aoti-graph": ("cuda", "bf16", {"cuda_graphs": True, "program": "aoti"}),
     "opencl": ("opencl", "fp32", {}),
 }
 # Options of a variant that the bench itself acts on (not passed to the backend).
 _BENCH_ONLY = ("frames",)
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith(("compile", "pt2-graph"))]
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith(("compile", "pt2-graph", "aoti-graph"))]
 
 
 @dataclass

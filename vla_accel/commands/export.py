@@ -13,8 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32",
                         help="fp32 (default); onnx also int8 (ONNX Runtime dynamic quantisation); openvino also "
                              "fp16 (compressed weights); tflite per its exporter; pt2 fp32 / fp16 / bf16")
-    parser.add_argument("--device", default="cpu",
-                        help="pt2 only: the device type the AOTInductor package is compiled for, cpu or cuda")
+    parser.add_argument("--aoti-device", default="",
+                        help="pt2 only: also compile the program with AOTInductor for this device type (cpu or "
+                             "cuda); default: the device-independent torch.export program")
     parser.add_argument("--force", action="store_true", help="export again even if a cached export exists")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -31,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_model(args.model)
     for fmt in formats:
         path = bundle.export(fmt, precision=args.precision, progress=not args.quiet, force=args.force,
-                             device=getattr(args, "device", "cpu"))
+                             aoti_device=getattr(args, "aoti_device", ""))
         print(f"{fmt} {args.precision}: {path}")
     return 0

@@ -263,17 +263,17 @@ class ModelBundle:
         return self.cache_dir / "exports" / self.content_hash() / f"{fmt}-{precision}"
 
     def export(self, fmt: str, *, precision: str = "fp32", progress: bool = True, force: bool = False,
-               device: str = "cpu") -> Path:
+               aoti_device: str = "") -> Path:
         """Export to ``fmt`` (onnx | openvino | tflite | pt2) and return the model file path (cached).
 
         A user model that already is in ``fmt`` is returned as is; ONNX converts to OpenVINO;
-        other conversions raise ModelFileError saying what is unavailable. ``device`` matters for
-        pt2 only (an AOTInductor package is compiled for cpu or cuda)."""
+        other conversions raise ModelFileError saying what is unavailable. pt2 is a torch.export
+        program; with ``aoti_device`` (cpu | cuda) an AOTInductor package compiled for that device."""
         fmt = fmt.lower()
         if fmt == "pt2":
             from vla_accel.models.export_pt2 import export_pt2
 
-            return export_pt2(self, device=device, precision=precision, progress=progress, force=force)
+            return export_pt2(self, precision=precision, aoti_device=aoti_device, progress=progress, force=force)
         if fmt not in EXPORT_FORMATS and fmt != self.spec.format:
             raise ModelFileError(
                 f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}", reason="bad_export_format"

@@ -1,18 +1,22 @@
-"""``.pt2`` policy programs: ``torch.export`` + AOTInductor packages that need no Python model code.
+"""``.pt2`` policy programs: a ``torch.export`` program that needs no Python model code, optionally
+compiled ahead of time with AOTInductor.
 
-``export_pt2(bundle, device=..., precision=...)`` traces the reference network (in its GPU layout:
-fused attention, aligned token count, patch embedding as a GEMM) with a dynamic batch dimension,
-compiles it ahead of time with AOTInductor for one device type (``cpu`` or ``cuda``) and packages
-kernels plus weights into one ``.pt2`` file. ``load_pt2(path, device)`` loads any such package, a
-user's exported policy included, and returns a callable ``runner(*inputs) -> outputs``.
+``export_pt2(bundle, precision=...)`` traces the reference network (in its GPU layout: fused attention,
+aligned token count, patch embedding as a GEMM) with a dynamic batch dimension and saves the
+ExportedProgram (``torch.export.save``: graph + weights, device-independent). ``load_program(path,
+device)`` loads it on any device (``move_to_device_pass`` rewrites the device the graph was traced
+on) and returns a callable that the ``cuda`` backend captures into a CUDA graph like its own module.
 
-The program's calling convention is the spec's: positional inputs in ``spec.input_names`` order
-(images float32 NCHW per camera, token ids int32, token mask float32, [state float32]) and one
-output, the normalised action chunk (B, steps, dims) float32. The precision is baked in: weights are
-cast before tracing and inputs are cast inside the program, as in the ``cuda`` backend.
+``export_pt2(..., aoti_device="cuda")`` additionally compiles the program with AOTInductor into a
+package of kernels plus weights for one device type (``torch._inductor.aoti_compile_and_package``);
+``load_program`` recognises such a package and loads it with ``aoti_load_package``, checked first
+in a child process because native code that fails to load can crash or hang its process.
 
-Exports are cached like every other format (``ModelBundle.export_dir``), per device type, precision
-and torch version: an AOTInductor package is compiled code for one torch build.
+The calling convention is the spec's: positional inputs in ``spec.input_names`` order (images
+float32 NCHW per camera, token ids int32, token mask float32, [state float32]) and one output, the
+normalised action chunk (B, steps, dims) float32. The precision is baked in: weights are cast before
+tracing and inputs are cast inside the program. Exports are cached like every other format
+(``ModelBundle.export_dir``), per precision and torch version (and device type for AOTInductor).
 """
 from __future__ import annotations
 
@@ -32,26 +36,24 @@ PT2_PRECISIONS = ("fp32", "fp16", "bf16")
 PT2_MAX_BATCH = 256
 
 
-def _torch_dtype(torch, precision: str):
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def pt2_dir(bundle: "ModelBundle", device: str, precision: str) -> Path:
+def pt2_dir(bundle: "ModelBundle", precision: str, aoti_device: str = "") -> Path:
     import torch
 
     version = torch.__version__.replace("+", "_")
-    return bundle.export_dir(f"pt2-{device}-torch{version}", precision)
+    kind = f"pt2-aoti-{aoti_device}" if aoti_device else "pt2"
+    return bundle.export_dir(f"{kind}-torch{version}", precision)
 
 
-def export_pt2(bundle: "ModelBundle", *, device: str = "cpu", precision: str = "fp32", progress: bool = True,
+def export_pt2(bundle: "ModelBundle", *, precision: str = "fp32", aoti_device: str = "", progress: bool = True,
                force: bool = False) -> Path:
-    """Export the reference network of ``bundle`` to an AOTInductor package (cached); returns its path."""
+    """Export the reference network of ``bundle`` as a torch.export program (cached); with
+    ``aoti_device`` (cpu | cuda) as an AOTInductor package for that device type. Returns its path."""
     from vla_accel.models.bundle import ExportProgress, publish_directory
 
-    device_type = device.split(":")[0]
-    if device_type not in PT2_DEVICES:
-        raise ModelFileError(f"pt2 export: device must be one of {', '.join(PT2_DEVICES)}, got {device!r}",
-                             reason="bad_option")
+    aoti_device = (aoti_device or "").split(":")[0]
+    if aoti_device and aoti_device not in PT2_DEVICES:
+        raise ModelFileError(f"pt2 export: AOTInductor device must be one of {', '.join(PT2_DEVICES)}, "
+                             f"got {aoti_device!r}", reason="bad_option")
     if precision not in PT2_PRECISIONS:
         raise ModelFileError(f"pt2 export supports precision {', '.join(PT2_PRECISIONS)}; got {precision!r}",
                              reason="bad_precision")
@@ -65,47 +67,84 @@ def export_pt2(bundle: "ModelBundle", *, device: str = "cpu", precision: str = "
         )
     import torch
 
-    final_dir = pt2_dir(bundle, device_type, precision)
+    final_dir = pt2_dir(bundle, precision, aoti_device)
     target = final_dir / "model.pt2"
     if target.is_file() and not force:
         return target
-    if device_type == "cuda" and not torch.cuda.is_available():
+    if aoti_device == "cuda" and not torch.cuda.is_available():
         raise ModelFileError(
-            f"pt2 export for cuda needs a CUDA build of torch and a GPU (torch {torch.__version__} sees none); "
-            "export with device cpu here, or run the export on the GPU machine",
+            f"an AOTInductor package for cuda needs a CUDA build of torch and a GPU (torch {torch.__version__} "
+            "sees none): export the device-independent program (no AOTInductor device) here, or compile on the "
+            "GPU machine",
             reason="conversion_unavailable",
         )
-    report = ExportProgress(f"{bundle.name} pt2-{device_type} {precision}", progress)
-    dtype = _torch_dtype(torch, precision)
-    module = bundle.torch_module(device, dtype if precision != "fp32" else None).use_gpu_layout()
+    label = f"{bundle.name} pt2{'-aoti-' + aoti_device if aoti_device else ''} {precision}"
+    report = ExportProgress(label, progress)
+    trace_device = aoti_device or "cpu"
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    module = bundle.torch_module(trace_device, dtype if precision != "fp32" else None).use_gpu_layout()
     from vla_accel.backends.base import example_inputs
 
     # Batch 2 as the example: a batch-1 example would let the tracer specialise the batch to 1.
     example = example_inputs(bundle.spec, 2, seed=0)
-    args = tuple(torch.from_numpy(example[name]).to(device) for name in bundle.spec.input_names)
+    args = tuple(torch.from_numpy(example[name]).to(trace_device) for name in bundle.spec.input_names)
     batch = torch.export.Dim("batch", min=1, max=PT2_MAX_BATCH)
-    report.stage("torch.export (dynamic batch)")
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(module, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-pt2-", dir=final_dir.parent if final_dir.parent.exists() else None))
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-pt2-", dir=final_dir.parent))
     try:
-        report.stage(f"AOTInductor compile for {device_type} (a minute or more)")
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_dir / "model.pt2"))
+        report.stage("torch.export (dynamic batch)")
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(module, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
+        if aoti_device:
+            report.stage(f"AOTInductor compile for {aoti_device} (a minute or more)")
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_dir / "model.pt2"))
+        else:
+            torch.export.save(program, str(tmp_dir / "model.pt2"))
         if final_dir.exists():
             shutil.rmtree(final_dir)
-        final_dir.parent.mkdir(parents=True, exist_ok=True)
         publish_directory(tmp_dir, final_dir)
     except Exception as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if isinstance(exc, ModelFileError):
             raise
-        raise ModelFileError(f"pt2 export of '{bundle.name}' for {device_type} failed: {type(exc).__name__}: {exc}",
+        raise ModelFileError(f"pt2 export of '{bundle.name}' failed: {type(exc).__name__}: {exc}",
                              reason="export_failed") from exc
     report.stage(f"done: {target}")
     return target
 
 
-_CHECK_TIMEOUT_S = 180.0
+def is_aoti_package(path: str | Path) -> bool:
+    """True for an AOTInductor package (compiled kernels), False for a torch.export program."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/data/aotinductor/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFileError(f"{path} is not a pt2 archive ({exc})", reason="bad_model_file") from exc
+
+
+def load_program(path: str | Path, device: str = "cpu", *, single_threaded: bool = False,
+                 check: bool = True) -> Callable[..., Any]:
+    """A callable ``program(*inputs) -> output`` on ``device`` from either kind of ``.pt2``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"pt2 file {path} does not exist", reason="missing_file")
+    if is_aoti_package(path):
+        return load_pt2(path, device, single_threaded=single_threaded, check=check)
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    try:
+        program = torch.export.load(str(path))
+        program = move_to_device_pass(program, device)
+        return program.module()
+    except Exception as exc:
+        raise ModelFileError(f"cannot load the torch.export program {path} on {device} with torch "
+                             f"{torch.__version__}: {type(exc).__name__}: {exc}", reason="bad_model_file") from exc
+
+
+_CHECK_TIMEOUT_S = 90.0
 
 
 def check_pt2_loads(path: str | Path, device: str = "cpu", *, single_threaded: bool = False,
