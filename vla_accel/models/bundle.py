@@ -209,6 +209,9 @@ class ModelBundle:
                 spec_dict = self.spec.to_dict()
                 h.update(json.dumps(spec_dict, sort_keys=True, default=str).encode())
                 if self.has_torch_network:
+                    from vla_accel.models.architecture import NETWORK_REVISION
+
+                    h.update(f"network-revision:{NETWORK_REVISION}|".encode())
                     h.update(self._weights_identity().encode())
                 else:
                     path = self.model_file

@@ -5,10 +5,22 @@ Export notes, since every backend runs this same function:
   LiteRT converters see plain MatMul / Softmax and the OpenCL kernels can mirror it one to one;
 * tensors stay at most 4-D (q, k, v come from one GEMM split in three, not a 5-D reshape), which
   keeps TFLite and Edge TPU converters happy;
-* padded instruction tokens are masked as keys with a finite additive bias (``MASK_BIAS``), not
-  -inf, so fp16 builds cannot produce NaN;
 * GELU uses the tanh form (a handful of element-wise ops everywhere; exact erf is missing on some
   NPUs and in int8 TFLite kernels).
+
+Designed to survive full-integer int8 (per-tensor activation ranges, as the Edge TPU, Ethos-U and
+Hexagon HTP run it); each choice below removed a measured loss (docs/backends.md):
+* padded instruction tokens are excluded by masking alone (an additive key bias): their rows keep
+  embedding + position, so no row has zero variance (a zeroed row's LayerNorm ``rsqrt`` is
+  1/sqrt(eps) = 1000 next to ~50 for real rows and wipes out the shared int8 range);
+* the mask bias is moderate (``MASK_BIAS``), so the biased scores share an int8 range with the real
+  scores without crushing them, while exp() of it is still negligible in fp32;
+* the instruction lookup is a gather on the table (``index_select``): the int8 quantiser turns it
+  into an int8 GATHER on an int8 table, where an EMBEDDING_LOOKUP would stay in float;
+* LayerNorm is written out as mean / centred square / rsqrt (no SQUARED_DIFFERENCE, an op the
+  Ethos-U compiler does not map);
+* every token source (patches, instruction, state, action queries) enters the residual stream at
+  a comparable scale (see weights.py), so one per-tensor range fits all of them.
 
 GPU layout (``ReferenceVLA.use_gpu_layout()``, what the ``cuda`` backend and the ``.pt2`` export run):
 the same arithmetic, written for tensor cores. Attention goes through fused
@@ -16,7 +28,8 @@ the same arithmetic, written for tensor cores. Attention goes through fused
 bias and the tanh GELU in the GEMM epilogue on CUDA (``_addmm_activation``); the token sequence is padded with
 zero tokens to a multiple of ``TOKEN_MULTIPLE`` (335 -> 336 on ``base``), masked as keys and dropped
 as queries, so every attention product has aligned shapes; the patch embedding is a reshape plus one
-matrix multiply instead of a convolution. Outputs match the plain layout to float rounding.
+matrix multiply instead of a convolution; LayerNorm runs as one fused kernel (``F.layer_norm``, the
+same function as the written-out form). Outputs match the plain layout to float rounding.
 """
 from __future__ import annotations
 
@@ -33,7 +46,7 @@ from vla_accel.models.architecture import (
     flops_per_inference,
 )
 
-__all__ = ["ReferenceVLA", "count_parameters", "flops_per_inference", "TOKEN_MULTIPLE"]
+__all__ = ["LayerNorm", "ReferenceVLA", "count_parameters", "flops_per_inference", "TOKEN_MULTIPLE"]
 
 # Sequence length multiple of the GPU layout: fp16/bf16 tensor-core tiles want multiples of 8-16.
 TOKEN_MULTIPLE = 16
@@ -79,9 +92,12 @@ class TextEncoder(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, config.max_tokens, config.hidden_dim))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Padded positions are zeroed so they carry nothing even as queries; as keys they are
-        # excluded by the attention bias.
-        return (self.embedding(tokens) + self.position) * mask.unsqueeze(-1)
+        # Padded positions are excluded as keys by the attention bias and never read as queries;
+        # they are NOT zeroed (a zero row has zero variance: see the module docstring). ``mask`` stays
+        # in the signature for callers that build the text tokens on their own.
+        del mask
+        flat = torch.index_select(self.embedding.weight, 0, tokens.reshape(-1))
+        return flat.reshape(tokens.shape[0], tokens.shape[1], -1) + self.position
 
 
 class Attention(nn.Module):
@@ -127,14 +143,34 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm's function and parameter names (weight, bias), written out so converters
+    emit MEAN / SUB / MUL / RSQRT (every integer NPU compiler maps them) instead of
+    SQUARED_DIFFERENCE."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.fused = False  # GPU layout: the same function as one fused kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = (centred * centred).mean(dim=-1, keepdim=True)
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+
+
 class Block(nn.Module):
     """Pre-LN transformer block."""
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.norm1 = LayerNorm(config.hidden_dim, config.layer_norm_eps)
         self.attn = Attention(config)
-        self.norm2 = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.norm2 = LayerNorm(config.hidden_dim, config.layer_norm_eps)
         self.mlp = Mlp(config)
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
@@ -155,7 +191,7 @@ class ReferenceVLA(nn.Module):
         self.state_proj = nn.Linear(config.state_dims, config.hidden_dim) if config.state_dims else None
         self.action_queries = nn.Parameter(torch.zeros(1, config.action_steps, config.hidden_dim))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(config.hidden_dim, eps=config.layer_norm_eps)
+        self.norm = LayerNorm(config.hidden_dim, config.layer_norm_eps)
         self.head = nn.Linear(config.hidden_dim, config.action_dims)
         # Tokens before / after the instruction in the sequence: always attended to.
         self._keys_before_text = config.num_image_tokens
@@ -171,6 +207,8 @@ class ReferenceVLA(nn.Module):
         for block in self.blocks:
             block.attn.fused = enabled
             block.mlp.fused = enabled
+            block.norm1.fused = block.norm2.fused = enabled
+        self.norm.fused = enabled
         return self
 
     @property
