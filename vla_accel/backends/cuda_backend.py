@@ -21,6 +21,13 @@ What makes it fast at batch 1, where a robot lives:
   other backends): the backend's own memory pool, and the cuBLAS workspace re-allocated inside that
   pool at capture, so that another user clearing cuBLAS workspaces cannot free memory a graph uses.
 
+Policy programs (flow matching, diffusion, autoregressive) run through the shared ProgramRunner on
+the reference program's torch modules on the GPU: tensors passed between graphs (prefix key/value
+cache, the sample) stay on the device, only the final chunk is copied back. The hook for running
+the whole loop as one CUDA graph is ``Backend.run_program(inputs, noise)``: return the actions for the
+given start noise (the runner's own per-call noise, so results stay comparable with every backend)
+and the runner is bypassed; see docs/policies.md "GPU: one CUDA graph per chunk".
+
 Absent CUDA (no NVIDIA driver, or a CPU-only torch build) ``load()`` raises BackendUnavailableError
 naming what is missing and how to install it.
 """
@@ -77,6 +84,7 @@ class CudaBackend(Backend):
     kind = "gpu"
     precisions = ("fp32", "fp16", "bf16")
     description = "PyTorch on an NVIDIA GPU: fp16/bf16, CUDA graphs, pinned async copies"
+    program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
     @classmethod
     def probe(cls) -> Availability:
@@ -92,6 +100,68 @@ class CudaBackend(Backend):
 
     # --- load -------------------------------------------------------------------------------------
     def _load(self) -> None:
+        torch = self._setup_device()
+        with torch.cuda.device(self.device):
+            if not self.model.has_torch_network or self.program in ("pt2", "aoti"):
+                self.forward = self._load_pt2_program()
+            else:
+                self.module = self.model.torch_module(self.device, self.dtype)
+                if self.gpu_layout:
+                    self.module.use_gpu_layout()
+                if self.compile_mode:
+                    self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
+                else:
+                    self.forward = self.module
+            self.copy_stream = torch.cuda.Stream(self.device)
+            self.compute_stream = torch.cuda.Stream(self.device)
+            self._allocate_staging()
+
+    def _load_pt2_program(self):
+        """A ``.pt2`` policy program: the spec's own (format pt2), or the reference network's export
+        (``program`` "pt2": the torch.export program; "aoti": its AOTInductor package for CUDA)."""
+        from vla_accel.errors import ModelFileError
+        from vla_accel.models.export_pt2 import load_program
+
+        if not self.model.has_torch_network and self.spec.format != "pt2":
+            raise BackendError(
+                f"cuda runs the reference network or a policy program saved as .pt2 (vla-accel export "
+                f"--format pt2); '{self.model.name}' is a {self.spec.format} file: use a backend that runs it "
+                "(onnxruntime, tensorrt, ...)",
+                reason="unsupported_model",
+            )
+        if self.compile_mode:
+            raise BackendError("cuda: extra compile applies to the torch module, not to a .pt2 program",
+                               reason="bad_option")
+        try:
+            if self.model.has_torch_network:
+                path = self.model.export("pt2", precision=self.options.precision, progress=False,
+                                         aoti_device="cuda" if self.program == "aoti" else "")
+            else:
+                path = self.model.model_file
+            runner = load_program(path, str(self.device), single_threaded=self.use_graphs,
+                                  check=_flag(self.options.extra.get("check_program", True)))
+        except ModelFileError as exc:
+            raise BackendError(f"cuda: {exc}", reason=getattr(exc, "reason", "bad_model_file")) from exc
+        self.program_file = str(path)
+        return runner
+
+    def _load_program(self):
+        """Policy programs (flow matching, ...): the reference program's torch modules on the GPU for
+        the ProgramRunner; with graphs on, ``run_program`` captures a whole flow-matching chunk (prefix
+        + every step) into one CUDA graph instead."""
+        from vla_accel.backends.program_torch import torch_program
+
+        torch = self._setup_device()
+        self.host_inputs, self.device_inputs = {}, {}
+        with torch.cuda.device(self.device):
+            sessions, ops = torch_program(self.model, self.device, self.dtype)
+            self._sessions = sessions
+            self.copy_stream = torch.cuda.Stream(self.device)
+            self.compute_stream = torch.cuda.Stream(self.device)
+            self._allocate_output_staging()
+        return sessions, ops
+
+    def _setup_device(self):
         import torch
 
         self._torch = torch
@@ -128,58 +198,18 @@ class CudaBackend(Backend):
             raise BackendError(f"cuda: extra program must be 'module', 'pt2' or 'aoti', got {self.program!r}",
                                reason="bad_option")
         self._lock = threading.Lock()
-        with torch.cuda.device(self.device):
-            self.module = None
-            self.program_file = ""
-            if not self.model.has_torch_network or self.program in ("pt2", "aoti"):
-                self.forward = self._load_program()
-            else:
-                self.module = self.model.torch_module(self.device, self.dtype)
-                if self.gpu_layout:
-                    self.module.use_gpu_layout()
-                if self.compile_mode:
-                    self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
-                else:
-                    self.forward = self.module
-            self.copy_stream = torch.cuda.Stream(self.device)
-            self.compute_stream = torch.cuda.Stream(self.device)
-            self._allocate_staging()
         self._pool = None  # this backend's CUDA-graph memory pool, made at the first capture
-        self._graphs: dict[Any, tuple[Any, Any]] = {}  # batch or frames key -> (CUDAGraph, static output)
+        self._graphs: dict[Any, tuple[Any, Any]] = {}  # batch / frames / program key -> (CUDAGraph, static output)
         self._eager_passes: dict[Any, int] = {}
         self._frames: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}  # (input, H, W) -> pinned, view, device
         self._stagers = None  # threads that stage large batches into pinned memory
         self._preparers: dict[str, Any] = {}
+        self._sessions = None  # policy programs: graph name -> session (backends/program_torch.py)
+        self._program_buffers: dict[str, tuple[Any, Any, Any]] = {}  # name -> pinned, view, device
+        self.module = None
+        self.program_file = ""
         self.last_device_ms = float("nan")
-
-    def _load_program(self):
-        """A ``.pt2`` policy program: the spec's own (format pt2), or the reference network's export
-        (``program`` "pt2": the torch.export program; "aoti": its AOTInductor package for CUDA)."""
-        from vla_accel.errors import ModelFileError
-        from vla_accel.models.export_pt2 import load_program
-
-        if not self.model.has_torch_network and self.spec.format != "pt2":
-            raise BackendError(
-                f"cuda runs the reference network or a policy program saved as .pt2 (vla-accel export "
-                f"--format pt2); '{self.model.name}' is a {self.spec.format} file: use a backend that runs it "
-                "(onnxruntime, tensorrt, ...)",
-                reason="unsupported_model",
-            )
-        if self.compile_mode:
-            raise BackendError("cuda: extra compile applies to the torch module, not to a .pt2 program",
-                               reason="bad_option")
-        try:
-            if self.model.has_torch_network:
-                path = self.model.export("pt2", precision=self.options.precision, progress=False,
-                                         aoti_device="cuda" if self.program == "aoti" else "")
-            else:
-                path = self.model.model_file
-            runner = load_program(path, str(self.device), single_threaded=self.use_graphs,
-                                  check=_flag(self.options.extra.get("check_program", True)))
-        except ModelFileError as exc:
-            raise BackendError(f"cuda: {exc}", reason=getattr(exc, "reason", "bad_model_file")) from exc
-        self.program_file = str(path)
-        return runner
+        return torch
 
     def _allocate_staging(self) -> None:
         """Pinned host buffers and device buffers for every input and the output, at max_batch."""
@@ -198,9 +228,13 @@ class CudaBackend(Backend):
             self.device_inputs[name] = torch.zeros((b, *shape), dtype=dtype, device=self.device)
         # Valid token ids in the static buffers, so eager warm-up before the first frame is well defined.
         self.device_inputs[spec.instruction.mask_input].fill_(1.0)
-        out_shape = (b, spec.action.steps, spec.action.dims)
-        self.host_output = torch.empty(out_shape, dtype=torch.float32, pin_memory=True)
         self.host_input_views = {name: t.numpy() for name, t in self.host_inputs.items()}
+        self._allocate_output_staging()
+
+    def _allocate_output_staging(self) -> None:
+        torch, spec = self._torch, self.spec
+        out_shape = (self.max_batch, spec.action.steps, spec.action.dims)
+        self.host_output = torch.empty(out_shape, dtype=torch.float32, pin_memory=True)
         self.host_output_view = self.host_output.numpy()
         self.h2d_done = torch.cuda.Event()
         # Timed events around the enqueued program: the device time of the last call.
@@ -306,6 +340,62 @@ class CudaBackend(Backend):
                         self.device_inputs[name][:batch]) for name, array in arrays.items()]
             result = self._run(batch, batch, lambda: self._run_model(batch), uploads)
         return {self.spec.action.output: result}
+
+    # --- policy programs ---------------------------------------------------------------------------
+    def run_program(self, inputs: Mapping[str, np.ndarray], noise: np.ndarray) -> "np.ndarray | None":
+        """A flow-matching chunk as one CUDA graph: the prefix graph, then every Euler step, on static
+        device buffers (the loop arithmetic is the ProgramRunner's: core.program flow_times /
+        euler_step). Other kinds, and graphs off, go through the ProgramRunner (eager on the GPU)."""
+        program = self.spec.program
+        if not self.use_graphs or self._sessions is None or program.kind != "flow_matching":
+            return None
+        torch = self._torch
+        batch = int(noise.shape[0])
+        if batch > self.max_batch:
+            raise InputError(f"cuda: batch {batch} is larger than max_batch {self.max_batch}",
+                             reason="batch_too_large")
+        arrays = {**{k: np.ascontiguousarray(v) for k, v in inputs.items() if k != program.noise},
+                  program.noise: np.ascontiguousarray(noise, dtype=np.float32)}
+        with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
+            uploads = []
+            for name, array in arrays.items():
+                pinned, view, device = self._program_buffer(name, array)
+                uploads.append((view[:batch], array, pinned[:batch], device[:batch]))
+            feeds = {name: self._program_buffers[name][2][:batch] for name in arrays}
+            return self._run(batch, ("program", batch), lambda: self._flow_chunk(feeds, batch), uploads)
+
+    def _program_buffer(self, name: str, array: np.ndarray):
+        entry = self._program_buffers.get(name)
+        shape = (self.max_batch, *array.shape[1:])
+        if entry is None or tuple(entry[0].shape) != shape or entry[1].dtype != array.dtype:
+            torch = self._torch
+            dtype = torch.from_numpy(array[:0]).dtype
+            pinned = torch.empty(shape, dtype=dtype, pin_memory=True)
+            entry = (pinned, pinned.numpy(), torch.zeros(shape, dtype=dtype, device=self.device))
+            self._program_buffers[name] = entry
+            self._graphs = {k: v for k, v in self._graphs.items() if not (isinstance(k, tuple) and k[0] == "program")}
+        return entry
+
+    def _flow_chunk(self, feeds: Mapping[str, Any], batch: int):
+        from vla_accel.core.program import euler_step, flow_times
+
+        torch = self._torch
+        program, flow = self.spec.program, self.spec.program.flow
+        env: dict[str, Any] = dict(feeds)
+        if program.prefix is not None:
+            env.update(self._sessions[program.prefix.name].run({n: env[n] for n in program.prefix.inputs}))
+        grid = flow_times(flow, program.steps)
+        step = program.step
+        x = env[program.noise]
+        for i in range(program.steps):
+            env[program.sample] = x
+            env[program.time] = torch.full((batch,), grid[i] * flow.time_scale, dtype=getattr(torch, flow.time_dtype),
+                                           device=self.device)
+            if program.step_index:
+                env[program.step_index] = torch.full((batch,), i, dtype=torch.int64, device=self.device)
+            v = self._sessions[step.name].run({n: env[n] for n in step.inputs})[program.prediction]
+            x = euler_step(x, v, grid[i], grid[i + 1])
+        return x
 
     # --- uint8 frames ------------------------------------------------------------------------------
     def infer_frames(self, frames: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -431,6 +521,8 @@ class CudaBackend(Backend):
         self.host_inputs.clear()
         self.device_inputs.clear()
         self._frames.clear()
+        self._program_buffers.clear()
+        self._sessions = None
         self._pool = None
         if self._stagers is not None:
             self._stagers.shutdown(wait=True)
