@@ -10,8 +10,9 @@
 #    parity of cuda and opencl-on-NVIDIA parity against the committed torch CPU fp32 references, the
 #    GPU layout, torch.compile's CUDA graphs beside the backend's own, .pt2 programs under graphs,
 #    uint8 frames prepared on the GPU;
-# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32 (device and host-to-host times,
-#    the CPU baseline beside each row, the physical floor, the goals), plus the parity table;
+# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32, base-flow at batch 1 (one CUDA
+#    graph per chunk against eager torch on the GPU), with device and host-to-host times,
+#    the CPU baseline beside each row, the physical floor, the goals, plus the parity table;
 #    written to $OUT/gpu_bench_h200.json: copy it to docs/measurements/gpu_bench_h200.json;
 # 5. others: `vla-accel bench batching` (its GPU comparison uses the cuda backend).
 # Everything is written under $OUT (logs, JUnit XML, the benchmark JSON) when OUT is set.
@@ -67,7 +68,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   rc=${PIPESTATUS[0]}
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base}" --gpu-batches "${GPU_BATCHES:-1,32}" \
+  "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base,base-flow}" --gpu-batches "${GPU_BATCHES:-1,32}" \
     --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-graph-plain,cuda-bf16-graph-u8,cuda-bf16-pt2-graph,cuda-fp16-compile,opencl}" \
     --gpu-seconds "${GPU_SECONDS:-2}" --gpu-cpu-threads "${GPU_CPU_THREADS:-16}" --gpu-parity --gpu-opencl-profile \
     --gpu-json "$OUT/${GPU_JSON_NAME:-gpu_bench_h200.json}" 2>&1 | tee "$OUT/gpu_bench.log"

@@ -26,13 +26,14 @@ def _frame(height, width, seed):
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("resize", ["stretch", "letterbox", "center_crop"])
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "letterbox-bottom_right", "center_crop"])
 @pytest.mark.parametrize("color,layout,normalize", [("rgb", "NCHW", "mean_std"), ("bgr", "NHWC", "minus_one_one"),
                                                     ("rgb", "NHWC", "zero_one"), ("bgr", "NCHW", "none")])
 @pytest.mark.parametrize("source", [(480, 640), (96, 72)], ids=["640x480", "72x96-upscale"])
 def test_device_preparation_matches_cpu_preprocessing(resize, color, layout, normalize, source):
+    resize, _, pad = resize.partition("-")
     cam = CameraSpec(name="c", input="image", height=56, width=80, resize=resize, normalize=normalize,
-                     layout=layout, color=color)
+                     layout=layout, color=color, pad=pad or "center")
     frames = [_frame(*source, seed=s) for s in range(2)]
     expected = np.zeros((2, *cam.shape), dtype=np.float32)
     writer = _CameraWriter(cam)

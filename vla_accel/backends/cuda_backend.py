@@ -213,21 +213,19 @@ class CudaBackend(Backend):
 
     def _allocate_staging(self) -> None:
         """Pinned host buffers and device buffers for every input and the output, at max_batch."""
+        from vla_accel.backends.base import input_signature
+
         torch, spec, b = self._torch, self.spec, self.max_batch
-        shapes: dict[str, tuple[tuple[int, ...], Any]] = {}
-        for cam in spec.cameras:
-            shapes[cam.input] = (cam.shape, getattr(torch, cam.dtype))
-        shapes[spec.instruction.input] = ((spec.instruction.max_tokens,), torch.int32)
-        shapes[spec.instruction.mask_input] = ((spec.instruction.max_tokens,), torch.float32)
-        if spec.state is not None:
-            shapes[spec.state.input] = ((spec.state.dims,), torch.float32)
         self.host_inputs = {}
         self.device_inputs = {}
-        for name, (shape, dtype) in shapes.items():
+        for name, (shape, np_dtype) in input_signature(spec).items():
+            dtype = torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
             self.host_inputs[name] = torch.empty((b, *shape), dtype=dtype, pin_memory=True)
             self.device_inputs[name] = torch.zeros((b, *shape), dtype=dtype, device=self.device)
-        # Valid token ids in the static buffers, so eager warm-up before the first frame is well defined.
-        self.device_inputs[spec.instruction.mask_input].fill_(1.0)
+        # A valid token mask in the static buffers, so eager warm-up before the first frame is well defined.
+        mask = getattr(spec.instruction, "mask_input", None)
+        if mask in self.device_inputs:
+            self.device_inputs[mask].fill_(1)
         self.host_input_views = {name: t.numpy() for name, t in self.host_inputs.items()}
         self._allocate_output_staging()
 

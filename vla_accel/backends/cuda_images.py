@@ -7,7 +7,8 @@ uint8 frame is copied as it comes (one pinned, asynchronous copy) and the device
 
 * bilinear resize with half-pixel centres, source positions clamped to the frame (OpenCV's
   INTER_LINEAR, torch's ``align_corners=False``), no antialiasing, taps computed by the same formula;
-* resize modes ``stretch``, ``letterbox`` (centred, border 0 after normalisation) and ``center_crop``;
+* resize modes ``stretch``, ``letterbox`` (centred or at the top left as ``pad`` says, border 0 after
+  normalisation) and ``center_crop``;
 * the colour order of the tensor (``rgb`` / ``bgr`` from an rgb frame) and the normalisation
   (``mean_std``, ``minus_one_one``, ``zero_one``, ``none``), in NCHW or NHWC.
 
@@ -60,7 +61,8 @@ class _Plan:
             scale = min(out_h / height, out_w / width)
             region_h = max(1, min(out_h, int(round(height * scale))))
             region_w = max(1, min(out_w, int(round(width * scale))))
-            top, left = (out_h - region_h) // 2, (out_w - region_w) // 2
+            if getattr(cam, "pad", "center") != "bottom_right":  # resize_with_pad keeps the image top left
+                top, left = (out_h - region_h) // 2, (out_w - region_w) // 2
         elif cam.resize == "center_crop":
             scale = max(out_h / height, out_w / width)
             extent_y, extent_x = out_h / scale, out_w / scale
