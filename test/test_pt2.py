@@ -86,6 +86,7 @@ def test_exported_program_moves_to_another_device(tiny_bundle):
 
 
 @pytest.mark.slow
+@pytest.mark.aoti
 def test_cpu_aoti_package_matches_the_reference(tiny_bundle):
     from vla_accel.models.reference import load_reference
 
