@@ -66,12 +66,29 @@ setup_triton_server() {
   echo "$want" > "$stamp"
 }
 
+setup_qnn_venv() {
+  # The qnn-ort backend's own venv: onnxruntime-qnn brings onnxruntime 1.32, which conflicts with the
+  # main venv's pin, so it never goes into $VENV (its file is outside requirements/*.txt on purpose).
+  # Optional: a failed install leaves qnn-ort reporting itself unavailable, the rest works.
+  local qvenv=${VLA_ACCEL_QNN_VENV:-$ROOT/.venv-qnn}
+  local stamp="$qvenv/.vla_accel_requirements"
+  local want; want=$(sha256sum requirements/qnn-venv/requirements.txt | cut -c1-16)
+  [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
+  [ -x "$qvenv/bin/python" ] || { log "creating venv $qvenv (qnn-ort backend)"; "$PY" -m venv "$qvenv"; }
+  log "installing onnxruntime-qnn into $qvenv (about 100 MB)"
+  if "$qvenv/bin/python" -m pip install -q -r requirements/qnn-venv/requirements.txt; then
+    echo "$want" > "$stamp"
+  else
+    log "onnxruntime-qnn did not install: the qnn-ort backend will report itself unavailable"
+  fi
+}
+
 setup_ros() {
   # Builds msg/ (and installs launch/, config/, node executables) with the pip ROS 2 wheels.
   bash scripts/build_ros.sh "$VENV"
 }
 
-setup() { setup_apt; setup_venv; setup_triton_server; setup_ros; }
+setup() { setup_apt; setup_venv; setup_triton_server; setup_qnn_venv; setup_ros; }
 
 activate() {
   # The ROS build's environment (PYTHONPATH with vla_accel.msg, AMENT_PREFIX_PATH, LD_LIBRARY_PATH).

@@ -7,8 +7,13 @@
 # 2. registers NVIDIA's OpenCL library with the ICD loader (the image ships libnvidia-opencl.so.1
 #    but no /etc/OpenCL/vendors/nvidia.icd);
 # 3. tests: the cuda and opencl backend tests, base-model (slow) ones included: fp16 / bf16 / fp32
-#    parity of cuda and opencl-on-NVIDIA parity against the committed torch CPU fp32 references;
-# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32, plus the parity table;
+#    parity of cuda and opencl-on-NVIDIA parity against the committed torch CPU fp32 references, the
+#    GPU layout, torch.compile's CUDA graphs beside the backend's own, .pt2 programs under graphs,
+#    uint8 frames prepared on the GPU;
+# 4. bench: `vla-accel bench gpu` on tiny and base at batch 1 and 32, base-flow at batch 1 (one CUDA
+#    graph per chunk against eager torch on the GPU), with device and host-to-host times,
+#    the CPU baseline beside each row, the physical floor, the goals, plus the parity table;
+#    written to $OUT/gpu_bench_h200.json: copy it to docs/measurements/gpu_bench_h200.json;
 # 5. others: `vla-accel bench batching` (its GPU comparison uses the cuda backend).
 # Everything is written under $OUT (logs, JUnit XML, the benchmark JSON) when OUT is set.
 #
@@ -53,16 +58,20 @@ EOF
 
 rc=0
 if [ "$what" = all ] || [ "$what" = tests ]; then
-  VLA_ACCEL_SLOW=1 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs \
+  # AOTInductor packages for CUDA compile for minutes and their load is checked in a child process:
+  # opt in with GPU_AOTI=1 (the bench variant cuda-bf16-aoti-graph likewise).
+  marks="not aoti"; [ "${GPU_AOTI:-0}" = 1 ] && marks=""
+  VLA_ACCEL_SLOW=1 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rs -m "$marks" \
     --junitxml="$OUT/gpu_tests.xml" \
-    test/test_cuda_backend.py test/test_cuda_bench.py test/test_opencl_backend.py 2>&1 | tee "$OUT/gpu_tests.log"
+    test/test_cuda_backend.py test/test_cuda_images.py test/test_pt2.py test/test_cuda_bench.py \
+    ${GPU_EXTRA_TESTS:-test/test_opencl_backend.py} 2>&1 | tee "$OUT/gpu_tests.log"
   rc=${PIPESTATUS[0]}
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base}" --gpu-batches "${GPU_BATCHES:-1,32}" \
-    --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-compile,opencl}" \
+  "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base,base-flow}" --gpu-batches "${GPU_BATCHES:-1,32}" \
+    --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-graph-plain,cuda-bf16-graph-u8,cuda-bf16-pt2-graph,cuda-fp16-compile,opencl}" \
     --gpu-seconds "${GPU_SECONDS:-2}" --gpu-cpu-threads "${GPU_CPU_THREADS:-16}" --gpu-parity --gpu-opencl-profile \
-    --gpu-json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
+    --gpu-json "$OUT/${GPU_JSON_NAME:-gpu_bench_h200.json}" 2>&1 | tee "$OUT/gpu_bench.log"
   brc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] && rc=$brc
 fi

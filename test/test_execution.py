@@ -327,7 +327,8 @@ def test_simulated_execution_skips_stale_steps_and_rtc_blend_reduces_the_jump():
 
 def test_rtc_guide_inside_the_program_runner_of_a_flow_matching_model():
     pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0")
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.registry import create_backend
     from vla_accel.core.postprocess import Postprocessor
     from vla_accel.core.program import call_noise

@@ -198,7 +198,7 @@ def test_request_past_its_deadline_is_a_timeout(triton_server, tiny_bundle):
 
 
 def test_unreachable_server_at_load_falls_back_to_local(tiny_bundle):
-    from vla_accel.core.selection import FallbackChain
+    from vla_accel.backends.selection import FallbackChain
     from vla_accel.serve.server import free_port
 
     _require_client()
@@ -219,7 +219,7 @@ def test_server_killed_mid_stream_switches_to_local_within_one_frame_and_back(ti
     import time
 
     from vla_accel.core.engine import Engine
-    from vla_accel.core.selection import FallbackChain
+    from vla_accel.backends.selection import FallbackChain
     from vla_accel.core.types import Observation
 
     server, _ = triton_factory()
@@ -276,7 +276,7 @@ def test_chain_switches_back_when_the_preferred_backend_loads_again(tiny_bundle)
     background and takes over at the next frame; 0 (the default) stays on the fallback."""
     import time
 
-    from vla_accel.core.selection import FallbackChain
+    from vla_accel.backends.selection import FallbackChain
 
     inputs = example_inputs(tiny_bundle.spec, 1, seed=2)
     for interval in (0.05, 0.0):

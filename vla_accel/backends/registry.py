@@ -24,6 +24,7 @@ _BACKENDS: dict[str, str] = {
     "litert-gpu": "vla_accel.backends.litert_backend:LiteRTGpuBackend",
     "hexagon": "vla_accel.backends.litert_backend:HexagonBackend",
     "qnn": "vla_accel.backends.litert_backend:QnnBackend",
+    "qnn-ort": "vla_accel.backends.qnn_ort_backend:QnnOrtBackend",
     "external": "vla_accel.backends.litert_backend:ExternalDelegateBackend",
     "npu": "vla_accel.backends.npu_backend:NpuBackend",
     "opencl": "vla_accel.backends.opencl_backend:OpenCLBackend",

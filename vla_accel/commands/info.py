@@ -63,7 +63,43 @@ def collect(model: str, batch: int = 1) -> dict:
                                   "element-wise ops and embedding look-ups excluded"}
         out["weights_file"] = str(bundle.weights_file)
         out["weights_generated"] = bundle.generated_weights
+    out["int8_exports"] = int8_exports(bundle)
     return out, spec
+
+
+def int8_exports(bundle) -> list[dict]:
+    """Cached int8 exports of this model and what each was calibrated on (read from the files beside
+    them; nothing is generated: a model whose weights were never generated has no exports)."""
+    import json
+    from pathlib import Path
+
+    if bundle.is_program and bundle.has_torch_network:
+        return []  # programs are exported per graph (no int8 path here)
+    if bundle.has_torch_network and not Path(bundle.weights_file).is_file():
+        return []
+    root = bundle.cache_dir / "exports" / bundle.content_hash()
+    found = []
+    sidecars = sorted(root.glob("tflite-int8/*.json")) + sorted(root.glob("*-int8-static/*/calibration.json"))
+    for sidecar in sidecars:
+        if sidecar.name.endswith(".quant.json"):
+            continue
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        model = sidecar.with_suffix(".tflite") if sidecar.parent.name == "tflite-int8" else next(
+            (p for p in sidecar.parent.iterdir() if p.suffix in (".onnx", ".xml")), sidecar)
+        entry = {"file": str(model), "calibration": meta.get("calibration")}
+        report = model.with_suffix(".quant.json")
+        if report.is_file():
+            try:
+                entry["report"] = {"file": str(report), **{k: v for k, v in json.loads(
+                    report.read_text(encoding="utf-8")).get("model", {}).items()
+                    if k in ("max_abs", "mean_abs", "correlation", "float_ops")}}
+            except (OSError, ValueError):
+                entry["report"] = {"file": str(report)}
+        found.append(entry)
+    return found
 
 
 def describe_normalisation(spec) -> str:
@@ -118,6 +154,16 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"    {part:<18} {value / 1e9:8.4f} GFLOP")
         lines.append(f"  weights: {data['weights_file']}"
                      f"{' (generated from the seed on first use)' if data['weights_generated'] else ''}")
+    for entry in data.get("int8_exports", []):
+        cal = entry.get("calibration") or {}
+        lines.append(f"  int8 export: {entry['file']}")
+        lines.append(f"    calibrated on {cal.get('samples', '?')} samples from {cal.get('source', 'unknown')} "
+                     f"{cal.get('path', '')} (fingerprint {cal.get('fingerprint', '-')}, inputs "
+                     f"{cal.get('inputs_digest', '-')}, {cal.get('created', '')})")
+        report = entry.get("report")
+        if report and "max_abs" in report:
+            lines.append(f"    vs fp32: max |da| {report['max_abs']:.4f}, correlation {report['correlation']:.4f}; "
+                         f"report {report['file']}")
     print("\n".join(lines))
     if not args.no_spec:
         print("\nspec:")

@@ -7,11 +7,12 @@ re-implement the same network from these names), none of which should pay for im
 The network (see ``network.py`` for the torch module) is:
 
 * per camera: a conv patch embedding (kernel = stride = ``patch_size``) plus learned positions;
-* the instruction: token embedding plus learned positions, zeroed where ``token_mask`` is 0;
+* the instruction: token embedding (a gather on the table) plus learned positions; padded tokens
+  (``token_mask`` 0) are excluded from attention as keys, their rows are not zeroed;
 * optional robot state: one token from a linear projection;
 * ``steps`` learned action-query tokens;
 * ``depth`` pre-LN transformer blocks over the concatenation (full attention, padded instruction
-  tokens masked out as keys with an additive bias), GELU (tanh form) MLP;
+  tokens masked out as keys with an additive bias ``MASK_BIAS``), GELU (tanh form) MLP;
 * a final layer norm and a linear head on the action-query tokens, then tanh: the output is the
   normalised action chunk (B, steps, dims) in [-1, 1].
 """
@@ -28,10 +29,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec
 
 NETWORK_NAME = "reference_vla"
-# Additive attention bias for padded keys: large enough that exp() underflows to exactly 0 in fp32,
-# small enough to stay finite in fp16/bf16 (unlike -1e9 or -inf, which turn into NaN under some
-# converters' fp16 rewrites).
-MASK_BIAS = -1.0e4
+# Revision of the network function and of weight generation: part of the weights file name and of
+# every export's content hash, so a change to either never reuses a stale file.
+# 2: int8-friendly design (padding by masking only, moderate mask bias, gather lookup, written-out
+#    LayerNorm, comparable token scales); see network.py.
+NETWORK_REVISION = 2
+# Additive attention bias for padded keys. exp(-20) = 2e-9: even 64 padded keys leak under 2e-7 of
+# the softmax mass, below fp32 rounding of its sum, so fp32 results equal exact masking. Moderate on
+# purpose: the biased scores share one per-tensor int8 range with the real scores (|s| ~ 1-10), and
+# -1e4 there would leave the real scores a single quantisation step. Finite in fp16/bf16 (-inf or
+# -1e9 turn into NaN under some converters' fp16 rewrites).
+MASK_BIAS = -20.0
 
 _ALLOWED_KEYS = {
     "network",
@@ -101,7 +109,7 @@ class NetworkConfig:
 
     def digest(self) -> str:
         """Short hash of the architecture (names the generated-weights file)."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps({**asdict(self), "network_revision": NETWORK_REVISION}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod

@@ -30,13 +30,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec
 
 CACHE_ENV = "VLA_ACCEL_CACHE"
-MODEL_FORMATS = ("safetensors", "onnx", "tflite", "openvino", "engine")
-EXPORT_FORMATS = ("onnx", "openvino", "tflite")
+MODEL_FORMATS = ("safetensors", "onnx", "tflite", "openvino", "engine", "pt2")
+EXPORT_FORMATS = ("onnx", "openvino", "tflite", "pt2")
 # What each export format can be asked for; a request outside this fails before any work is done.
 # onnx int8: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call).
 EXPORT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16")}
 # The file a model-file format must end with.
-FORMAT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml", "engine": ".engine"}
+FORMAT_SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "openvino": ".xml", "engine": ".engine", "pt2": ".pt2"}
 
 
 def default_cache_dir() -> Path:
@@ -212,6 +212,9 @@ class ModelBundle:
 
                     h.update(tensor_digest(program_weights(self)).encode())
                 elif self.has_torch_network:
+                    from vla_accel.models.architecture import NETWORK_REVISION
+
+                    h.update(f"network-revision:{NETWORK_REVISION}|".encode())
                     h.update(self._weights_identity().encode())
                 else:
                     # every file the model consists of: OpenVINO .bin, ONNX external data, each graph
@@ -281,12 +284,18 @@ class ModelBundle:
     def export_dir(self, fmt: str, precision: str) -> Path:
         return self.cache_dir / "exports" / self.content_hash() / f"{fmt}-{precision}"
 
-    def export(self, fmt: str, *, precision: str = "fp32", progress: bool = True, force: bool = False) -> Path:
-        """Export to ``fmt`` (onnx | openvino | tflite) and return the model file path (cached).
+    def export(self, fmt: str, *, precision: str = "fp32", progress: bool = True, force: bool = False,
+               aoti_device: str = "") -> Path:
+        """Export to ``fmt`` (onnx | openvino | tflite | pt2) and return the model file path (cached).
 
         A user model that already is in ``fmt`` is returned as is; ONNX converts to OpenVINO;
-        other conversions raise ModelFileError saying what is unavailable."""
+        other conversions raise ModelFileError saying what is unavailable. pt2 is a torch.export
+        program; with ``aoti_device`` (cpu | cuda) an AOTInductor package compiled for that device."""
         fmt = fmt.lower()
+        if fmt == "pt2":
+            from vla_accel.models.export_pt2 import export_pt2
+
+            return export_pt2(self, precision=precision, aoti_device=aoti_device, progress=progress, force=force)
         if self.is_program:  # one file per graph, in one folder: the folder is returned
             paths = self.export_program(fmt, precision=precision, progress=progress, force=force)
             return next(iter(paths.values())).parent

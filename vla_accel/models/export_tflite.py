@@ -37,6 +37,7 @@ from vla_accel.errors import BackendUnavailableError, ModelFileError
 if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.core.spec import ModelSpec
     from vla_accel.models.bundle import ModelBundle
+    from vla_accel.models.calibration_set import CalibrationSet
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 SIGNATURE_KEY = "serving_default"
@@ -90,8 +91,15 @@ def export_tflite(
     *,
     batch: int = 1,
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    calibration: "CalibrationSet | None" = None,
+    quant_report: bool = False,
 ) -> Path:
-    """Export ``bundle`` to .tflite at ``precision`` for a fixed ``batch``; returns the cached file."""
+    """Export ``bundle`` to .tflite at ``precision`` for a fixed ``batch``; returns the cached file.
+
+    int8: ``calibration`` (a CalibrationSet, e.g. from a rosbag) gives the representative inputs;
+    without it, an existing int8 export is reused whatever it was calibrated on, else synthetic
+    scenes are used. A different set re-exports. Its provenance goes into the sidecar JSON; with
+    ``quant_report`` the per-tensor loss report (``model_b<batch>.quant.json`` / ``.png``) too."""
     if precision not in TFLITE_PRECISIONS:
         raise ModelFileError(
             f"tflite export supports precision {', '.join(TFLITE_PRECISIONS)}; got {precision!r}",
@@ -108,7 +116,8 @@ def export_tflite(
             reason="conversion_unavailable",
         )
     target = tflite_path(bundle, precision, batch)
-    if _is_current(target, precision) and not force:
+    wanted = calibration.digest() if (calibration is not None and precision == "int8") else None
+    if _is_current(target, precision, wanted) and not force:
         return target
     if not converter_available():
         missing = [m for m, mod in (("litert-torch", "litert_torch"), ("ai-edge-quantizer", "ai_edge_quantizer"))
@@ -122,14 +131,18 @@ def export_tflite(
         source = export_tflite(bundle, "fp32", progress, force, batch=batch)
     report = ExportProgress(f"{bundle.name} tflite {precision} b{batch}", progress)
     with _export_lock:
-        if _is_current(target, precision) and not force:  # another thread finished it while we waited
+        if _is_current(target, precision, wanted) and not force:  # another thread finished it while we waited
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         if source is None:
             meta = _convert_fp32(bundle, batch, target, report, progress)
         else:
-            meta = _quantize(bundle, source, precision, batch, target, calibration_samples, report)
+            if precision == "int8" and calibration is None:
+                from vla_accel.models.calibration_set import synthetic_calibration
+
+                calibration = synthetic_calibration(bundle.spec, calibration_samples * batch, batch=batch)
+            meta = _quantize(bundle, source, precision, batch, target, calibration, report)
         meta.update(
             recipe=RECIPES[precision],
             model=bundle.name,
@@ -140,17 +153,25 @@ def export_tflite(
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         atomic_write_text(target.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True))
+        if precision == "int8" and quant_report:
+            report.stage("per-tensor quantisation report")
+            from vla_accel.models.int8_export import write_tflite_report
+
+            write_tflite_report(bundle, target, calibration, meta)
     report.stage(f"done: {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 
 
-def _is_current(target: Path, precision: str) -> bool:
-    """The cached file exists and was made with the current recipe (per its sidecar)."""
+def _is_current(target: Path, precision: str, calibration_digest: str | None = None) -> bool:
+    """The cached file exists and was made with the current recipe (per its sidecar) and, when
+    ``calibration_digest`` is given, calibrated on that set."""
     if not target.is_file():
         return False
     try:
         meta = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return False
+    if calibration_digest is not None and (meta.get("calibration") or {}).get("inputs_digest") != calibration_digest:
         return False
     return meta.get("recipe") == RECIPES[precision]
 
@@ -227,7 +248,7 @@ def _check_signature(path: Path, spec: "ModelSpec") -> None:
 
 
 def _quantize(bundle: "ModelBundle", source: Path, precision: str, batch: int, target: Path,
-              calibration_samples: int, report) -> dict:
+              calibration: "CalibrationSet | None", report) -> dict:
     import ai_edge_quantizer
     from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -249,13 +270,15 @@ def _quantize(bundle: "ModelBundle", source: Path, precision: str, batch: int, t
         meta["scheme"] = "fp16 weights, fp32 activations"
     else:
         quant.load_quantization_recipe(recipe.static_wi8_ai8())
-        samples = list(representative_inputs(bundle.spec, calibration_samples, batch=batch, seed=7))
-        report.stage(f"calibrating int8 ranges on {len(samples)} representative batches")
-        calibration = quant.calibrate({SIGNATURE_KEY: samples}, num_threads=os.cpu_count() or 1)
+        calibration = calibration.rebatched(batch)
+        samples = list(calibration.batches)
+        report.stage(f"calibrating int8 ranges on {len(samples)} batches ({calibration.provenance.get('source')})")
+        ranges = quant.calibrate({SIGNATURE_KEY: samples}, num_threads=os.cpu_count() or 1)
         report.stage("quantising to full-integer int8")
-        result = quant.quantize(calibration, enable_progress_report=False)
+        result = quant.quantize(ranges, enable_progress_report=False)
         meta["scheme"] = "full-integer int8 (weights, activations, inputs and outputs)"
         meta["calibration_samples"] = len(samples) * batch
+        meta["calibration"] = calibration.record()
     with atomic_path(target, suffix=".tflite") as tmp:  # a fresh name: export_model refuses to overwrite
         result.export_model(str(tmp))
     return meta

@@ -22,6 +22,15 @@ from vla_accel.errors import ModelFileError
 from vla_accel.models.architecture import NETWORK_NAME, NetworkConfig, parameter_shapes
 
 _NORM_SUFFIXES = (".norm1.weight", ".norm2.weight")
+# Token sources that enter the residual stream straight from a table (instruction embedding and
+# positions, action queries) or from a small projection (robot state) are drawn at a scale that gives
+# their tokens about the RMS of the image-patch tokens (~0.5). fp32 does not care (every block starts
+# with a LayerNorm), but a per-tensor int8 range over the concatenated tokens does: at std 0.02 the
+# instruction, state and query tokens were 2-4 quantisation steps wide next to the patches.
+TOKEN_SOURCE_STD = 0.5
+_TOKEN_TABLES = ("text.embedding.weight", "text.position", "action_queries")
+_STATE_PROJECTION = "state_proj.weight"
+STATE_PROJECTION_STD = 0.25  # x ~0.5 std states over 8 inputs -> ~0.35 RMS
 
 
 def _tensor_seed(seed: int, name: str) -> np.random.SeedSequence:
@@ -31,7 +40,8 @@ def _tensor_seed(seed: int, name: str) -> np.random.SeedSequence:
 
 def generate_weights(config: NetworkConfig) -> dict[str, np.ndarray]:
     """Random weights with trained-like statistics: N(0, std) matrices, small non-zero biases
-    (so a backend that drops a bias fails parity), layer-norm gains near 1."""
+    (so a backend that drops a bias fails parity), layer-norm gains near 1, token tables and the
+    state projection at the scales above."""
     std = config.weight_std
     out: dict[str, np.ndarray] = {}
     for name, shape in parameter_shapes(config).items():
@@ -44,6 +54,10 @@ def generate_weights(config: NetworkConfig) -> dict[str, np.ndarray]:
         elif name.endswith(("mlp.fc2.weight", "attn.proj.weight")):
             # GPT-2 style: residual branches scaled by depth so the stream stays O(1).
             values = (std / np.sqrt(2.0 * config.depth)) * values
+        elif name in _TOKEN_TABLES:
+            values = TOKEN_SOURCE_STD * values
+        elif name == _STATE_PROJECTION:
+            values = STATE_PROJECTION_STD * values
         else:
             values = std * values
         out[name] = np.ascontiguousarray(values, dtype=np.float32)

@@ -258,9 +258,9 @@ __kernel void add_positions(
 
 /*
  * embed_tokens: instruction tokens into the sequence,
- * seq[b, offset + t, :] = (table[tokens[b, t], :] + positions[t, :]) * mask[b, t]
- * (padded tokens become zero rows, as in the torch network; they are also masked as keys in
- * attention). Token ids are range-checked on the host before upload; the clamp below only keeps
+ * seq[b, offset + t, :] = table[tokens[b, t], :] + positions[t, :]
+ * (padded tokens keep their rows, as in the torch network; they are masked as keys in attention,
+ * see key_bias; ``mask`` is unused here). Token ids are range-checked on the host before upload; the clamp below only keeps
  * a bad id from reading outside the table.
  * Global size: (D, max_tokens, batch).
  */
@@ -277,9 +277,7 @@ __kernel void embed_tokens(
     }
     int id = tokens[b * max_tokens + t];
     id = clamp(id, 0, vocab_size - 1);
-    const float keep = mask[b * max_tokens + t];
-    seq[(b * seq_len + offset + t) * width + d] =
-        (table[id * width + d] + positions[t * width + d]) * keep;
+    seq[(b * seq_len + offset + t) * width + d] = table[id * width + d] + positions[t * width + d];
 }
 
 /*

@@ -1,0 +1,160 @@
+"""Static int8 from one calibration set for ONNX Runtime (QDQ) and OpenVINO (NNCF).
+
+The same ``CalibrationSet`` that calibrates the full-integer TFLite model feeds:
+
+* ONNX Runtime static quantisation (``onnxruntime.quantization.quantize_static``, QDQ format):
+  QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor int8
+  activation ranges from min/max over the set. ``flavour="qnn"`` makes the QDQ model the Hexagon HTP
+  takes (uint8 activations, per-tensor symmetric int8 weights, every op quantised,
+  ``onnxruntime.quantization``'s QNN configuration), ``"cpu"`` the one ONNX Runtime's CPU kernels
+  run fastest (per-channel weights).
+* OpenVINO through NNCF (``nncf.quantize`` on the fp32 OpenVINO model, transformer preset), the
+  maintained post-training quantisation for OpenVINO; the result is saved as IR.
+
+Each export lives in ``<cache>/exports/<content hash>/<format>-int8-static/<flavour>-<calibration
+digest>/`` with a ``calibration.json`` sidecar (the set's provenance), so a different set is a
+different file and the provenance stays beside the model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vla_accel.core.fileio import atomic_write_text
+from vla_accel.errors import BackendUnavailableError, ModelFileError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vla_accel.models.bundle import ModelBundle
+    from vla_accel.models.calibration_set import CalibrationSet
+
+ORT_FLAVOURS = ("cpu", "qnn")
+NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
+
+
+def _publish(tmp_dir: Path, final_dir: Path) -> None:
+    from vla_accel.models.bundle import publish_directory
+
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    publish_directory(tmp_dir, final_dir)
+
+
+def _sidecar(calibration: "CalibrationSet", **extra) -> str:
+    return json.dumps({"calibration": calibration.record(), **extra}, indent=2, sort_keys=True, default=str)
+
+
+def onnx_qdq_path(bundle: "ModelBundle", calibration: "CalibrationSet", flavour: str = "cpu",
+                  batch: int | None = None) -> Path:
+    tag = f"{flavour}-{calibration.digest()}" + (f"-b{batch}" if batch else "")
+    return bundle.export_dir("onnx", "int8-static") / tag / "model.onnx"
+
+
+def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, flavour: str = "cpu",
+                    batch: int | None = None, force: bool = False, progress: bool = False) -> Path:
+    """Static QDQ int8 ONNX of ``bundle`` calibrated on ``calibration`` (cached per set).
+    ``batch`` fixes the batch dimension first (QNN's HTP runs static shapes)."""
+    if flavour not in ORT_FLAVOURS:
+        raise ModelFileError(f"ONNX static int8 flavour must be one of {ORT_FLAVOURS}, got {flavour!r}",
+                             reason="bad_precision")
+    target = onnx_qdq_path(bundle, calibration, flavour, batch)
+    if target.is_file() and not force:
+        return target
+    try:
+        import onnx
+        from onnxruntime import quantization as q
+    except ImportError as exc:
+        raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
+    from vla_accel.models.bundle import ExportProgress
+
+    report = ExportProgress(f"{bundle.name} onnx int8 static ({flavour})", progress)
+    source = bundle.export("onnx", precision="fp32", progress=progress)
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".qdq.", dir=target.parent.parent))
+    try:
+        model = onnx.load(str(source))
+        if batch:
+            for value in list(model.graph.input) + list(model.graph.output):
+                dim = value.type.tensor_type.shape.dim[0]
+                dim.ClearField("dim_param")
+                dim.dim_value = int(batch)
+        fixed = tmp_dir / "fp32.onnx"
+        onnx.save(model, str(fixed))
+        data = calibration.rebatched(batch) if batch else calibration
+
+        class Reader(q.CalibrationDataReader):
+            def __init__(self):
+                self._it = iter(data.batches)
+
+            def get_next(self):
+                return next(self._it, None)
+
+            def rewind(self):
+                self._it = iter(data.batches)
+
+        report.stage(f"calibrating on {data.samples} samples ({calibration.provenance.get('source')})")
+        out = tmp_dir / "model.onnx"
+        if flavour == "qnn":
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=q.QuantType.QUInt8,
+                                        weight_type=q.QuantType.QUInt8)
+            q.quantize(str(fixed), str(out), config)
+        else:
+            q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              per_channel=True, calibrate_method=q.CalibrationMethod.MinMax)
+        fixed.unlink()
+        atomic_write_text(tmp_dir / "calibration.json",
+                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source),
+                                   quantizer="onnxruntime.quantization QDQ"))
+        _publish(tmp_dir, target.parent)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    report.stage(f"done: {target}")
+    return target
+
+
+def nncf_available() -> bool:
+    from vla_accel.core.optional import module_available
+
+    return module_available("nncf")
+
+
+def export_openvino_nncf(bundle: "ModelBundle", calibration: "CalibrationSet", *, force: bool = False,
+                         progress: bool = False) -> Path:
+    """OpenVINO int8 IR quantised by NNCF on ``calibration`` (cached per set)."""
+    target = bundle.export_dir("openvino", "int8-static") / f"nncf-{calibration.digest()}" / "model.xml"
+    if target.is_file() and target.with_suffix(".bin").is_file() and not force:
+        return target
+    if not nncf_available():
+        raise BackendUnavailableError("openvino", ["nncf"], NNCF_HINT)
+    import nncf
+    import openvino as ov
+
+    from vla_accel.models.bundle import ExportProgress
+
+    report = ExportProgress(f"{bundle.name} openvino int8 (nncf)", progress)
+    source = bundle.export("onnx", precision="fp32", progress=progress)
+    core = ov.Core()
+    model = core.read_model(str(source))
+    names = [i.get_any_name() for i in model.inputs]
+    items = [{n: b[n] for n in names} for b in calibration.batches]
+    report.stage(f"nncf.quantize on {calibration.samples} samples ({calibration.provenance.get('source')})")
+    quantised = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, subset_size=max(1, len(items)))
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".nncf.", dir=target.parent.parent))
+    try:
+        ov.save_model(quantised, str(tmp_dir / "model.xml"), compress_to_fp16=False)
+        atomic_write_text(tmp_dir / "calibration.json",
+                          _sidecar(calibration, quantizer=f"nncf {nncf.__version__}", source=str(source)))
+        _publish(tmp_dir, target.parent)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    report.stage(f"done: {target}")
+    return target
