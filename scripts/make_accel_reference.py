@@ -27,7 +27,7 @@ def build(model_name: str) -> dict[str, np.ndarray]:
     import torch
 
     from vla_accel.models import load_model
-    from vla_accel.models.export_tflite import representative_inputs
+    from vla_accel.models.calibration_set import representative_inputs
     from vla_accel.models.reference import inputs_digest
 
     bundle = load_model(model_name)

@@ -81,7 +81,7 @@ def diff_max(a, b) -> float:
 
 
 def _representative_reference(bundle):
-    from vla_accel.models.export_tflite import representative_inputs
+    from vla_accel.models.calibration_set import representative_inputs
 
     if not REPRESENTATIVE_REFERENCE.is_file():
         pytest.fail(f"{REPRESENTATIVE_REFERENCE} missing; regenerate with .venv/bin/python scripts/make_accel_reference.py")

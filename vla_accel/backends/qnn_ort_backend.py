@@ -36,7 +36,7 @@ from typing import Mapping
 import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs
-from vla_accel.errors import BackendError, BackendUnavailableError
+from vla_accel.errors import BackendError, BackendUnavailableError, ConfigError
 
 QNN_PYTHON_ENV = "VLA_ACCEL_QNN_PYTHON"
 REPO = Path(__file__).resolve().parents[2]
@@ -143,11 +143,18 @@ class QnnOrtBackend(Backend):
         from vla_accel.models.calibration_set import synthetic_calibration
         from vla_accel.models.int8_static import export_onnx_qdq
 
-        source = self.options.extra.get("calibration")
-        if source:
-            from vla_accel.bags.calibration import calibration_from_source  # noqa: PLC0415 (optional layer)
+        from vla_accel.models.calibration_set import CalibrationSet
 
-            calibration = calibration_from_source(source, self.spec, int(self.options.extra.get("calibration_samples", 32)))
+        source = self.options.extra.get("calibration")
+        if isinstance(source, CalibrationSet):
+            calibration = source
+        elif source:
+            # Reading a rosbag or a folder of frames is the entry points' work (the backends layer reads
+            # no bags): callers pass a CalibrationSet (vla_accel.bags.calibration.calibration_from_source).
+            raise ConfigError(
+                f"qnn-ort: backend_extra 'calibration' must be a CalibrationSet, got {source!r}; build one with "
+                "vla_accel.bags.calibration.calibration_from_source(path, spec), or leave it out to calibrate on "
+                "synthetic frames", reason="bad_parameter")
         else:
             calibration = synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
         self._calibration = calibration.record()

@@ -27,30 +27,35 @@ MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 1 << 30
 
 
+class ProtocolError(ValueError):
+    """A malformed frame on the worker pipe (this script runs without the vla_accel package, so it
+    cannot use vla_accel.errors)."""
+
+
 def read_frame(stream) -> tuple[dict, list[np.ndarray]] | None:
     raw = stream.read(4)
     if not raw:
         return None
     if len(raw) != 4:
-        raise ValueError("truncated frame length")
+        raise ProtocolError("truncated frame length")
     (length,) = struct.unpack("<I", raw)
     if length > MAX_HEADER:
-        raise ValueError(f"frame header of {length} bytes is over the limit")
+        raise ProtocolError(f"frame header of {length} bytes is over the limit")
     header = json.loads(stream.read(length).decode("utf-8"))
     arrays = []
     for spec in header.get("arrays", []):
         dtype = str(spec["dtype"])
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} not accepted (allowed: {DTYPES})")
+            raise ProtocolError(f"dtype {dtype!r} not accepted (allowed: {DTYPES})")
         shape = tuple(int(s) for s in spec["shape"])
         if any(s < 0 for s in shape):
-            raise ValueError(f"negative dimension in {shape}")
+            raise ProtocolError(f"negative dimension in {shape}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if nbytes > MAX_PAYLOAD:
-            raise ValueError(f"array of {nbytes} bytes is over the limit")
+            raise ProtocolError(f"array of {nbytes} bytes is over the limit")
         data = stream.read(nbytes)
         if len(data) != nbytes:
-            raise ValueError("truncated array payload")
+            raise ProtocolError("truncated array payload")
         arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
     return header, arrays
 

@@ -194,7 +194,7 @@ def engine_cache_for(model: "ModelBundle") -> EngineCache:
 
 def calibration_batches(spec: "ModelSpec", count: int, batch: int) -> list[dict[str, np.ndarray]]:
     """Representative input batches for the int8 entropy calibrator (shared preprocessing)."""
-    from vla_accel.models.export_tflite import representative_inputs
+    from vla_accel.models.calibration_set import representative_inputs
 
     return list(representative_inputs(spec, count, batch=batch, seed=11))
 

@@ -124,7 +124,7 @@ def calibration_from_folder(path: str | Path, spec: "ModelSpec", count: int = 32
                             seed: int = 0) -> CalibrationSet:
     from vla_accel.core.image import decode_compressed
     from vla_accel.core.types import Observation
-    from vla_accel.models.export_tflite import CALIBRATION_INSTRUCTIONS
+    from vla_accel.models.calibration_set import CALIBRATION_INSTRUCTIONS
 
     path = Path(path)
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -48,7 +48,8 @@ def export_pt2(bundle: "ModelBundle", *, precision: str = "fp32", aoti_device: s
                force: bool = False) -> Path:
     """Export the reference network of ``bundle`` as a torch.export program (cached); with
     ``aoti_device`` (cpu | cuda) as an AOTInductor package for that device type. Returns its path."""
-    from vla_accel.models.bundle import ExportProgress, publish_directory
+    from vla_accel.models.progress import ExportProgress
+    from vla_accel.models.publish import publish_directory
 
     aoti_device = (aoti_device or "").split(":")[0]
     if aoti_device and aoti_device not in PT2_DEVICES:

@@ -48,16 +48,6 @@ CONVERTER_HINT = (
 # Calibration frames for int8: enough to see the activation ranges of varied scenes and
 # instructions, few enough that calibration stays a few seconds on two cores.
 DEFAULT_CALIBRATION_SAMPLES = 32
-CALIBRATION_INSTRUCTIONS = (
-    "pick up the red block",
-    "put the cup on the plate",
-    "open the top drawer",
-    "push the green button",
-    "move the sponge to the left",
-    "close the gripper",
-    "stack the blue cube on the yellow cube",
-    "wipe the table with the towel",
-)
 
 # What each precision's file is made with; a cached file made with another recipe is re-exported.
 RECIPES = {
@@ -294,47 +284,3 @@ def _dist_version(name: str) -> str:
 
 
 # --- representative data (int8 calibration here, TensorRT int8 calibration) ---------------------
-def synthetic_scene(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """An HxWx3 uint8 RGB tabletop-like scene: a lit gradient, a table edge and a few coloured
-    objects, with sensor noise, so activation ranges resemble a camera's rather than noise's."""
-    ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    xs = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :, None]
-    base = rng.uniform(40, 200, size=3).astype(np.float32)
-    tilt = rng.uniform(-60, 60, size=(2, 3)).astype(np.float32)
-    img = base + tilt[0] * xs + tilt[1] * ys
-    edge = int(rng.uniform(0.3, 0.7) * height)
-    img[edge:] *= rng.uniform(0.5, 0.9)
-    for _ in range(int(rng.integers(1, 5))):
-        h = int(rng.integers(max(2, height // 12), max(3, height // 3)))
-        w = int(rng.integers(max(2, width // 12), max(3, width // 3)))
-        y = int(rng.integers(0, max(1, height - h)))
-        x = int(rng.integers(0, max(1, width - w)))
-        img[y : y + h, x : x + w] = rng.uniform(0, 255, size=3)
-    img += rng.normal(0.0, 4.0, size=img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def representative_inputs(spec: "ModelSpec", count: int, batch: int = 1, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """``count`` input batches made the way the node makes them: synthetic scenes and instructions
-    through the shared Preprocessor (resize, normalise, tokenise), plus plausible robot states."""
-    from vla_accel.core.preprocess import Preprocessor
-    from vla_accel.core.types import Observation
-
-    rng = np.random.default_rng(seed)
-    pre = Preprocessor(spec, max_batch=batch, memory="dynamic")
-    for index in range(int(count)):
-        observations = []
-        for row in range(batch):
-            images = {cam.name: synthetic_scene(cam.height, cam.width, rng) for cam in spec.cameras}
-            state = None
-            if spec.state is not None:
-                state = rng.normal(0.0, 0.5, size=spec.state.dims).astype(np.float32)
-            instruction = CALIBRATION_INSTRUCTIONS[(index * batch + row) % len(CALIBRATION_INSTRUCTIONS)]
-            observations.append(Observation(images=images, instruction=instruction, stamp_ns=index, state=state))
-        prepared = pre.prepare(observations)
-        try:
-            if prepared.rejected:
-                raise ModelFileError(f"representative frame rejected: {prepared.rejected[0][1]}", reason="bad_calibration")
-            yield {name: np.array(prepared.inputs[name], copy=True) for name in spec.input_names}
-        finally:
-            prepared.release()
