@@ -312,25 +312,4 @@ class ProgramRunner:
         return host, times
 
 
-def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Example feeds of every graph (for exports): observation inputs, runtime inputs, and earlier
-    graphs' outputs computed by ``run_graph(name, feeds)`` is left to the caller; this returns only the
-    observation and runtime inputs per graph."""
-    from vla_accel.backends.base import example_inputs
-
-    program = spec.program
-    obs = example_inputs(spec, batch, seed)
-    runtime = {
-        program.noise: call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims)),
-        program.sample: call_noise(seed, 1, (batch, spec.action.steps, spec.action.dims)),
-        program.time: np.full((batch,), 0.5 if program.kind == "flow_matching" else 3,
-                              dtype=program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype),
-        "token": np.ones((batch, 1), dtype=np.int64),
-        "position": np.ones((batch, 1), dtype=np.int64),
-    }
-    if program.step_index:
-        runtime[program.step_index] = np.zeros((batch,), dtype=np.int64)
-    return {**obs, **runtime}
-
-
 Runner = Callable[[Mapping[str, np.ndarray], int], tuple[np.ndarray, StageTimes]]

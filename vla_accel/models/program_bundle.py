@@ -125,8 +125,6 @@ def example_feeds(bundle: "ModelBundle", batch: int = 2, seed: int = 0) -> dict[
     modules), used to export each graph."""
     import torch
 
-    from vla_accel.backends.program import program_example_feeds
-
     program = bundle.spec.program
     env = program_example_feeds(bundle.spec, batch, seed)
     modules = graph_modules(bundle)
@@ -282,3 +280,23 @@ def _export_tflite_graphs(bundle: "ModelBundle", directory: Path, report) -> Non
         except Exception as exc:  # noqa: BLE001  (the converter raises many types; name the graph and the cause)
             raise ModelFileError(f"litert-torch could not convert graph '{graph.name}' of '{bundle.name}': "
                                  f"{type(exc).__name__}: {str(exc)[:400]}", reason="conversion_failed") from exc
+
+
+def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Observation and runtime inputs of a program by name (example values for exports)."""
+    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.program import call_noise
+
+    program = spec.program
+    obs = example_inputs(spec, batch, seed)
+    runtime = {
+        program.noise: call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims)),
+        program.sample: call_noise(seed, 1, (batch, spec.action.steps, spec.action.dims)),
+        program.time: np.full((batch,), 0.5 if program.kind == "flow_matching" else 3,
+                              dtype=program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype),
+        "token": np.ones((batch, 1), dtype=np.int64),
+        "position": np.ones((batch, 1), dtype=np.int64),
+    }
+    if program.step_index:
+        runtime[program.step_index] = np.zeros((batch,), dtype=np.int64)
+    return {**obs, **runtime}
