@@ -489,3 +489,28 @@ def test_tiny_flow_runs_on_tflite_like_torch():
     assert np.abs(actions - case.actions).max() <= 1e-4
     with pytest.raises(BackendError, match="single_pass, flow_matching, diffusion"):
         create_backend("tflite", load_model("tiny-ar")).load()
+
+
+def test_runner_stacks_observation_history_oldest_first():
+    from vla_accel.backends.program import ProgramRunner
+
+    spec = ModelSpec.from_dict(_spec_dict(program={
+        "graphs": [{"name": "model", "inputs": ["image_primary", "state"], "outputs": ["actions"]}],
+        "history": [{"input": "state", "frames": 3}]}))
+
+    class StateHistoryPolicy:  # actions[b, k, 0] = state of frame k (oldest first), dimension 0
+        def run(self, feeds):
+            hist = feeds["state"]
+            assert hist.shape == (2, 3, 8)
+            out = np.zeros((2, 4, 7), dtype=np.float32)
+            out[:, :3, 0] = hist[:, :, 0]
+            return {"actions": out}
+
+    runner = ProgramRunner(spec, {"model": StateHistoryPolicy()})
+    inputs = example_inputs(spec, 2, seed=0)
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0):
+        inputs["state"][:, 0] = value
+        actions, _ = runner.run(inputs, 0)
+        seen.append(actions[0, :3, 0].tolist())
+    assert seen == [[1, 1, 1], [1, 1, 2], [1, 2, 3], [2, 3, 4]]

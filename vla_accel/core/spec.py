@@ -458,10 +458,8 @@ def input_signature(spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return expected
 
 
-def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Example feeds of every graph (for exports): observation inputs, runtime inputs, and earlier
-    graphs' outputs computed by ``run_graph(name, feeds)`` is left to the caller; this returns only the
-    observation and runtime inputs per graph."""
+def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Observation and runtime inputs of a program by name (example values for exports)."""
     from vla_accel.core.program import call_noise
 
     program = spec.program
