@@ -125,11 +125,8 @@ def example_feeds(bundle: "ModelBundle", batch: int = 2, seed: int = 0) -> dict[
     modules), used to export each graph."""
     import torch
 
-<<<<<<< HEAD
     from vla_accel.core.spec import program_example_feeds
 
-=======
->>>>>>> i09
     program = bundle.spec.program
     env = program_example_feeds(bundle.spec, batch, seed)
     modules = graph_modules(bundle)
