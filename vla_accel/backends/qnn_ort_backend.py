@@ -161,32 +161,36 @@ class QnnOrtBackend(Backend):
         model_file = self._model_file()
         ctx_dir = self.model.export_dir("qnn", "ctx")
         key = f"{_file_digest(model_file)}-{self.options.precision}-soc{soc}-v{arch}"
-        ctx_file = ctx_dir / f"{key}_ctx.onnx"
+        ctx_file = ctx_dir / f"{key}{'-fallback' if extra.get('allow_cpu_fallback') else ''}_ctx.onnx"
         provider_options = {"backend_type": "htp", "soc_model": soc, "htp_arch": arch,
                             "htp_performance_mode": extra.get("htp_performance_mode", "burst")}
         if self.options.precision == "fp16":
             provider_options["enable_htp_fp16_precision"] = 1
-        session_config = {"session.disable_cpu_ep_fallback": "1"}
+        # strict by default: a node left to the CPU fails the load (``allow_cpu_fallback`` lets the
+        # doctor list which ones fall back)
+        strict = {} if extra.get("allow_cpu_fallback") else {"session.disable_cpu_ep_fallback": "1"}
+        session_config = dict(strict)
         cached = ctx_file.is_file()
-        if not cached:
+        diagnose = bool(extra.get("allow_cpu_fallback"))  # no context binary: it holds QNN nodes only
+        if not cached and not diagnose:
             ctx_dir.mkdir(parents=True, exist_ok=True)
             session_config.update({"ep.context_enable": "1", "ep.context_file_path": str(ctx_file),
                                    "ep.context_embed_mode": "1"})
         self._client = QnnWorkerClient(qnn_python())
         try:
             info = self._client.request({
-                "op": "load", "model": str(ctx_file if cached else model_file),
+                "op": "load", "model": str(ctx_file if cached and not diagnose else model_file),
                 "provider_options": provider_options, "session_config": session_config,
                 "free_dims": {"batch": 1}, "profile": True,
             })
-            if not cached and not ctx_file.is_file():
+            if not cached and not diagnose and not ctx_file.is_file():
                 raise BackendError(f"QNN did not write the context binary {ctx_file}", reason="qnn_context_missing")
-            if not cached:  # the compile session made the binary; run from it like every later load
+            if not cached and not diagnose:  # the compile session made the binary; run from it like every later load
                 self._client.close()
                 self._client = QnnWorkerClient(qnn_python())
                 info = self._client.request({
                     "op": "load", "model": str(ctx_file), "provider_options": provider_options,
-                    "session_config": {"session.disable_cpu_ep_fallback": "1"}, "free_dims": {"batch": 1},
+                    "session_config": dict(strict), "free_dims": {"batch": 1},
                     "profile": True})
         except BaseException:
             self._client.close()
