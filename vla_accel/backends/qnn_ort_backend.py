@@ -151,7 +151,10 @@ class QnnOrtBackend(Backend):
         else:
             calibration = synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
         self._calibration = calibration.record()
-        return export_onnx_qdq(self.model, calibration, flavour="qnn", batch=1)
+        activation_bits = int(self.options.extra.get("activation_bits", 8))
+        if activation_bits not in (8, 16):
+            raise BackendError(f"qnn-ort: activation_bits must be 8 or 16, got {activation_bits}", reason="bad_option")
+        return export_onnx_qdq(self.model, calibration, flavour="qnn" if activation_bits == 8 else "qnn-a16", batch=1)
 
     def _load(self) -> None:
         extra = self.options.extra
@@ -160,7 +163,7 @@ class QnnOrtBackend(Backend):
         self._calibration = None
         model_file = self._model_file()
         ctx_dir = self.model.export_dir("qnn", "ctx")
-        key = f"{_file_digest(model_file)}-{self.options.precision}-soc{soc}-v{arch}"
+        key = f"{_file_digest(model_file)}-{self.options.precision}-soc{soc}-v{arch}"  # the file names its flavour
         ctx_file = ctx_dir / f"{key}{'-fallback' if extra.get('allow_cpu_fallback') else ''}_ctx.onnx"
         provider_options = {"backend_type": "htp", "soc_model": soc, "htp_arch": arch,
                             "htp_performance_mode": extra.get("htp_performance_mode", "burst")}
