@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.models.calibration_set import CalibrationSet
 
 ORT_FLAVOURS = ("cpu", "qnn", "qnn-a16")
+# Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
+QDQ_RECIPE = 2
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
 
 
@@ -48,7 +50,7 @@ def _sidecar(calibration: "CalibrationSet", **extra) -> str:
 
 def onnx_qdq_path(bundle: "ModelBundle", calibration: "CalibrationSet", flavour: str = "cpu",
                   batch: int | None = None) -> Path:
-    tag = f"{flavour}-{calibration.digest()}" + (f"-b{batch}" if batch else "")
+    tag = f"{flavour}-r{QDQ_RECIPE}-{calibration.digest()}" + (f"-b{batch}" if batch else "")
     return bundle.export_dir("onnx", "int8-static") / tag / "model.onnx"
 
 
