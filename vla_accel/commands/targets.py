@@ -11,7 +11,9 @@ vendor compiler estimates (``vla-accel doctor --model M --target T``).
   the CPU (one partition).
 * ``qnn:SOC``: the model is compiled for that Hexagon HTP (the ``qnn-ort`` backend: static QDQ int8,
   ``ep.context_enable`` context binary for the SoC) with CPU fallback disabled, one inference run,
-  and ORT's profile read back for each node's provider.
+  and ORT's profile read back for each node's provider; when the strict load fails, again with
+  fallback allowed to list the nodes left to the CPU. (With fallback allowed ORT leaves the graph's
+  input QuantizeLinear / output DequantizeLinear to the CPU even when QNN takes them in strict mode.)
 """
 from __future__ import annotations
 
@@ -137,24 +139,37 @@ def edgetpu(model_file: Path) -> dict[str, Any]:
 
 
 def qnn(bundle, soc: str) -> dict[str, Any]:
+    """Strict first (CPU fallback disabled: the load fails unless QNN takes every node); when that
+    fails, again with fallback allowed, to list the nodes left to the CPU."""
     from vla_accel.backends.base import BackendOptions, example_inputs
     from vla_accel.backends.qnn_ort_backend import QnnOrtBackend
+    from vla_accel.errors import BackendError
 
-    started = time.perf_counter()
-    backend = QnnOrtBackend(bundle, BackendOptions(precision="int8", extra={"soc_model": int(soc),
-                                                                            "allow_cpu_fallback": True})).load()
-    try:
-        compile_s = time.perf_counter() - started
-        t0 = time.perf_counter()
-        backend.infer(example_inputs(bundle.spec, 1, seed=0))
-        infer_s = time.perf_counter() - t0
-        placement = backend.placement()
-        info = backend.device_info()
-    finally:
-        backend.close()
+    strict_error = None
+    for allow_fallback in (False, True):
+        started = time.perf_counter()
+        extra = {"soc_model": int(soc), "allow_cpu_fallback": allow_fallback}
+        try:
+            backend = QnnOrtBackend(bundle, BackendOptions(precision="int8", extra=extra)).load()
+        except BackendError as exc:
+            if allow_fallback or "fallback" not in str(exc).lower():
+                raise
+            strict_error = str(exc)
+            continue
+        try:
+            compile_s = time.perf_counter() - started
+            t0 = time.perf_counter()
+            backend.infer(example_inputs(bundle.spec, 1, seed=0))
+            infer_s = time.perf_counter() - t0
+            placement = backend.placement()
+            info = backend.device_info()
+        finally:
+            backend.close()
+        break
     providers = placement.get("node_providers", {})
     cpu_nodes = sorted(n for n, p in placement.get("nodes", {}).items() if "CPU" in p)
     return {"target": f"qnn soc_model {soc}", "compiler": "QNN HTP (onnxruntime-qnn context binary)",
+            "all_nodes_on_qnn": strict_error is None and not cpu_nodes, "strict_error": strict_error,
             "node_providers": providers, "cpu_nodes": cpu_nodes,
             "context_binary": info.detail.get("context_binary"), "compile_and_load_s": round(compile_s, 1),
             "emulator_inference_s": round(infer_s, 2),

@@ -81,7 +81,11 @@ def _fake_quant(x, lo: float, hi: float):
 def _graph(module, example: Sequence):
     import torch
 
-    exported = torch.export.export(module, tuple(example), strict=False)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # forward(*inputs): one argument, the tuple of inputs; the batch stays dynamic so calibration
+    # and evaluation batches may differ in size
+    dynamic = (tuple({0: batch} for _ in example),)
+    exported = torch.export.export(module, tuple(example), dynamic_shapes=dynamic, strict=False)
     return exported.module()
 
 
