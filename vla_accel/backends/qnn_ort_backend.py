@@ -6,8 +6,9 @@ of it (the ``onnxruntime-qnn`` wheel ships both), so parity is checked here for 
 
 * Precision: ``fp16`` (the fp32 ONNX with ``enable_htp_fp16_precision=1``; plain fp32 does not fit
   the HTP and fails with QNN_COMMON_ERROR_MEM_ALLOC) or ``int8`` (a static QDQ model calibrated on
-  a ``CalibrationSet``: ``extra["calibration"]`` = a bag or a folder of frames, else generated
-  scenes; dynamic int8 does not map: MatMulInteger stays on the CPU).
+  a ``CalibrationSet``: ``extra["calibration"]``, e.g. built from a bag by
+  ``vla_accel.bags.calibration``, else generated scenes; dynamic int8 does not map: MatMulInteger
+  stays on the CPU).
 * The HTP runs static shapes: the batch dimension is fixed to 1 (a free-dimension override) and
   batches are run row by row.
 * ``extra``: ``soc_model`` (default 43, an SM8550 / Snapdragon 8 Gen 2), ``htp_arch`` (73),
@@ -143,13 +144,15 @@ class QnnOrtBackend(Backend):
         from vla_accel.models.calibration_set import synthetic_calibration
         from vla_accel.models.int8_static import export_onnx_qdq
 
-        source = self.options.extra.get("calibration")
-        if source:
-            from vla_accel.bags.calibration import calibration_from_source  # noqa: PLC0415 (optional layer)
+        from vla_accel.models.calibration_set import CalibrationSet
 
-            calibration = calibration_from_source(source, self.spec, int(self.options.extra.get("calibration_samples", 32)))
-        else:
-            calibration = synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
+        given = self.options.extra.get("calibration")
+        if given is not None and not isinstance(given, CalibrationSet):
+            raise BackendError(
+                "qnn-ort: extra['calibration'] must be a CalibrationSet (build one from a bag or a folder with "
+                "vla_accel.bags.calibration.calibration_from_source); got " + type(given).__name__,
+                reason="bad_option")
+        calibration = given or synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
         self._calibration = calibration.record()
         activation_bits = int(self.options.extra.get("activation_bits", 8))
         if activation_bits not in (8, 16):
