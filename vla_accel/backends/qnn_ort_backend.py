@@ -6,8 +6,9 @@ of it (the ``onnxruntime-qnn`` wheel ships both), so parity is checked here for 
 
 * Precision: ``fp16`` (the fp32 ONNX with ``enable_htp_fp16_precision=1``; plain fp32 does not fit
   the HTP and fails with QNN_COMMON_ERROR_MEM_ALLOC) or ``int8`` (a static QDQ model calibrated on
-  a ``CalibrationSet``: ``extra["calibration"]`` = a bag or a folder of frames, else generated
-  scenes; dynamic int8 does not map: MatMulInteger stays on the CPU).
+  a ``CalibrationSet``: ``extra["calibration"]``, e.g. built from a bag by
+  ``vla_accel.bags.calibration``, else generated scenes; dynamic int8 does not map: MatMulInteger
+  stays on the CPU).
 * The HTP runs static shapes: the batch dimension is fixed to 1 (a free-dimension override) and
   batches are run row by row.
 * ``extra``: ``soc_model`` (default 43, an SM8550 / Snapdragon 8 Gen 2), ``htp_arch`` (73),
@@ -24,11 +25,8 @@ of it (the ``onnxruntime-qnn`` wheel ships both), so parity is checked here for 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Mapping
@@ -36,7 +34,7 @@ from typing import Mapping
 import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs
-from vla_accel.errors import BackendError, BackendUnavailableError, ConfigError
+from vla_accel.errors import BackendError, BackendUnavailableError
 
 QNN_PYTHON_ENV = "VLA_ACCEL_QNN_PYTHON"
 REPO = Path(__file__).resolve().parents[2]
@@ -145,20 +143,18 @@ class QnnOrtBackend(Backend):
 
         from vla_accel.models.calibration_set import CalibrationSet
 
-        source = self.options.extra.get("calibration")
-        if isinstance(source, CalibrationSet):
-            calibration = source
-        elif source:
-            # Reading a rosbag or a folder of frames is the entry points' work (the backends layer reads
-            # no bags): callers pass a CalibrationSet (vla_accel.bags.calibration.calibration_from_source).
-            raise ConfigError(
-                f"qnn-ort: backend_extra 'calibration' must be a CalibrationSet, got {source!r}; build one with "
-                "vla_accel.bags.calibration.calibration_from_source(path, spec), or leave it out to calibrate on "
-                "synthetic frames", reason="bad_parameter")
-        else:
-            calibration = synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
+        given = self.options.extra.get("calibration")
+        if given is not None and not isinstance(given, CalibrationSet):
+            raise BackendError(
+                "qnn-ort: extra['calibration'] must be a CalibrationSet (build one from a bag or a folder with "
+                "vla_accel.bags.calibration.calibration_from_source); got " + type(given).__name__,
+                reason="bad_option")
+        calibration = given or synthetic_calibration(self.spec, int(self.options.extra.get("calibration_samples", 32)))
         self._calibration = calibration.record()
-        return export_onnx_qdq(self.model, calibration, flavour="qnn", batch=1)
+        activation_bits = int(self.options.extra.get("activation_bits", 8))
+        if activation_bits not in (8, 16):
+            raise BackendError(f"qnn-ort: activation_bits must be 8 or 16, got {activation_bits}", reason="bad_option")
+        return export_onnx_qdq(self.model, calibration, flavour="qnn" if activation_bits == 8 else "qnn-a16", batch=1)
 
     def _load(self) -> None:
         extra = self.options.extra
@@ -167,33 +163,37 @@ class QnnOrtBackend(Backend):
         self._calibration = None
         model_file = self._model_file()
         ctx_dir = self.model.export_dir("qnn", "ctx")
-        key = f"{_file_digest(model_file)}-{self.options.precision}-soc{soc}-v{arch}"
-        ctx_file = ctx_dir / f"{key}_ctx.onnx"
+        key = f"{_file_digest(model_file)}-{self.options.precision}-soc{soc}-v{arch}"  # the file names its flavour
+        ctx_file = ctx_dir / f"{key}{'-fallback' if extra.get('allow_cpu_fallback') else ''}_ctx.onnx"
         provider_options = {"backend_type": "htp", "soc_model": soc, "htp_arch": arch,
                             "htp_performance_mode": extra.get("htp_performance_mode", "burst")}
         if self.options.precision == "fp16":
             provider_options["enable_htp_fp16_precision"] = 1
-        session_config = {"session.disable_cpu_ep_fallback": "1"}
+        # strict by default: a node left to the CPU fails the load (``allow_cpu_fallback`` lets the
+        # doctor list which ones fall back)
+        strict = {} if extra.get("allow_cpu_fallback") else {"session.disable_cpu_ep_fallback": "1"}
+        session_config = dict(strict)
         cached = ctx_file.is_file()
-        if not cached:
+        diagnose = bool(extra.get("allow_cpu_fallback"))  # no context binary: it holds QNN nodes only
+        if not cached and not diagnose:
             ctx_dir.mkdir(parents=True, exist_ok=True)
             session_config.update({"ep.context_enable": "1", "ep.context_file_path": str(ctx_file),
                                    "ep.context_embed_mode": "1"})
         self._client = QnnWorkerClient(qnn_python())
         try:
             info = self._client.request({
-                "op": "load", "model": str(ctx_file if cached else model_file),
+                "op": "load", "model": str(ctx_file if cached and not diagnose else model_file),
                 "provider_options": provider_options, "session_config": session_config,
                 "free_dims": {"batch": 1}, "profile": True,
             })
-            if not cached and not ctx_file.is_file():
+            if not cached and not diagnose and not ctx_file.is_file():
                 raise BackendError(f"QNN did not write the context binary {ctx_file}", reason="qnn_context_missing")
-            if not cached:  # the compile session made the binary; run from it like every later load
+            if not cached and not diagnose:  # the compile session made the binary; run from it like every later load
                 self._client.close()
                 self._client = QnnWorkerClient(qnn_python())
                 info = self._client.request({
                     "op": "load", "model": str(ctx_file), "provider_options": provider_options,
-                    "session_config": {"session.disable_cpu_ep_fallback": "1"}, "free_dims": {"batch": 1},
+                    "session_config": dict(strict), "free_dims": {"batch": 1},
                     "profile": True})
         except BaseException:
             self._client.close()

@@ -75,6 +75,14 @@ class Worker:
     def __init__(self):
         import onnxruntime as ort
 
+        try:  # onnxruntime-qnn 2.x ships the QNN EP as a plugin library to register
+            import onnxruntime_qnn
+        except ImportError:
+            onnxruntime_qnn = None
+        if onnxruntime_qnn is not None and "QNNExecutionProvider" not in ort.get_available_providers():
+            ort.register_execution_provider_library(onnxruntime_qnn.get_ep_name(), onnxruntime_qnn.get_library_path())
+        if "QNNExecutionProvider" not in ort.get_available_providers():
+            raise ImportError(f"this onnxruntime has no QNNExecutionProvider ({ort.get_available_providers()})")
         self.ort = ort
         self.session = None
         self.profile_prefix = None
@@ -93,8 +101,14 @@ class Worker:
             self.profile_prefix = os.path.join(tempfile.mkdtemp(prefix="qnn-profile-"), "ort")
             options.profile_file_prefix = self.profile_prefix
         provider_options = {str(k): str(v) for k, v in (req.get("provider_options") or {}).items()}
-        self.session = ort.InferenceSession(req["model"], sess_options=options,
-                                            providers=[("QNNExecutionProvider", provider_options)])
+        devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"] \
+            if hasattr(ort, "get_ep_devices") else []
+        if devices:  # a plugin EP (onnxruntime-qnn 2.x) is attached to its devices
+            options.add_provider_for_devices(devices, provider_options)
+            self.session = ort.InferenceSession(req["model"], sess_options=options)
+        else:
+            self.session = ort.InferenceSession(req["model"], sess_options=options,
+                                                providers=[("QNNExecutionProvider", provider_options)])
         return {
             "providers": self.session.get_providers(),
             "available_providers": ort.get_available_providers(),
@@ -136,8 +150,13 @@ class Worker:
 
 
 def main() -> int:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol stream
+    # The protocol gets its own copy of the stdout pipe; fd 1 then points at stderr, so native
+    # libraries that log to stdout (the QNN backend does) cannot corrupt the stream.
+    sys.stdout.flush()
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    stdin = sys.stdin.buffer
     try:
         worker = Worker()
     except Exception as exc:  # noqa: BLE001 (reported to the parent, which raises a clear error)

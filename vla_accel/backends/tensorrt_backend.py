@@ -79,6 +79,7 @@ class TensorRTSettings:
     gpu_fallback: bool
     force_rebuild: bool
     calibration_samples: int
+    calibration_digest: str = ""  # of extra["calibration"] (a CalibrationSet), part of the engine key
 
     @classmethod
     def from_options(cls, options: BackendOptions) -> "TensorRTSettings":
@@ -104,7 +105,7 @@ class TensorRTSettings:
             raise BackendError("DLA runs fp16 or int8 only: set precision fp16 or int8 with dla_core",
                                reason="bad_option")
         unknown = set(extra) - {"workspace_mb", "opt_batch", "dla_core", "gpu_fallback", "force_rebuild",
-                                "calibration_samples"}
+                                "calibration_samples", "calibration"}
         if unknown:
             raise BackendError(f"unknown tensorrt options: {sorted(unknown)}", reason="bad_option")
         return cls(
@@ -117,6 +118,7 @@ class TensorRTSettings:
             gpu_fallback=bool(extra.get("gpu_fallback", True)),
             force_rebuild=bool(extra.get("force_rebuild", False)),
             calibration_samples=integer("calibration_samples", DEFAULT_CALIBRATION_SAMPLES, 1),
+            calibration_digest=extra["calibration"].digest() if hasattr(extra.get("calibration"), "digest") else "",
         )
 
     def key_fields(self) -> dict[str, Any]:
@@ -125,6 +127,8 @@ class TensorRTSettings:
         fields.pop("force_rebuild")
         if self.precision != "int8":
             fields.pop("calibration_samples")
+        if self.precision != "int8" or not self.calibration_digest:
+            fields.pop("calibration_digest")
         if self.dla_core is None:
             fields.pop("gpu_fallback")
         return fields
@@ -338,7 +342,9 @@ class TensorRTBackend(Backend):
             config.set_flag(trt.BuilderFlag.FP16)  # int8 keeps fp16 for layers without int8 kernels
         if self.settings.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-            batches = calibration_batches(self.spec, self.settings.calibration_samples, batch=1)
+            given = self.options.extra.get("calibration")  # a CalibrationSet (e.g. from a bag), else generated
+            batches = (given.rebatched(1).batches if hasattr(given, "rebatched")
+                       else calibration_batches(self.spec, self.settings.calibration_samples, batch=1))
             config.int8_calibrator = make_entropy_calibrator(trt, self._torch, batches, calibration_cache, self._device)
             config.set_calibration_profile(profile)
         if self.settings.dla_core is not None:

@@ -6,6 +6,9 @@
     vla-accel doctor --calibrate          measure p50 latency (batch 1) and throughput (batch N) of
                                           every available backend and store them for ``backend: auto``
     vla-accel doctor --json report.json   the same as JSON
+    vla-accel doctor --model tiny --target ethos-u55|ethos-u65|ethos-u85|edgetpu|qnn:SOC
+                                          which ops map to that integer accelerator, which fall back
+                                          to the CPU, and the vendor compiler's estimate (commands/targets.py)
 
 Always exits 0: a missing accelerator is information, not a failure.
 """
@@ -32,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="batch size for the throughput measurement")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per backend for --calibrate")
     parser.add_argument("--json", default="", help="also write the report as JSON to this file ('-' = stdout)")
+    parser.add_argument("--target", action="append", default=[],
+                        help="integer accelerator to check --model against (repeatable): edgetpu, ethos-u55, "
+                             "ethos-u65, ethos-u85, qnn:SOC (e.g. qnn:43 = SM8550)")
+    parser.add_argument("--calibration", default="", help="--target: calibrate the int8 model on this bag / folder")
 
 
 def system_facts() -> dict[str, Any]:
@@ -206,8 +213,37 @@ def parse_backend_entries(text: str) -> list[tuple[str, str]]:
     return entries
 
 
+def run_targets(args: argparse.Namespace) -> int:
+    from vla_accel.commands.targets import check_target
+    from vla_accel.models import load_model
+
+    bundle = load_model(args.model)
+    calibration = None
+    if args.calibration:
+        from vla_accel.bags.calibration import calibration_from_source
+
+        calibration = calibration_from_source(args.calibration, bundle.spec)
+    results = {}
+    for target in args.target:
+        try:
+            results[target] = check_target(bundle, target, calibration)
+        except VlaAccelError as exc:
+            results[target] = {"error": str(exc)}
+        result = results[target]
+        print(f"{bundle.name} on {target}:")
+        for key, value in result.items():
+            print(f"  {key}: {value}")
+    if args.json:
+        text = json.dumps({"model": bundle.name, "targets": results}, indent=2, default=str)
+        print(text) if args.json == "-" else Path(args.json).write_text(text, encoding="utf-8")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from vla_accel.backends.registry import list_backends
+
+    if args.target:
+        return run_targets(args)
 
     entries = parse_backend_entries(args.backends) if args.backends else [(n, "") for n in list_backends()]
     names = list(dict.fromkeys(name for name, _ in entries))

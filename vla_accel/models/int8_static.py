@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.models.bundle import ModelBundle
     from vla_accel.models.calibration_set import CalibrationSet
 
-ORT_FLAVOURS = ("cpu", "qnn")
+ORT_FLAVOURS = ("cpu", "qnn", "qnn-a16")
+# Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
+QDQ_RECIPE = 2
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
 
 
@@ -48,7 +50,7 @@ def _sidecar(calibration: "CalibrationSet", **extra) -> str:
 
 def onnx_qdq_path(bundle: "ModelBundle", calibration: "CalibrationSet", flavour: str = "cpu",
                   batch: int | None = None) -> Path:
-    tag = f"{flavour}-{calibration.digest()}" + (f"-b{batch}" if batch else "")
+    tag = f"{flavour}-r{QDQ_RECIPE}-{calibration.digest()}" + (f"-b{batch}" if batch else "")
     return bundle.export_dir("onnx", "int8-static") / tag / "model.onnx"
 
 
@@ -96,11 +98,12 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
 
         report.stage(f"calibrating on {data.samples} samples ({calibration.provenance.get('source')})")
         out = tmp_dir / "model.onnx"
-        if flavour == "qnn":
+        if flavour.startswith("qnn"):
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-            config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=q.QuantType.QUInt8,
-                                        weight_type=q.QuantType.QUInt8)
+            activations = q.QuantType.QUInt16 if flavour == "qnn-a16" else q.QuantType.QUInt8
+            config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=activations,
+                                        weight_type=q.QuantType.QInt8, per_channel=True)
             q.quantize(str(fixed), str(out), config)
         else:
             q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,

@@ -32,7 +32,7 @@ class TensorLoss:
     tensor: str  # graph node name (torch.export), e.g. "matmul_2", "rsqrt_1"
     op: str  # aten op, e.g. "aten.matmul.default"
     module: str  # the nn.Module that computes it, e.g. "blocks.1.attn"
-    shape: list[int]
+    shape: list  # ints; a symbolic (batch) dimension by its name
     range: list[float]  # calibrated [min, max] (0 included, as TFLite ranges are)
     scale: float  # int8 step of that range
     rms: float  # RMS of the tensor on the evaluation inputs
@@ -81,7 +81,16 @@ def _fake_quant(x, lo: float, hi: float):
 def _graph(module, example: Sequence):
     import torch
 
-    exported = torch.export.export(module, tuple(example), strict=False)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    import inspect
+
+    # the batch stays dynamic so calibration and evaluation batches may differ in size;
+    # forward(*inputs) is one argument (the tuple of inputs), forward(a, b) one per input
+    per_input = tuple({0: batch} for _ in example)
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL
+                   for p in inspect.signature(module.forward).parameters.values())
+    dynamic = (per_input,) if variadic else per_input
+    exported = torch.export.export(module, tuple(example), dynamic_shapes=dynamic, strict=False)
     return exported.module()
 
 
@@ -184,7 +193,8 @@ def sensitivity(module, input_names: Sequence[str], calibration: Sequence[dict[s
         worst, mean = action_error({node.name: (lo, hi)})
         value = node.meta["val"]
         rows.append(TensorLoss(
-            tensor=node.name, op=str(node.target), module=_module_of(node), shape=list(value.shape),
+            tensor=node.name, op=str(node.target), module=_module_of(node),
+            shape=[int(d) if str(d).lstrip("-").isdigit() else str(d) for d in value.shape],
             range=[round(lo, 6), round(hi, 6)], scale=width / 255.0, rms=rms.get(node.name, 0.0),
             range_ratio=round(width / rms[node.name], 2) if rms.get(node.name) else float("inf"),
             max_abs_action=worst, mean_abs_action=mean,

@@ -1,0 +1,188 @@
+"""Which ops of a model an integer accelerator takes, which fall back to the CPU, and what its
+vendor compiler estimates (``vla-accel doctor --model M --target T``).
+
+* ``ethos-u55`` / ``ethos-u65`` / ``ethos-u85``: Arm's compiler ``ethos-u-vela`` on the full-integer
+  int8 .tflite (re-serialised first with every weight buffer inside the flatbuffer, which vela
+  needs): NPU / CPU operator counts, the CPU ops with vela's reasons, SRAM use and its
+  inference-time estimate (from vela's summary CSV).
+* ``edgetpu``: no Edge TPU compiler is obtainable here, so the int8 .tflite is checked against the
+  compiler's published rules: the supported-op list, int8/uint8 tensors only, static shapes, at
+  most 4-D tensors. The Edge TPU compiler maps ops up to the first unsupported one; the rest runs on
+  the CPU (one partition).
+* ``qnn:SOC``: the model is compiled for that Hexagon HTP (the ``qnn-ort`` backend: static QDQ int8,
+  ``ep.context_enable`` context binary for the SoC) with CPU fallback disabled, one inference run,
+  and ORT's profile read back for each node's provider; when the strict load fails, again with
+  fallback allowed to list the nodes left to the CPU. (With fallback allowed ORT leaves the graph's
+  input QuantizeLinear / output DequantizeLinear to the CPU even when QNN takes them in strict mode.)
+"""
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vla_accel.errors import BackendUnavailableError, VlaAccelError
+
+ETHOS_CONFIGS = {"ethos-u55": "ethos-u55-128", "ethos-u65": "ethos-u65-256", "ethos-u85": "ethos-u85-256"}
+VELA_HINT = "Install Arm's Ethos-U compiler: pip install -r requirements/quantization.txt (ethos-u-vela)"
+# The Edge TPU compiler's supported operations (coral.ai/docs/edgetpu/models-intro, "Supported
+# operations"), as TFLite builtin names.
+EDGETPU_OPS = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
+    "FULLY_CONNECTED", "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM",
+    "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "DEQUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6",
+    "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX",
+    "SPACE_TO_DEPTH", "SPLIT", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE", "TANH",
+    "TRANSPOSE", "TRANSPOSE_CONV",
+})
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """``ethos-u55`` -> ("ethos-u", "ethos-u55-128"); ``qnn:43`` / ``qnn:SM8550`` -> ("qnn", "43")."""
+    value = text.strip().lower()
+    if value in ETHOS_CONFIGS:
+        return "ethos-u", ETHOS_CONFIGS[value]
+    if value in ETHOS_CONFIGS.values():
+        return "ethos-u", value
+    if value == "edgetpu":
+        return "edgetpu", ""
+    if value.startswith("qnn"):
+        soc = value.partition(":")[2] or "43"
+        return "qnn", soc
+    raise VlaAccelError(f"unknown target {text!r}; choose edgetpu, ethos-u55, ethos-u65, ethos-u85 or qnn:SOC "
+                        "(SOC = QNN soc_model number, e.g. 43 for SM8550)", reason="bad_argument")
+
+
+def inline_buffers(source: Path, target: Path) -> int:
+    """Re-serialise a .tflite with every buffer inside the flatbuffer (converters may store large
+    weights after it, addressed by offset); returns how many were moved in."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    raw = Path(source).read_bytes()
+    model = fbu.read_model_from_bytearray(bytearray(raw))
+    moved = 0
+    for buffer in model.buffers:
+        offset = int(getattr(buffer, "offset", 0) or 0)
+        if offset > 1:
+            buffer.data = bytearray(raw[offset:offset + int(buffer.size)])
+            buffer.offset, buffer.size = 0, 0
+            moved += 1
+    Path(target).write_bytes(bytes(fbu.convert_object_to_bytearray(model)))
+    return moved
+
+
+def ethos_u(model_file: Path, config: str) -> dict[str, Any]:
+    from vla_accel.backends.base import module_available
+
+    if not module_available("ethosu"):
+        raise BackendUnavailableError("ethos-u", ["ethos-u-vela"], VELA_HINT)
+    with tempfile.TemporaryDirectory(prefix="vela-") as tmp:
+        inline = Path(tmp) / "model.tflite"
+        moved = inline_buffers(model_file, inline)
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "ethosu.vela", str(inline), "--accelerator-config", config,
+                               "--output-dir", str(Path(tmp) / "out")], capture_output=True, text=True, timeout=1800)
+        seconds = time.perf_counter() - started
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            raise VlaAccelError(f"ethos-u-vela failed on {model_file} ({config}): {text.strip()[-800:]}",
+                                reason="compiler_failed")
+        summary = next((Path(tmp) / "out").glob("*_summary_*.csv"), None)
+        row = next(csv.DictReader(summary.open(encoding="utf-8"))) if summary else {}
+    cpu_ops = re.findall(r"operator: (\w+),.*?\nReason: ([^\n]+)", text)
+    counts = {k: int(v) for k, v in re.findall(r"(CPU|NPU) operators = (\d+)", text)}
+    out = {
+        "target": config, "compiler": "ethos-u-vela", "npu_ops": counts.get("NPU", 0), "cpu_ops": counts.get("CPU", 0),
+        "cpu_op_types": sorted({op for op, _ in cpu_ops}),
+        "cpu_reasons": sorted({f"{op}: {why.strip()}" for op, why in cpu_ops}),
+        "buffers_inlined": moved, "compile_s": round(seconds, 1),
+    }
+    if row:
+        out.update({"estimate_ms": round(float(row["inference_time"]) * 1e3, 2),
+                    "system_config": row.get("system_config"), "sram_kib": round(float(row["sram_memory_used"]), 1),
+                    "macs": int(float(row.get("nn_macs") or 0)) if row.get("nn_macs") else None})
+    return out
+
+
+def edgetpu(model_file: Path) -> dict[str, Any]:
+    """The Edge TPU compiler's rules applied op by op, in graph order."""
+    from vla_accel.models.int8_export import tflite_op_dtypes
+
+    ops = tflite_op_dtypes(model_file)
+    mapped, fallback, first_unsupported = 0, [], None
+    for index, (name, dtypes) in enumerate(ops):
+        reasons = []
+        if name not in EDGETPU_OPS:
+            reasons.append("op not supported by the Edge TPU compiler")
+        if any(not d.startswith(("int8", "uint8", "int32")) for d in dtypes):
+            reasons.append(f"non-8-bit tensor ({', '.join(sorted(set(dtypes)))})")
+        if reasons:
+            fallback.append(f"{name}: {'; '.join(reasons)}")
+            if first_unsupported is None:
+                first_unsupported = index
+        elif first_unsupported is None:
+            mapped += 1
+    counts: dict[str, int] = {}
+    for entry in fallback:
+        counts[entry] = counts.get(entry, 0) + 1
+    return {"target": "edgetpu", "compiler": "rules (Edge TPU compiler not obtainable here)", "ops": len(ops),
+            "ops_passing_rules": len(ops) - len(fallback),
+            "mapped_before_first_unsupported": mapped,
+            "first_unsupported": ops[first_unsupported][0] if first_unsupported is not None else None,
+            "unsupported": [f"{k} (x{v})" for k, v in sorted(counts.items())],
+            "note": "the compiler maps one partition up to the first unsupported op; ops after it run on the CPU"}
+
+
+def qnn(bundle, soc: str) -> dict[str, Any]:
+    """Strict first (CPU fallback disabled: the load fails unless QNN takes every node); when that
+    fails, again with fallback allowed, to list the nodes left to the CPU."""
+    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.qnn_ort_backend import QnnOrtBackend
+    from vla_accel.errors import BackendError
+
+    strict_error = None
+    for allow_fallback in (False, True):
+        started = time.perf_counter()
+        extra = {"soc_model": int(soc), "allow_cpu_fallback": allow_fallback}
+        try:
+            backend = QnnOrtBackend(bundle, BackendOptions(precision="int8", extra=extra)).load()
+        except BackendError as exc:
+            if allow_fallback or "fallback" not in str(exc).lower():
+                raise
+            strict_error = str(exc)
+            continue
+        try:
+            compile_s = time.perf_counter() - started
+            t0 = time.perf_counter()
+            backend.infer(example_inputs(bundle.spec, 1, seed=0))
+            infer_s = time.perf_counter() - t0
+            placement = backend.placement()
+            info = backend.device_info()
+        finally:
+            backend.close()
+        break
+    providers = placement.get("node_providers", {})
+    cpu_nodes = sorted(n for n, p in placement.get("nodes", {}).items() if "CPU" in p)
+    return {"target": f"qnn soc_model {soc}", "compiler": "QNN HTP (onnxruntime-qnn context binary)",
+            "all_nodes_on_qnn": strict_error is None and not cpu_nodes, "strict_error": strict_error,
+            "node_providers": providers, "cpu_nodes": cpu_nodes,
+            "context_binary": info.detail.get("context_binary"), "compile_and_load_s": round(compile_s, 1),
+            "emulator_inference_s": round(infer_s, 2),
+            "note": "x86-64 HTP emulator: its time is not the device's"}
+
+
+def check_target(bundle, target: str, calibration=None) -> dict[str, Any]:
+    kind, value = parse_target(target)
+    if kind == "qnn":
+        return qnn(bundle, value)
+    from vla_accel.models.export_tflite import export_tflite
+
+    model_file = export_tflite(bundle, "int8", progress=False, calibration=calibration)
+    result = ethos_u(model_file, value) if kind == "ethos-u" else edgetpu(model_file)
+    result["model_file"] = str(model_file)
+    return result
