@@ -18,8 +18,7 @@ import sys
 
 from vla_accel.backends.registry import create_backend
 from vla_accel.models import builtin_models, load_model
-from vla_accel.models.reference import build_program_reference, build_reference, reference_path, save_reference
-from vla_accel.runtime.parity import GOLDEN_DIR
+from vla_accel.models.reference import GOLDEN_DIR, build_program_reference, build_reference, reference_path, save_reference
 
 MAX_BYTES = 200_000  # keep the repository small
 # GPU-scale programs: no CPU reference committed (building one takes minutes on a small CPU)

@@ -141,6 +141,8 @@ def test_camera_inputs_follow_the_spec_and_image_transport_naming():
 
 
 def test_timing_helpers_count_and_interleave_calls():
+    import time
+
     from vla_accel.core.timing import time_calls, time_interleaved
 
     order: list[str] = []
@@ -152,6 +154,9 @@ def test_timing_helpers_count_and_interleave_calls():
     order.clear()
     time_interleaved([lambda: order.append("a"), lambda: order.append("b")], calls=2, block=2, rotate=False)
     assert order == ["a"] * 3 + ["b"] * 3  # one untimed re-warm call, then the block
+    # a time budget ends a long count early, once each callable has its minimum
+    slow, = time_interleaved([lambda: time.sleep(0.01)], calls=1000, budget_s=0.05, min_calls=2)
+    assert 2 <= len(slow) < 1000
 
 
 def test_backend_spec_and_baseline_name_have_one_home():

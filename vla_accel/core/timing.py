@@ -35,20 +35,21 @@ def time_calls(fn: Callable[[], Any], *, min_calls: int = 1, max_calls: int | No
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], *, calls: int = 0, seconds: float = 0.0, block: int = 1,
-                     rotate: bool = True, min_rounds: int = 3,
+                     rotate: bool = True, min_rounds: int = 3, budget_s: float | None = None, min_calls: int = 0,
                      samples: Sequence[list[float]] | None = None,
                      after: Callable[[int], Any] | None = None) -> list[list[float]]:
     """Turns over ``fns``: each turn makes one untimed call when ``block`` > 1, then ``block`` timed
     calls. With ``rotate`` the first callable changes each round (none always runs right after
     another). Stops once every callable has ``calls`` samples, or (``calls`` = 0) after ``seconds``
-    per callable and at least ``min_rounds`` rounds. ``samples``: lists to append to (one per
-    callable); returned. ``after(i)`` runs after each timed call of ``fns[i]``, outside the timing
-    (e.g. to read the per-stage times the call left behind)."""
+    per callable and at least ``min_rounds`` rounds. With ``calls``, ``budget_s`` ends it early once
+    that many seconds have passed and every callable has ``min_calls`` samples (a loaded machine).
+    ``samples``: lists to append to (one per callable); returned. ``after(i)`` runs after each timed
+    call of ``fns[i]``, outside the timing (e.g. to read the per-stage times the call left behind)."""
     out = [list() for _ in fns] if samples is None else list(samples)
     if not fns:
         return out
     order = list(range(len(fns)))
-    budget_s = seconds * len(fns)
+    total_s = seconds * len(fns)
     started = time.perf_counter()
     rounds = 0
     while True:
@@ -65,5 +66,8 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], *, calls: int = 0, second
         if calls:
             if all(len(s) >= calls for s in out):
                 return out
-        elif time.perf_counter() - started >= budget_s and rounds >= min_rounds:
+            if budget_s is not None and time.perf_counter() - started > budget_s and all(
+                    len(s) >= min_calls for s in out):
+                return out
+        elif time.perf_counter() - started >= total_s and rounds >= min_rounds:
             return out

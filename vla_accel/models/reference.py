@@ -22,6 +22,8 @@ from vla_accel.errors import ModelFileError
 from vla_accel.models.weights import tensor_digest
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "test" / "data" / "reference"
+# The same files as package data: the node's parity self-check at load (a pip install has no test/).
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 REFERENCE_SEED = 20240917
 REFERENCE_BATCH = 2
 # Max |a - a_ref| on normalised actions. fp32: reordered float sums only. bf16 has an 8-bit mantissa

@@ -32,6 +32,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
 from rclpy.exceptions import NameValidationException, ParameterException
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -53,6 +54,8 @@ from vla_accel.runtime.inputs import ObservationAssembler
 from vla_accel.runtime.wiring import Runtime
 
 log = logging.getLogger("vla_accel.vla_node")
+RELIABLE_INPUT_DEPTH = 30
+LOST_IN_TRANSPORT = "lost_in_transport"
 
 
 class VlaNode(Node):
@@ -122,14 +125,24 @@ class VlaNode(Node):
     def activate(self) -> None:
         """Subscribe and start inference."""
         values, spec = self.values, self.session.spec
-        qos = qos_profile_sensor_data if values["input_qos"] == "sensor_data" else QoSProfile(depth=5)
+        # Reliable input: a queue of about a second of 30 Hz frames, so a busy executor (inference holding
+        # the CPU) catches up instead of the reader history overwriting frames it already received.
+        qos = qos_profile_sensor_data if values["input_qos"] == "sensor_data" else QoSProfile(depth=RELIABLE_INPUT_DEPTH)
         self.bridge = conversions.make_cv_bridge()  # optional: exotic raw encodings only
         for cam in self.cameras:
+            events = SubscriptionEventCallbacks(
+                message_lost=lambda info, c=cam: self._on_frames_lost(c, info.total_count_change),
+                incompatible_qos=lambda info, c=cam: self.get_logger().error(
+                    f"camera '{c.name}': a publisher on {c.topic} has incompatible QoS (policy id "
+                    f"{info.last_policy_kind}): input_qos is {values['input_qos']}; a reliable subscriber does not "
+                    f"match a best-effort publisher"))
             if cam.transport == "compressed":
                 sub = self.create_subscription(CompressedImage, cam.topic,
-                                               lambda m, c=cam.name: self._on_image(c, m, compressed=True), qos)
+                                               lambda m, c=cam.name: self._on_image(c, m, compressed=True), qos,
+                                               event_callbacks=events)
             else:
-                sub = self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), qos)
+                sub = self.create_subscription(Image, cam.topic, lambda m, c=cam.name: self._on_image(c, m), qos,
+                                               event_callbacks=events)
             self._camera_subs.append((cam, sub))
         self._activated_at = time.monotonic()
         self.create_subscription(String, values["instruction_topic"], self._on_instruction, QoSProfile(depth=10))
@@ -229,6 +242,16 @@ class VlaNode(Node):
         if self.execution is not None:
             return self.execution.want_frame(self.get_clock().now().nanoseconds, observation.stamp_ns)
         return True
+
+    def _on_frames_lost(self, cam: status.CameraInput, count: int) -> None:
+        """Frames the middleware reports lost before they reached the callback: counted, not silent."""
+        for _ in range(max(0, int(count))):
+            cam.record_drop(LOST_IN_TRANSPORT)
+        if cam.name == self.session.spec.cameras[0].name and count > 0:
+            self.session.metrics.record_received(int(count))
+            self.session.metrics.record_dropped(LOST_IN_TRANSPORT, int(count))
+        self.drop_log.warning(f"{cam.name}:{LOST_IN_TRANSPORT}", "camera '%s': %d frame(s) lost before delivery",
+                              cam.name, count)
 
     def _on_instruction(self, msg: String) -> None:
         if self.assembler is None:

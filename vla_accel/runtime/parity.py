@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from vla_accel.errors import BackendError, ModelFileError
+from vla_accel.models.reference import GOLDEN_DIR
 from vla_accel.runtime.status import ERROR, OK, WARN, StatusReport
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "models" / "golden"
 
 
 class ParityError(BackendError):
