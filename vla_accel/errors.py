@@ -92,3 +92,10 @@ class UnknownBackendError(BackendError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
+
+
+class GraphContractError(ModelFileError):
+    """A model file does not match its spec (checked at load): a graph input the spec does not feed,
+    a dtype or shape mismatch, or an output name the graph lacks."""
+
+    reason = "spec_mismatch"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
@@ -127,6 +128,8 @@ class Backend(abc.ABC):
     kind: ClassVar[str] = "cpu"
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     description: ClassVar[str] = ""
+    # Policy-program kinds this backend runs (see backends/program.py); others fail at load, saying so.
+    program_kinds: ClassVar[tuple[str, ...]] = ("single_pass",)
 
     def __init__(self, model: "ModelBundle", options: BackendOptions | None = None):
         self.model = model
@@ -139,6 +142,10 @@ class Backend(abc.ABC):
                 reason="bad_precision",
             )
         self._loaded = False
+        self._runner = None  # ProgramRunner for multi-graph programs
+        self._program_calls = 0
+        self._program_lock = threading.Lock()  # one program call at a time (call counter, sessions)
+        self.last_stage_ms: dict[str, float] = {}  # per-stage times of the last program call
         self._fault = _Fault(self.name, ",".join(filter(None, [os.environ.get(FAULT_ENV, ""), self.options.fault])))
         self._calls = 0
 
@@ -163,6 +170,55 @@ class Backend(abc.ABC):
     def _close(self) -> None:
         """Release runtime resources."""
 
+    def _load_program(self):
+        """Load every graph of a multi-graph program: returns (graph name -> GraphSession, TensorOps).
+        Backends that run programs override this (and list the kinds in ``program_kinds``)."""
+        raise BackendError(
+            f"backend '{self.name}' runs single_pass programs only; model '{self.spec.name}' is a "
+            f"{self.spec.program.kind} program (run it on torch, onnxruntime or openvino)",
+            reason="program_unsupported",
+        )
+
+    def graph_signatures(self) -> "dict[str, Any] | None":
+        """Graph name -> GraphSignature (inputs / outputs with dtypes and shapes) read from the loaded
+        model files, for the load-time contract check; None where the graph is built from the spec
+        itself (the reference torch network)."""
+        return None
+
+    def run_program(self, inputs: Mapping[str, np.ndarray], noise: np.ndarray) -> "np.ndarray | None":
+        """Whole-loop hook: a backend that runs the complete program itself (e.g. one CUDA graph over
+        prefix + N steps) returns the normalised actions for ``noise`` (the call's start noise, from
+        ProgramRunner.start_noise); None means: let the ProgramRunner drive the graphs."""
+        return None
+
+    def _check_contract(self) -> None:
+        from vla_accel.backends.program import TensorInfo, check_graph, expected_feeds
+
+        signatures = self.graph_signatures()
+        if not signatures:
+            return
+        program = self.spec.program
+        if not program.is_single_pass:
+            produced: dict[str, TensorInfo] = {}
+            for graph in program.graphs:
+                sig = signatures.get(graph.name)
+                if sig is None:
+                    continue
+                expected = expected_feeds(self.spec, graph.inputs, produced)
+                for name, dtype in graph.dtypes.items():
+                    expected[name] = TensorInfo(dtype, expected[name].shape if name in expected else None)
+                check_graph(self.name, graph.name, getattr(self, "_graph_paths", {}).get(graph.name, ""), sig,
+                            expected, graph.outputs)
+                produced.update(sig.outputs)
+            return
+        expected = {n: TensorInfo(dt.name, tuple(shape)) for n, (shape, dt) in input_signature(self.spec).items()}
+        graph = program.graphs[0] if program.graphs else None
+        outputs = tuple(graph.outputs) if graph is not None else (self.spec.action.output,)
+        if graph is not None and program.noise in graph.inputs:  # an unrolled loop reads the noise
+            expected[program.noise] = TensorInfo("float32", (self.spec.action.steps, self.spec.action.dims))
+        for name, sig in signatures.items():
+            check_graph(self.name, name, getattr(self, "_path", ""), sig, expected, outputs)
+
     def availability(self) -> Availability:
         """Instance-level check run by load(): probe() by default; a backend whose options name a
         library (e.g. a delegate path) overrides this to check that library instead."""
@@ -175,7 +231,23 @@ class Backend(abc.ABC):
         if self._fault.at_load:
             raise BackendError(f"backend '{self.name}': injected load fault ({FAULT_ENV})", reason="injected_fault")
         self.availability().require(self.name)
-        self._load()
+        kind = self.spec.program.kind
+        if uses_program_runner(self.spec):
+            if kind not in self.program_kinds:
+                self._load_program()  # the base raises a clear "single_pass only"; others may say more
+                raise BackendError(f"backend '{self.name}' does not run {kind} programs "
+                                   f"(it runs {', '.join(self.program_kinds)})", reason="program_unsupported")
+            from vla_accel.backends.program import ProgramRunner
+
+            sessions, ops = self._load_program()
+            self._runner = ProgramRunner(self.spec, sessions, ops)
+        else:
+            self._load()
+        try:
+            self._check_contract()
+        except BaseException:
+            self._close()
+            raise
         self._loaded = True
         return self
 
@@ -188,10 +260,54 @@ class Backend(abc.ABC):
                 reason="injected_fault",
             )
         self._calls += 1
-        outputs = self._infer(inputs)
+        program = self.spec.program
+        noise = inputs.get(program.noise) if self._runner is not None else None
+        batch, arrays = gather_inputs(self.spec, inputs, None, self.name)
+        if noise is not None:
+            arrays[program.noise] = np.ascontiguousarray(noise, dtype=np.float32)
+        fixed = self.spec.fixed_batch
+        if fixed and batch != fixed:
+            outputs = self._infer_fixed(arrays, batch, fixed)
+        else:
+            outputs = self._infer_checked(arrays)
         if self._fault.nan_after is not None and self._calls > self._fault.nan_after:
             outputs = {name: np.full_like(value, np.nan) for name, value in outputs.items()}
         return outputs
+
+    def _infer_checked(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._runner is None:
+            return self._infer(arrays)
+        import time as _time
+
+        with self._program_lock:
+            call = self._program_calls
+            self._program_calls += 1
+            batch = next(iter(arrays.values())).shape[0]
+            noise = self._runner.start_noise(arrays, batch, call)
+            t0 = _time.perf_counter_ns()
+            actions = self.run_program(arrays, noise)
+            if actions is not None:
+                self.last_stage_ms = {"program_total": (_time.perf_counter_ns() - t0) / 1e6}
+            else:
+                actions, times = self._runner.run({**arrays, self.spec.program.noise: noise}, call)
+                self.last_stage_ms = times.as_dict()
+        return {self.spec.action.output: actions}
+
+    def _infer_fixed(self, arrays: Mapping[str, np.ndarray], batch: int, fixed: int) -> dict[str, np.ndarray]:
+        """A model exported with a fixed batch: split larger batches, pad smaller ones (with copies of
+        the last row, which are valid inputs) and drop the padding rows from the outputs."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, batch, fixed):
+            rows = min(fixed, batch - start)
+            chunk = {}
+            for name, arr in arrays.items():
+                part = arr[start:start + rows]
+                if rows < fixed:
+                    part = np.concatenate([part, np.repeat(part[-1:], fixed - rows, axis=0)], axis=0)
+                chunk[name] = part
+            for name, value in self._infer_checked(chunk).items():
+                parts.setdefault(name, []).append(np.asarray(value)[:rows])
+        return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
     def warmup(self, batch_size: int = 1, iterations: int = 3) -> None:
         inputs = example_inputs(self.spec, batch_size, seed=0)
@@ -219,6 +335,12 @@ class Backend(abc.ABC):
         self.close()
 
 
+def uses_program_runner(spec) -> bool:
+    """Multi-graph programs, and single graphs that read runtime-generated noise (unrolled loops)."""
+    program = spec.program
+    return not program.is_single_pass or bool(program.graphs and program.noise in program.graphs[0].inputs)
+
+
 def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Random but valid model inputs for a spec (warm-up, parity tests, benchmarks)."""
     rng = np.random.default_rng(seed)
@@ -230,15 +352,16 @@ def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str
         else:
             out[cam.input] = rng.standard_normal(shape).astype(cam.dtype)
     ins = spec.instruction
-    n = ins.max_tokens
-    lengths = rng.integers(1, n + 1, size=batch)
-    tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
-    mask = np.zeros((batch, n), dtype=np.float32)
-    for b, length in enumerate(lengths):
-        tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
-        mask[b, :length] = 1.0
-    out[ins.input] = tokens
-    out[ins.mask_input] = mask
+    if ins.enabled:
+        n = ins.max_tokens
+        lengths = rng.integers(1, n + 1, size=batch)
+        tokens = np.full((batch, n), ins.pad_id, dtype=np.int32)
+        mask = np.zeros((batch, n), dtype=np.float32)
+        for b, length in enumerate(lengths):
+            tokens[b, :length] = rng.integers(1, ins.vocab_size, size=length)
+            mask[b, :length] = 1.0
+        out[ins.input] = tokens.astype(ins.ids_dtype, copy=False)
+        out[ins.mask_input] = mask.astype(ins.mask_dtype, copy=False)
     if spec.state is not None:
         out[spec.state.input] = rng.standard_normal((batch, spec.state.dims)).astype(np.float32)
     return out
@@ -251,8 +374,9 @@ def input_signature(spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     for cam in spec.cameras:
         expected[cam.input] = (tuple(cam.shape), np.dtype(cam.dtype))
     ins = spec.instruction
-    expected[ins.input] = ((ins.max_tokens,), np.dtype(np.int32))
-    expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(np.float32))
+    if ins.enabled:
+        expected[ins.input] = ((ins.max_tokens,), np.dtype(ins.ids_dtype))
+        expected[ins.mask_input] = ((ins.max_tokens,), np.dtype(ins.mask_dtype))
     if spec.state is not None:
         expected[spec.state.input] = ((spec.state.dims,), np.dtype(np.float32))
     return expected

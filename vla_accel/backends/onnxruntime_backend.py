@@ -30,7 +30,7 @@ import numpy as np
 
 from vla_accel.backends.base import Availability, Backend, DeviceInfo, as_model_inputs, module_available
 from vla_accel.backends.torch_backend import cpu_model_name
-from vla_accel.errors import BackendError, BackendUnavailableError, ModelFileError
+from vla_accel.errors import BackendError, BackendUnavailableError, GraphContractError, ModelFileError
 
 ORT_HINT = "Install ONNX Runtime: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)."
 GRAPH_OPTIMIZATION_LEVELS = {
@@ -60,6 +60,7 @@ class OnnxRuntimeBackend(Backend):
     kind = "cpu"
     precisions = ("fp32", "int8")
     description = "ONNX Runtime (explicit execution providers; CPU here); fp32, or int8 by dynamic quantisation"
+    program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
     @classmethod
     def probe(cls) -> Availability:
@@ -92,6 +93,36 @@ class OnnxRuntimeBackend(Backend):
         return [p for p in requested if p in available]
 
     def _load(self) -> None:
+        path = self.model.export("onnx", precision=self.options.precision)
+        session = self._open(path)
+        graph_inputs = {i.name for i in session.get_inputs()}
+        missing = [n for n in self.spec.input_names if n not in graph_inputs]
+        if missing:
+            raise GraphContractError(
+                f"ONNX model {path} lacks inputs {missing} named by the spec (it has {sorted(graph_inputs)})",
+            )
+        self._session = session
+        self._path = path
+        self._output = self.spec.action.output
+        self._output_names = [self._output]
+
+    def _load_program(self):
+        from vla_accel.backends.program import NumpyOps
+
+        if self.options.precision != "fp32":
+            raise BackendError("onnxruntime runs policy programs in fp32 only", reason="bad_precision")
+        paths = self.model.export_program("onnx")
+        self._graph_paths = paths
+        self._sessions = {name: _OrtGraph(self._open(path), self._errors) for name, path in paths.items()}
+        self._path = next(iter(paths.values())).parent
+        return self._sessions, NumpyOps()
+
+    def graph_signatures(self):
+        if self._runner is not None or getattr(self, "_sessions", None):
+            return {name: s.signature() for name, s in self._sessions.items()}
+        return {"model": _ort_signature(self._session)}
+
+    def _open(self, path):
         import onnxruntime as ort
 
         extra = self.options.extra
@@ -104,7 +135,6 @@ class OnnxRuntimeBackend(Backend):
         if self.options.threads < 0:
             raise BackendError(f"threads must be >= 0, got {self.options.threads}", reason="bad_option")
         providers = self._providers(ort.get_available_providers())
-        path = self.model.export("onnx", precision=self.options.precision)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION_LEVELS[level_name])
         session_options.intra_op_num_threads = int(self.options.threads)
@@ -131,21 +161,11 @@ class OnnxRuntimeBackend(Backend):
                 "ONNX Runtime fell back silently",
                 reason="provider_inactive",
             )
-        graph_inputs = {i.name for i in session.get_inputs()}
-        missing = [n for n in self.spec.input_names if n not in graph_inputs]
-        if missing:
-            raise BackendError(
-                f"ONNX model {path} lacks inputs {missing} named by the spec (it has {sorted(graph_inputs)})",
-                reason="spec_mismatch",
-            )
         self._ort = ort
-        self._session = session
-        self._path = path
         self._active = active
         self._level = level_name
-        self._output = self.spec.action.output
-        self._output_names = [self._output]
         self._errors = ort_errors()
+        return session
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = as_model_inputs(self.name, self.spec, inputs)
@@ -178,3 +198,34 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         self._session = None
+        self._sessions = {}
+
+
+def _ort_signature(session):
+    from vla_accel.backends.program import GraphSignature, TensorInfo, dtype_name
+
+    def info(arg):
+        shape = tuple(d if isinstance(d, int) else None for d in arg.shape) if arg.shape is not None else None
+        return TensorInfo(dtype_name(arg.type), shape)
+
+    return GraphSignature({a.name: info(a) for a in session.get_inputs()},
+                          {a.name: info(a) for a in session.get_outputs()})
+
+
+class _OrtGraph:
+    """One graph of a program in its own ONNX Runtime session; outputs read by name."""
+
+    def __init__(self, session, errors):
+        self.session = session
+        self.errors = errors
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds):
+        try:
+            values = self.session.run(self.outputs, dict(feeds))
+        except self.errors as exc:
+            raise BackendError(f"onnxruntime inference failed: {exc}", reason="infer_failed") from exc
+        return dict(zip(self.outputs, values))
+
+    def signature(self):
+        return _ort_signature(self.session)

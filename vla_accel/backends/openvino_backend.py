@@ -41,6 +41,7 @@ class OpenVINOBackend(Backend):
     kind = "cpu"
     precisions = ("fp32", "fp16", "bf16", "default")
     description = "OpenVINO runtime (CPU here; Intel GPU / NPU where present)"
+    program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
     @classmethod
     def probe(cls) -> Availability:
@@ -49,6 +50,38 @@ class OpenVINOBackend(Backend):
         return Availability(True, detail="openvino importable")
 
     def _load(self) -> None:
+        path = self.model.export("openvino", precision="fp32")
+        compiled = self._compile(path)
+        names = {n for port in compiled.outputs for n in port.get_names()}
+        self._output = self.spec.action.output
+        # Outputs are read by name: a model whose outputs are listed in another order still gives the
+        # actions (the load-time check fails when the name is absent).
+        self._output_port = compiled.output(self._output) if self._output in names else None
+        self._request = compiled.create_infer_request()
+        self._compiled = compiled
+        self._path = path
+
+    def _load_program(self):
+        from vla_accel.backends.program import NumpyOps
+
+        paths = self.model.export_program("openvino", precision="fp32")
+        self._graph_paths = paths
+        self._graphs = {}
+        for name, path in paths.items():
+            compiled = self._compile(path)
+            self._graphs[name] = _OvGraph(compiled)
+            self._compiled = compiled
+        self._path = next(iter(paths.values())).parent
+        self._static_batch = 0
+        return self._graphs, NumpyOps()
+
+    def graph_signatures(self):
+        if getattr(self, "_graphs", None):
+            return {g.name: self._graphs[g.name].signature(set(g.inputs) | set(g.outputs))
+                    for g in self.spec.program.graphs}
+        return {"model": _ov_signature(self._compiled, set(self.spec.input_names) | set(self.spec.output_names))}
+
+    def _compile(self, path):
         import openvino as ov
 
         core = ov.Core()
@@ -65,7 +98,6 @@ class OpenVINOBackend(Backend):
         if self.options.threads < 0:
             raise BackendError(f"threads must be >= 0, got {self.options.threads}", reason="bad_option")
         extra = self.options.extra
-        path = self.model.export("openvino", precision="fp32")
         try:
             model = core.read_model(str(path))
         except RuntimeError as exc:
@@ -85,17 +117,15 @@ class OpenVINOBackend(Backend):
             raise BackendError(f"OpenVINO could not compile {path} for {device}: {exc}", reason="load_failed") from exc
         self._ov = ov
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
         self._lock = threading.Lock()  # an InferRequest is not re-entrant
         self._device = device
-        self._path = path
         self._static_batch = static_batch
-        self._output = self.spec.action.output
         self._inference_precision = self._read_property("INFERENCE_PRECISION_HINT", self.options.precision)
         threads = self._read_property("INFERENCE_NUM_THREADS", "0")
         self._threads = int(threads) if str(threads).isdigit() and int(threads) > 0 else 0
         if not self._threads:
             self._threads = os.cpu_count() or 1
+        return compiled
 
     def _read_property(self, key: str, default: str) -> str:
         try:
@@ -120,7 +150,7 @@ class OpenVINOBackend(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"OpenVINO inference failed: {exc}", reason="infer_failed") from exc
             # The output tensor's memory is reused by the next inference: copy it out.
-            actions = np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+            actions = np.array(self._request.get_tensor(self._output_port).data, dtype=np.float32, copy=True)
         return {self._output: actions}
 
     def _device_info(self) -> DeviceInfo:
@@ -143,3 +173,47 @@ class OpenVINOBackend(Backend):
     def _close(self) -> None:
         self._request = None
         self._compiled = None
+        self._graphs = {}
+
+
+def _ov_signature(compiled, preferred: set):
+    """Inputs / outputs by name; a port carrying several names (OpenVINO keeps the exporter's internal
+    ones too) is listed once, under the name the spec uses when it has it."""
+    from vla_accel.backends.program import GraphSignature, TensorInfo, dtype_name
+
+    def info(port):
+        shape = port.get_partial_shape()
+        dims = None
+        if shape.rank.is_static:
+            dims = tuple(d.get_length() if d.is_static else None for d in shape)
+        return TensorInfo(dtype_name(port.get_element_type().get_type_name()), dims)
+
+    def named(ports):
+        out = {}
+        for port in ports:
+            names = sorted(port.get_names())
+            chosen = next((n for n in names if n in preferred), port.get_any_name())
+            out[chosen] = info(port)
+        return out
+
+    return GraphSignature(named(compiled.inputs), named(compiled.outputs))
+
+
+class _OvGraph:
+    """One graph of a program: its own compiled model and infer request; outputs read by name, copied
+    (the request reuses their memory)."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.ports = {name: port for port in compiled.outputs for name in port.get_names()}
+
+    def run(self, feeds):
+        try:
+            self.request.infer(dict(feeds))
+        except RuntimeError as exc:
+            raise BackendError(f"OpenVINO inference failed: {exc}", reason="infer_failed") from exc
+        return {name: np.array(self.request.get_tensor(port).data, copy=True) for name, port in self.ports.items()}
+
+    def signature(self, preferred: set):
+        return _ov_signature(self.compiled, preferred)

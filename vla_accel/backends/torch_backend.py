@@ -43,6 +43,7 @@ class TorchBackend(Backend):
     kind = "cpu"
     precisions = ("fp32",)
     description = "PyTorch eager, fp32, CPU: the baseline for every speedup"
+    program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
     @classmethod
     def probe(cls) -> Availability:
@@ -70,6 +71,20 @@ class TorchBackend(Backend):
         self._input_names = self.spec.input_names
         self._output = self.spec.action.output
         self._lock = threading.Lock()  # one forward at a time: intra-op threads already use the cores
+
+    def _load_program(self):
+        import torch
+
+        from vla_accel.backends.program_torch import torch_program
+
+        if (self.options.device or "cpu").lower() != "cpu":
+            raise BackendError("backend 'torch' runs on the CPU only; use backend 'cuda' for NVIDIA GPUs",
+                               reason="bad_device")
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        self._torch = torch
+        self._threads = torch.get_num_threads()
+        return torch_program(self.model, "cpu")
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = as_model_inputs(self.name, self.spec, inputs)

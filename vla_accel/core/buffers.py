@@ -43,8 +43,9 @@ def input_shapes(spec: "ModelSpec", batch: int) -> dict[str, tuple[tuple[int, ..
     for cam in spec.cameras:
         out[cam.input] = ((batch, *cam.shape), np.dtype(cam.dtype))
     ins = spec.instruction
-    out[ins.input] = ((batch, ins.max_tokens), np.dtype(np.int32))
-    out[ins.mask_input] = ((batch, ins.max_tokens), np.dtype(np.float32))
+    if ins.enabled:
+        out[ins.input] = ((batch, ins.max_tokens), np.dtype(ins.ids_dtype))
+        out[ins.mask_input] = ((batch, ins.max_tokens), np.dtype(ins.mask_dtype))
     if spec.state is not None:
         out[spec.state.input] = ((batch, spec.state.dims), np.dtype(np.float32))
     return out

@@ -38,7 +38,7 @@ class Postprocessor:
         # a = x * scale + offset per dimension; masked-out dimensions get scale 1, offset 0.
         scale = np.ones(dims, dtype=np.float64)
         offset = np.zeros(dims, dtype=np.float64)
-        if action.normalization == "q01_q99":
+        if action.normalization in ("q01_q99", "min_max"):
             low = np.asarray(action.low, dtype=np.float64)
             high = np.asarray(action.high, dtype=np.float64)
             scale = np.where(mask, (high - low) / 2.0, 1.0)
@@ -121,7 +121,7 @@ class Postprocessor:
                 ActionChunk(
                     stamp_ns=obs.stamp_ns,
                     dt=float(action.dt),
-                    names=tuple(action.names),
+                    names=tuple(self.spec.action_names),
                     values=values[i],
                     space=action.space,
                     model=model,

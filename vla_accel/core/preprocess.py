@@ -101,7 +101,8 @@ class _ResizePlan:
             scale = min(out_h / height, out_w / width)
             region_h = max(1, min(out_h, int(round(height * scale))))
             region_w = max(1, min(out_w, int(round(width * scale))))
-            top, left = (out_h - region_h) // 2, (out_w - region_w) // 2
+            if cam.pad != "bottom_right":  # resize_with_pad keeps the image at the top left
+                top, left = (out_h - region_h) // 2, (out_w - region_w) // 2
         elif cam.resize == "center_crop":
             scale = max(out_h / height, out_w / width)
             extent_y, extent_x = out_h / scale, out_w / scale
@@ -274,7 +275,10 @@ class Preprocessor:
         self.memory = memory
         self.strategy = make_strategy(memory, spec, self.max_batch, pool_size)
         base_dir = spec.source.parent if spec.source is not None else None
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec.instruction, base_dir)
+        self._language = spec.instruction.enabled
+        if tokenizer is None and self._language:
+            tokenizer = load_tokenizer(spec.instruction, base_dir)
+        self.tokenizer = tokenizer
         self._writers = [(cam, _CameraWriter(cam)) for cam in spec.cameras]
         self._camera_names = [cam.name for cam in spec.cameras]
         self._lock = threading.Lock()
@@ -289,6 +293,12 @@ class Preprocessor:
         if spec.state is not None and spec.state.normalization == "mean_std":
             self._state_mean = np.asarray(spec.state.mean, dtype=np.float32)
             self._state_inv_std = (1.0 / np.asarray(spec.state.std, dtype=np.float64)).astype(np.float32)
+        elif spec.state is not None and spec.state.normalization == "min_max":
+            # 2 (x - low) / (high - low) - 1 == (x - (low + high) / 2) / ((high - low) / 2)
+            low = np.asarray(spec.state.low, dtype=np.float64)
+            high = np.asarray(spec.state.high, dtype=np.float64)
+            self._state_mean = ((low + high) / 2.0).astype(np.float32)
+            self._state_inv_std = (2.0 / (high - low)).astype(np.float32)
         else:
             self._state_mean = self._state_inv_std = None
 
@@ -384,7 +394,7 @@ class Preprocessor:
                 t0 = time.perf_counter_ns()
                 frames = self._decode_cameras(obs)
                 decode_ns += time.perf_counter_ns() - t0
-                ids, mask = self._tokens(obs.instruction)
+                ids, mask = self._tokens(obs.instruction) if self._language else (None, None)
                 state = self._check_state(obs.state) if self._state is not None else None
             except InputError as err:
                 rejected.append((obs, err))
@@ -409,15 +419,17 @@ class Preprocessor:
         )
 
     def _write_rows(self, checked, buffers: BufferSet) -> None:
-        tokens_buf, mask_buf = buffers[self._tokens_name], buffers[self._mask_name]
+        tokens_buf = buffers[self._tokens_name] if self._language else None
+        mask_buf = buffers[self._mask_name] if self._language else None
         state_buf = buffers[self._state.input] if self._state is not None else None
         with self._lock:
             for row, (frames, _ids, _mask, _state) in enumerate(checked):
                 for (cam, writer), frame in zip(self._writers, frames):
                     writer.write(frame, buffers[cam.input][row])
         for row, (_frames, ids, mask, state) in enumerate(checked):
-            np.copyto(tokens_buf[row], ids)
-            np.copyto(mask_buf[row], mask)
+            if tokens_buf is not None:
+                np.copyto(tokens_buf[row], ids, casting="unsafe")
+                np.copyto(mask_buf[row], mask, casting="unsafe")
             if state_buf is not None:
                 self._write_state(state, state_buf[row])
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from vla_accel.core.program import ProgramSpec, program_from_dict
 from vla_accel.errors import SpecError
 
 RESIZE_MODES = ("stretch", "letterbox", "center_crop")
@@ -38,8 +39,11 @@ ACTION_SPACES = (
     "gripper",
     "mixed",
 )
-ACTION_NORMALISATIONS = ("none", "mean_std", "q01_q99")
-STATE_NORMALISATIONS = ("none", "mean_std")
+ACTION_NORMALISATIONS = ("none", "mean_std", "q01_q99", "min_max")
+STATE_NORMALISATIONS = ("none", "mean_std", "min_max")
+PAD_POSITIONS = ("center", "bottom_right")
+TOKEN_ID_DTYPES = ("int32", "int64")
+TOKEN_MASK_DTYPES = ("float32", "bool", "int64", "int32")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,6 +90,9 @@ class CameraSpec:
     layout: str = "NCHW"
     dtype: str = "float32"
     color: str = "rgb"
+    # letterbox only: where the resized image sits; bottom_right pads below / right of it as
+    # resize_with_pad does (pi0, SmolVLA), center pads evenly around it
+    pad: str = "center"
 
     def validate(self) -> None:
         if not self.name or not self.input:
@@ -97,6 +104,7 @@ class CameraSpec:
         _choice(self.layout, LAYOUTS, f"camera '{self.name}' layout")
         _choice(self.dtype, IMAGE_DTYPES, f"camera '{self.name}' dtype")
         _choice(self.color, COLOR_ORDERS, f"camera '{self.name}' color")
+        _choice(self.pad, PAD_POSITIONS, f"camera '{self.name}' pad")
         _floats(self.mean, 3, f"camera '{self.name}' mean")
         std = _floats(self.std, 3, f"camera '{self.name}' std")
         if any(s <= 0 for s in std):
@@ -114,7 +122,9 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class InstructionSpec:
-    """The language instruction: tokenised into ``input`` (int32 ids) and ``mask_input`` (float32 0/1)."""
+    """The language instruction: tokenised into ``input`` (ids, ``ids_dtype``) and ``mask_input`` (0/1,
+    ``mask_dtype``). ``enabled: false`` (or ``instruction: null`` in YAML) for policies without
+    language (ACT, Diffusion Policy): no token inputs, and observations need no instruction."""
 
     input: str = "tokens"
     mask_input: str = "token_mask"
@@ -124,8 +134,15 @@ class InstructionSpec:
     max_chars: int = 1024  # longer instructions are rejected (InstructionError), not truncated silently
     pad_id: int = 0
     vocab_size: int = 260
+    enabled: bool = True
+    ids_dtype: str = "int32"
+    mask_dtype: str = "float32"
 
     def validate(self) -> None:
+        _choice(self.ids_dtype, TOKEN_ID_DTYPES, "instruction ids_dtype")
+        _choice(self.mask_dtype, TOKEN_MASK_DTYPES, "instruction mask_dtype")
+        if not isinstance(self.enabled, bool):
+            raise SpecError(f"instruction enabled must be true or false, got {self.enabled!r}")
         _positive_int(self.max_tokens, "instruction max_tokens", 4096)
         _positive_int(self.max_chars, "instruction max_chars", 1_000_000)
         _positive_int(self.vocab_size, "instruction vocab_size")
@@ -140,7 +157,8 @@ class InstructionSpec:
 
 @dataclass(frozen=True)
 class StateSpec:
-    """Optional proprioceptive state, fed as float32 ``input`` of shape (B, dims)."""
+    """Optional proprioceptive state, fed as float32 ``input`` of shape (B, dims). Normalisation:
+    ``mean_std`` (x - mean) / std, or ``min_max`` 2 (x - low) / (high - low) - 1 (LeRobot MIN_MAX)."""
 
     input: str = "state"
     dims: int = 8
@@ -148,6 +166,8 @@ class StateSpec:
     normalization: str = "none"
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
 
     def validate(self) -> None:
         _positive_int(self.dims, "state dims", 1024)
@@ -158,6 +178,11 @@ class StateSpec:
             _floats(self.mean, self.dims, "state mean")
             if any(s <= 0 for s in _floats(self.std, self.dims, "state std")):
                 raise SpecError("state std must be > 0")
+        if self.normalization == "min_max":
+            lo = _floats(self.low, self.dims, "state low (min)")
+            hi = _floats(self.high, self.dims, "state high (max)")
+            if any(h <= l for l, h in zip(lo, hi)):
+                raise SpecError("state high (max) must be > low (min) in every dimension")
 
 
 @dataclass(frozen=True)
@@ -166,6 +191,7 @@ class ActionSpec:
 
     Un-normalisation, applied per dimension where ``mask`` is true:
       * ``q01_q99``: a = (x + 1) / 2 * (high - low) + low   (OpenVLA / Octo convention; x in [-1, 1])
+      * ``min_max``: the same formula with low / high the dataset min / max (LeRobot MIN_MAX)
       * ``mean_std``: a = x * std + mean
     Then values are clipped to ``clip_low`` / ``clip_high`` when given.
     """
@@ -188,15 +214,15 @@ class ActionSpec:
     def validate(self) -> None:
         _positive_int(self.steps, "action steps", 1024)
         _positive_int(self.dims, "action dims", 1024)
-        if len(self.names) != self.dims:
+        if self.names and len(self.names) != self.dims:
             raise SpecError(f"action names has {len(self.names)} entries, dims is {self.dims}")
         _choice(self.space, ACTION_SPACES, "action space")
         if not (isinstance(self.dt, (int, float)) and math.isfinite(self.dt) and self.dt > 0):
             raise SpecError(f"action dt must be a positive number of seconds, got {self.dt!r}")
         _choice(self.normalization, ACTION_NORMALISATIONS, "action normalization")
-        if self.normalization == "q01_q99":
-            lo = _floats(self.low, self.dims, "action low (q01)")
-            hi = _floats(self.high, self.dims, "action high (q99)")
+        if self.normalization in ("q01_q99", "min_max"):
+            lo = _floats(self.low, self.dims, "action low (q01 / min)")
+            hi = _floats(self.high, self.dims, "action high (q99 / max)")
             if any(h < l for l, h in zip(lo, hi)):
                 raise SpecError("action high (q99) must be >= low (q01) in every dimension")
         if self.normalization == "mean_std":
@@ -227,6 +253,7 @@ class ModelSpec:
     format: str = "safetensors"  # safetensors (reference torch network), onnx, tflite, openvino, engine
     architecture: Mapping[str, Any] = field(default_factory=dict)  # reference-network hyperparameters
     source: Path | None = None  # the YAML file this spec came from
+    program: ProgramSpec = field(default_factory=ProgramSpec)  # single_pass unless the spec says otherwise
 
     def validate(self) -> "ModelSpec":
         if not self.name:
@@ -242,21 +269,21 @@ class ModelSpec:
         self.action.validate()
         if self.state is not None:
             self.state.validate()
-        tensor_names = [c.input for c in self.cameras] + [
-            self.instruction.input,
-            self.instruction.mask_input,
-            self.action.output,
-        ]
+        tensor_names = [c.input for c in self.cameras] + [self.action.output]
+        if self.instruction.enabled:
+            tensor_names += [self.instruction.input, self.instruction.mask_input]
         if self.state is not None:
             tensor_names.append(self.state.input)
         if len(set(tensor_names)) != len(tensor_names):
             raise SpecError(f"tensor names must be unique, got {tensor_names}")
+        self.program.validate(self.input_names, self.action.output)
         return self
 
     @property
     def input_names(self) -> tuple[str, ...]:
         names = [c.input for c in self.cameras]
-        names += [self.instruction.input, self.instruction.mask_input]
+        if self.instruction.enabled:
+            names += [self.instruction.input, self.instruction.mask_input]
         if self.state is not None:
             names.append(self.state.input)
         return tuple(names)
@@ -264,6 +291,17 @@ class ModelSpec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return (self.action.output,)
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """The action dimensions' names: the spec's, else a0, a1, ... (names are optional)."""
+        return self.action.names or tuple(f"a{i}" for i in range(self.action.dims))
+
+    @property
+    def fixed_batch(self) -> int:
+        """The smallest fixed batch among the program's graphs; 0 when every graph takes any batch."""
+        fixed = [g.batch for g in self.program.graphs if g.batch]
+        return min(fixed) if fixed else 0
 
     def camera(self, name: str) -> CameraSpec:
         for cam in self.cameras:
@@ -292,6 +330,18 @@ class ModelSpec:
 
         d = clean(self)
         d.pop("source", None)
+        if self.program.is_single_pass and not self.program.graphs and self.program == ProgramSpec():
+            d.pop("program", None)  # older specs (and their content hashes) stay as they were
+        for key, default in (("enabled", True), ("ids_dtype", "int32"), ("mask_dtype", "float32")):
+            if d["instruction"].get(key) == default:
+                d["instruction"].pop(key)
+        for cam in d["cameras"]:
+            if cam.get("pad") == "center":
+                cam.pop("pad")
+        if d.get("state"):
+            for key in ("low", "high"):
+                if not d["state"].get(key):
+                    d["state"].pop(key, None)
         return d
 
     @classmethod
@@ -300,7 +350,10 @@ class ModelSpec:
             raise SpecError(f"model spec must be a mapping, got {type(data).__name__}")
         try:
             cams = tuple(_build(CameraSpec, c, "camera") for c in data.get("cameras") or ())
-            instruction = _build(InstructionSpec, data.get("instruction") or {}, "instruction")
+            if "instruction" in data and data["instruction"] is None:
+                instruction = InstructionSpec(enabled=False)
+            else:
+                instruction = _build(InstructionSpec, data.get("instruction") or {}, "instruction")
             action = _build(ActionSpec, data.get("action") or {}, "action")
             state = _build(StateSpec, data["state"], "state") if data.get("state") else None
         except SpecError:
@@ -318,6 +371,7 @@ class ModelSpec:
             format=str(data.get("format", "safetensors")),
             architecture=dict(data.get("architecture") or {}),
             source=source,
+            program=program_from_dict(data.get("program")),
         )
         return spec.validate()
 

@@ -114,7 +114,16 @@ class ModelBundle:
         return self.spec.format == "safetensors"
 
     @property
+    def is_program(self) -> bool:
+        """A policy program of several graphs / a loop (flow matching, diffusion, autoregressive)."""
+        return self.spec.program.kind != "single_pass"
+
+    @property
     def network_config(self) -> NetworkConfig:
+        if self.is_program and self.has_torch_network:
+            raise ModelFileError(
+                f"model '{self.name}' is a {self.spec.program.kind} program: its torch graphs come from "
+                "graph_modules(), not torch_module()", reason="program_model")
         if self._config is None:
             if not self.has_torch_network:
                 raise ModelFileError(
@@ -138,12 +147,29 @@ class ModelBundle:
             return self.spec.weights_path()
         return self.cache_dir / "weights" / f"{self.name}-{config.digest()}.safetensors"
 
+    def graph_modules(self, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> dict:
+        """A reference program's graphs as torch modules (graph name -> module, eval mode)."""
+        from vla_accel.models.program_bundle import graph_modules
+
+        return graph_modules(self, device, dtype)
+
+    def export_program(self, fmt: str, *, precision: str = "fp32", progress: bool = True,
+                       force: bool = False) -> dict[str, Path]:
+        """Each graph of a program exported to ``fmt`` (graph name -> model file, cached)."""
+        from vla_accel.models.program_bundle import export_program
+
+        return export_program(self, fmt, precision, progress, force)
+
     @property
     def model_file(self) -> Path | None:
         """A ready model file (onnx / tflite / OpenVINO .xml / TensorRT .engine) named by the spec,
         checked to exist; None for the reference network (use ``export``)."""
         if self.has_torch_network:
             return None
+        if self.spec.program.graphs and any(g.file for g in self.spec.program.graphs):
+            from vla_accel.models.program_bundle import graph_files
+
+            return next(iter(graph_files(self).values()))
         path = self.spec.weights_path()
         if path is None:
             raise ModelFileError(
@@ -208,13 +234,20 @@ class ModelBundle:
                 h = hashlib.sha256()
                 spec_dict = self.spec.to_dict()
                 h.update(json.dumps(spec_dict, sort_keys=True, default=str).encode())
-                if self.has_torch_network:
+                if self.has_torch_network and self.is_program:
+                    from vla_accel.models.program_bundle import program_weights
+                    from vla_accel.models.weights import tensor_digest
+
+                    h.update(tensor_digest(program_weights(self)).encode())
+                elif self.has_torch_network:
                     h.update(self._weights_identity().encode())
                 else:
-                    path = self.model_file
-                    _sha256_file(path, h)
-                    if self.spec.format == "openvino":
-                        _sha256_file(path.with_suffix(".bin"), h)
+                    # every file the model consists of: OpenVINO .bin, ONNX external data, each graph
+                    from vla_accel.models.program_bundle import model_files
+
+                    for path in model_files(self):
+                        h.update(path.name.encode())
+                        _sha256_file(path, h)
                 self._content_hash = h.hexdigest()[:20]
             return self._content_hash
 
