@@ -99,3 +99,18 @@ class GraphContractError(ModelFileError):
     a dtype or shape mismatch, or an output name the graph lacks."""
 
     reason = "spec_mismatch"
+
+
+class ImportFailedError(VlaAccelError):
+    """A checkpoint from another framework cannot be imported: reason is one of lerobot_missing,
+    not_a_checkpoint, unsupported_policy, unsupported_norm, unsupported_camera, missing_stats,
+    missing_fps, out_exists, export_failed."""
+
+    reason = "import_failed"
+
+
+class ParityError(VlaAccelError):
+    """An imported policy's actions through vla_accel differ from the source framework's by more than
+    the tolerance (or cannot be compared): nothing is published."""
+
+    reason = "parity_failed"
