@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Regenerate the committed parity references: test/data/reference/<model>_fp32.npz.
 
-Each file holds the torch fp32 actions of a built-in model for example_inputs(spec, batch=2,
+Policy programs (tiny-flow, tiny-diffusion, tiny-ar) store the program's actions for the same seeded
+inputs plus seeded start noise, and their per-precision tolerances. Each file holds the torch fp32 actions of a built-in model for example_inputs(spec, batch=2,
 seed=REFERENCE_SEED), the seed, a digest of the inputs and the model's content hash (see
 vla_accel/models/reference.py). Run after changing a spec, the network or weight generation:
 
-    .venv/bin/python scripts/make_reference.py            # tiny, tiny-2cam, base
+    .venv/bin/python scripts/make_reference.py            # every built-in but the GPU-scale programs
     .venv/bin/python scripts/make_reference.py tiny       # just one
 """
 from __future__ import annotations
@@ -15,17 +16,22 @@ import sys
 
 
 from vla_accel.models import builtin_models, load_model
-from vla_accel.models.reference import build_reference, reference_path, save_reference
+from vla_accel.models.reference import build_program_reference, build_reference, reference_path, save_reference
 
 MAX_BYTES = 200_000  # keep the repository small
+# GPU-scale programs: no CPU reference committed (building one takes minutes on a small CPU)
+NOT_BY_DEFAULT = ("base-flow",)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=builtin_models(), help="built-in model names")
+    parser.add_argument("models", nargs="*", default=[m for m in builtin_models() if m not in NOT_BY_DEFAULT],
+                        help="built-in model names")
     args = parser.parse_args(argv)
     for name in args.models:
-        if not save_reference(reference_path(name, "fp32"), build_reference(load_model(name)), MAX_BYTES):
+        bundle = load_model(name)
+        arrays = build_program_reference(bundle) if bundle.is_program else build_reference(bundle)
+        if not save_reference(reference_path(name, "fp32"), arrays, MAX_BYTES):
             return 1
     return 0
 

@@ -174,8 +174,9 @@ class Backend(abc.ABC):
         """Load every graph of a multi-graph program: returns (graph name -> GraphSession, TensorOps).
         Backends that run programs override this (and list the kinds in ``program_kinds``)."""
         raise BackendError(
-            f"backend '{self.name}' runs single_pass programs only; model '{self.spec.name}' is a "
-            f"{self.spec.program.kind} program (run it on torch, onnxruntime or openvino)",
+            f"backend '{self.name}' runs single graphs fed from observations only; model '{self.spec.name}' "
+            f"({self.spec.program.kind}) needs the program runner (several graphs, or runtime-generated noise): "
+            "run it on torch, onnxruntime or openvino",
             reason="program_unsupported",
         )
 
@@ -230,13 +231,14 @@ class Backend(abc.ABC):
             return self
         if self._fault.at_load:
             raise BackendError(f"backend '{self.name}': injected load fault ({FAULT_ENV})", reason="injected_fault")
-        self.availability().require(self.name)
         kind = self.spec.program.kind
+        if kind not in self.program_kinds:  # said before anything is loaded, whatever is installed
+            raise BackendError(
+                f"backend '{self.name}' runs {', '.join(self.program_kinds)} programs only; model "
+                f"'{self.spec.name}' is a {kind} program (torch, onnxruntime and openvino run every kind)",
+                reason="program_unsupported")
+        self.availability().require(self.name)
         if uses_program_runner(self.spec):
-            if kind not in self.program_kinds:
-                self._load_program()  # the base raises a clear "single_pass only"; others may say more
-                raise BackendError(f"backend '{self.name}' does not run {kind} programs "
-                                   f"(it runs {', '.join(self.program_kinds)})", reason="program_unsupported")
             from vla_accel.backends.program import ProgramRunner
 
             sessions, ops = self._load_program()

@@ -389,6 +389,18 @@ class LiteRTBackend(Backend):
         self._output = self.spec.action.output
         self._threads = int(self.options.threads) or (os.cpu_count() or 1)
 
+    def graph_signatures(self):
+        from vla_accel.backends.program import GraphSignature, TensorInfo, dtype_name
+
+        out = {}
+        for runner in self._runners:
+            # quantised inputs take float32 (encoded here): only float / integer inputs are compared
+            inputs = {c.spec_name: TensorInfo("" if c.quantised else dtype_name(c.dtype),
+                                              (None, *runner._shapes[c.model_name][1:]))
+                      for c in runner.inputs}
+            out[runner.path.name] = GraphSignature(inputs, {runner.output.spec_name: TensorInfo("", None)})
+        return out
+
     def _check_model(self) -> None:
         """Hook for subclasses (e.g. Edge TPU needs a full-integer model)."""
 

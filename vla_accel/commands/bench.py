@@ -17,6 +17,13 @@ absolute difference from torch's output on the same inputs. Every statistic come
 AVX512-BF16 / AMX) and ONNX Runtime one at int8 (dynamic quantisation), reported separately from the
 fp32 rows; their max|diff| shows what the precision costs.
 
+Policy programs (flow matching, diffusion, autoregressive) get the same seeded start noise on every
+backend (so max|diff| is a parity check), per-stage columns (prefix, mean step, total of the
+program) and the chunk rate, and, at the first batch size, the program run with its prefix
+recomputed before every step, measured side by side against the prefix computed once per chunk. A
+batch size a backend cannot take (e.g. a graph exported with a fixed batch it cannot be padded to)
+is skipped for that backend with the reason, keeping every result already measured.
+
 Other modes (pipeline, batching, memory, realtime, node, gpu, ...) live in
 ``vla_accel.benchmarks.<mode>`` modules with ``add_arguments(parser)`` and ``run(args)``; this
 command adds the common options (--model, --backends/--backend, --batch, --warmup, --iters,
@@ -193,6 +200,8 @@ class Variant:
     error: str = ""
     samples_ms: dict[int, list[float]] = field(default_factory=dict)
     max_abs_diff: dict[int, float] = field(default_factory=dict)
+    stages_ms: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
 def _variants(backends: list[str], openvino_default: bool, torch_baseline: bool = True,
@@ -236,8 +245,9 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
     bundle = load_model(model)
     # A ready model file (user ONNX / OpenVINO IR) has no torch network: the first backend listed
     # is then the baseline, and the report says so.
+    # onnxruntime's int8 row quantises one graph; programs run their graphs in fp32
     variants = _variants(backends, openvino_default, torch_baseline=bundle.has_torch_network,
-                         onnxruntime_int8=onnxruntime_int8)
+                         onnxruntime_int8=onnxruntime_int8 and not bundle.is_program)
     max_batch = max(batches)
     try:
         for variant in variants:
@@ -261,31 +271,61 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
             raise VlaAccelError("no backend could be loaded", reason="no_backend")
         load_before = _load_average()
         baseline = runnable[0]
+        from vla_accel.errors import InputError
+
+        prefix_cache: dict[str, Any] = {}
         for batch in batches:
             inputs = example_inputs(bundle.spec, batch, seed=seed)
+            if bundle.is_program:  # the same start noise on every backend: outputs comparable
+                from vla_accel.core.program import call_noise
+
+                inputs[bundle.spec.program.noise] = call_noise(seed, 0, (batch, bundle.spec.action.steps,
+                                                                         bundle.spec.action.dims))
             output_name = bundle.spec.action.output
-            reference = baseline.backend.infer(inputs)[output_name]
+            try:
+                reference = baseline.backend.infer(inputs)[output_name]
+            except (InputError, BackendError) as exc:
+                for variant in runnable:
+                    variant.skipped[batch] = f"the baseline cannot take batch {batch}: {exc}"
+                log(f"[bench] batch {batch}: skipped: {exc}")
+                continue
+            timed = []
             for variant in runnable:
                 result = None
-                for _ in range(max(warmup, 1)):
-                    result = variant.backend.infer(inputs)[output_name]
+                try:
+                    for _ in range(max(warmup, 1)):
+                        result = variant.backend.infer(inputs)[output_name]
+                except (InputError, BackendError) as exc:
+                    variant.skipped[batch] = str(exc)
+                    log(f"[bench] {variant.label} batch {batch}: skipped: {exc}")
+                    continue
                 variant.max_abs_diff[batch] = float(np.max(np.abs(result - reference)))
                 variant.samples_ms[batch] = []
-            log(f"[bench] batch {batch}: timing {len(runnable)} backends "
+                variant.stages_ms[batch] = {}
+                timed.append(variant)
+            log(f"[bench] batch {batch}: timing {len(timed)} backends "
                 f"({'%d calls' % iters if iters else '%.1fs' % seconds} each, {schedule})")
             if interleaved:
-                _time_interleaved(runnable, inputs, batch, iters, seconds, block)
+                _time_interleaved(timed, inputs, batch, iters, seconds, block)
             else:
-                for variant in runnable:
+                for variant in timed:
                     _time_interleaved([variant], inputs, batch, iters, seconds)
+            if bundle.is_program and not prefix_cache and bundle.spec.program.prefix is not None \
+                    and bundle.spec.program.kind != "autoregressive":
+                prefix_cache = _time_prefix_recompute(timed, inputs, batch, iters, seconds, block, log)
         rows = []
         for batch in batches:
+            if batch not in baseline.samples_ms:
+                rows.append({"backend": baseline.backend_name, "variant": baseline.label, "batch": batch,
+                             "precision": baseline.precision, "error": baseline.skipped.get(batch, "not run")})
+                continue
             baseline_stats = metrics.percentiles(baseline.samples_ms[batch])
             torch_p50, torch_min = baseline_stats["p50"], baseline_stats["min"]
             for variant in variants:
                 row: dict[str, Any] = {"backend": variant.backend_name, "variant": variant.label, "batch": batch}
-                if variant.backend is None:
-                    row.update({"precision": variant.precision, "error": variant.error})
+                if variant.backend is None or batch not in variant.samples_ms:
+                    reason = variant.error or f"skipped: {variant.skipped.get(batch, 'not run')}"
+                    row.update({"precision": variant.precision, "error": reason})
                     rows.append(row)
                     continue
                 samples = variant.samples_ms[batch]
@@ -307,9 +347,17 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
                         "parallel_efficiency": metrics.parallel_efficiency(s, variant.device.parallel_units),
                         "max_abs_diff_vs_torch": variant.max_abs_diff[batch],
                         "gflops_per_s": (bundle.flops(batch) / (stats["p50"] / 1e3) / 1e9
-                                         if bundle.has_torch_network and stats["p50"] > 0 else 0.0),
+                                         if (bundle.has_torch_network or bundle.is_program) and stats["p50"] > 0
+                                         else 0.0),
                     }
                 )
+                if variant.stages_ms.get(batch):
+                    # per-stage p50 over the timed calls (each synchronised and timed by the program runner)
+                    row["stages_ms"] = {k: metrics.percentiles(v)["p50"] for k, v in variant.stages_ms[batch].items()}
+                    row["chunk_rate_hz"] = metrics.throughput(batch * len(samples), sum(samples) / 1e3)
+                if variant.label in prefix_cache.get("per_backend", {}) and batch == prefix_cache.get("batch"):
+                    row["prefix_recomputed_each_step_ms"] = prefix_cache["per_backend"][variant.label]["p50_ms"]
+                    row["prefix_cache_speedup"] = prefix_cache["per_backend"][variant.label]["speedup"]
                 rows.append(row)
         load_after = _load_average()
     finally:
@@ -317,10 +365,14 @@ def run_backends(*, model: str, backends: list[str], batches: list[int], warmup:
             if variant.backend is not None:
                 variant.backend.close()
     info = bundle.info()
+    model_info = {k: info[k] for k in ("parameters", "gflops_batch1", "tokens", "program", "steps") if k in info}
+    if bundle.is_program:
+        model_info["graphs"] = info.get("graphs", {})
     return {
         "benchmark": "backends",
         "model": bundle.name,
-        "model_info": {k: info[k] for k in ("parameters", "gflops_batch1", "tokens") if k in info},
+        "model_info": model_info,
+        "prefix_cache": prefix_cache or None,
         "machine": {
             "cpu": cpu_model_name(),
             "logical_cpus": os.cpu_count() or 0,
@@ -370,16 +422,54 @@ def _time_interleaved(variants: list[Variant], inputs: dict, batch: int, iters: 
             if block > 1:
                 variant.backend.infer(inputs)
             samples = variant.samples_ms[batch]
+            stages = variant.stages_ms.get(batch)
             for _ in range(block if not iters else min(block, iters - len(samples))):
                 t0 = time.perf_counter()
                 variant.backend.infer(inputs)
                 samples.append((time.perf_counter() - t0) * 1e3)
+                if stages is not None:
+                    for key, value in getattr(variant.backend, "last_stage_ms", {}).items():
+                        stages.setdefault(key, []).append(value)
         rounds += 1
         if iters:
             if all(len(v.samples_ms[batch]) >= iters for v in variants):
                 return
         elif time.perf_counter() - started >= budget_s and rounds >= 3:
             return
+
+
+def _time_prefix_recompute(variants: list[Variant], inputs: dict, batch: int, iters: int, seconds: float,
+                           block: int, log) -> dict[str, Any]:
+    """Time each program backend with its prefix recomputed before every step (results identical),
+    interleaved, against the p50 already measured with the prefix computed once per chunk."""
+    from vla_accel.core import metrics
+
+    shadows = []
+    for variant in variants:
+        runner = getattr(variant.backend, "_runner", None)
+        if runner is None:
+            continue
+        shadow = Variant(variant.label, variant.backend_name, variant.precision, backend=variant.backend)
+        shadow.samples_ms[batch] = []
+        shadows.append((variant, shadow, runner))
+    if not shadows:
+        return {}
+    log(f"[bench] batch {batch}: timing the prefix recomputed before every step (the cost the prefix cache saves)")
+    for _, _, runner in shadows:
+        runner.recompute_prefix = True
+    try:
+        _time_interleaved([s for _, s, _ in shadows], inputs, batch, iters, seconds, block)
+    finally:
+        for _, _, runner in shadows:
+            runner.recompute_prefix = False
+    per_backend = {}
+    for variant, shadow, _ in shadows:
+        once = metrics.percentiles(variant.samples_ms[batch])["p50"]
+        every = metrics.percentiles(shadow.samples_ms[batch])["p50"]
+        per_backend[variant.label] = {"p50_ms": every, "prefix_once_p50_ms": once,
+                                      "speedup": metrics.speedup(every, once)}
+    return {"batch": batch, "per_backend": per_backend,
+            "speedup": "T(prefix recomputed every step) / T(prefix once per chunk), p50"}
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -427,6 +517,22 @@ def format_table(report: dict[str, Any]) -> str:
             out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
         else:
             out.append("  ".join(c.ljust(w) for c, w in zip(line[:3], widths)) + "  " + line[3])
+    staged = [r for r in report["results"] if r.get("stages_ms")]
+    if staged:
+        head = ("backend", "batch", "prefix ms", "step ms", "steps", "program ms", "chunks/s",
+                "prefix every step ms", "prefix once speedup")
+        body = []
+        for row in staged:
+            st = row["stages_ms"]
+            body.append((row["variant"], str(row["batch"]), f"{st.get('prefix', 0):.2f}", f"{st.get('step', 0):.2f}",
+                         f"{st.get('steps', 0):.0f}", f"{st.get('program_total', 0):.2f}", f"{row['chunk_rate_hz']:.1f}",
+                         f"{row['prefix_recomputed_each_step_ms']:.2f}" if "prefix_recomputed_each_step_ms" in row else "-",
+                         f"{row['prefix_cache_speedup']:.2f}x" if "prefix_cache_speedup" in row else "-"))
+        w = [max(len(head[i]), *(len(b[i]) for b in body)) for i in range(len(head))]
+        out.append(f"program stages (p50 per call; {report['model_info'].get('program', '')}, "
+                   f"{report['model_info'].get('steps', '')} steps):")
+        out.append("  ".join(h.ljust(x) for h, x in zip(head, w)))
+        out.extend("  ".join(c.ljust(x) for c, x in zip(line, w)) for line in body)
     if max(load) > cpus:
         out.append(f"note: load average {load[0]:.1f} -> {load[1]:.1f} on {cpus} CPUs: other processes competed "
                    "for the cores; p50 ratios are noisy (torch's OpenMP threads suffer most), S(min) less so")

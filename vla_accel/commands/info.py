@@ -1,4 +1,5 @@
-"""``vla-accel info --model tiny``: a model's spec, parameter count and FLOPs per inference."""
+"""``vla-accel info --model tiny``: a model's spec, parameter count and FLOPs per inference (per graph
+for policy programs and user ONNX files, read from the graphs), and its normalisation as the spec says."""
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,30 @@ def collect(model: str, batch: int = 1) -> dict:
         "spec_file": str(spec.source) if spec.source else "",
         "inputs": {},
         "outputs": {spec.action.output: [batch, spec.action.steps, spec.action.dims]},
-        "action": {"names": list(spec.action.names), "space": spec.action.space, "dt": spec.action.dt,
-                   "normalization": spec.action.normalization},
+        "action": {"names": list(spec.action_names), "space": spec.action.space, "dt": spec.action.dt,
+                   "normalization": spec.action.normalization,
+                   "describe": describe_normalisation(spec)},
+        "program": {"kind": spec.program.kind, "steps": spec.program.steps,
+                    "graphs": [g.name for g in spec.program.graphs]},
         "cache_dir": str(bundle.cache_dir),
     }
     for cam in spec.cameras:
         out["inputs"][cam.input] = {"shape": [batch, *cam.shape], "dtype": cam.dtype, "camera": cam.name}
     ins = spec.instruction
-    out["inputs"][ins.input] = {"shape": [batch, ins.max_tokens], "dtype": "int32", "tokenizer": ins.tokenizer}
-    out["inputs"][ins.mask_input] = {"shape": [batch, ins.max_tokens], "dtype": "float32"}
+    if ins.enabled:
+        out["inputs"][ins.input] = {"shape": [batch, ins.max_tokens], "dtype": ins.ids_dtype, "tokenizer": ins.tokenizer}
+        out["inputs"][ins.mask_input] = {"shape": [batch, ins.max_tokens], "dtype": ins.mask_dtype}
     if spec.state is not None:
         out["inputs"][spec.state.input] = {"shape": [batch, spec.state.dims], "dtype": "float32"}
-    if bundle.has_torch_network:
+    if bundle.is_program or not bundle.has_torch_network:
+        stats = bundle.program_stats(batch)
+        out["graphs"] = stats["graphs"]
+        out["calls_per_chunk"] = stats["calls_per_chunk"]
+        out["parameters"] = stats["parameters"]
+        out["flops_per_chunk"] = stats["flops_per_chunk"]
+        if not bundle.has_torch_network:
+            out["model_file"] = str(bundle.model_file)
+    else:
         from vla_accel.models.architecture import describe, flops_breakdown
 
         config = bundle.network_config
@@ -50,9 +63,18 @@ def collect(model: str, batch: int = 1) -> dict:
                                   "element-wise ops and embedding look-ups excluded"}
         out["weights_file"] = str(bundle.weights_file)
         out["weights_generated"] = bundle.generated_weights
-    else:
-        out["model_file"] = str(spec.weights_path())
     return out, spec
+
+
+def describe_normalisation(spec) -> str:
+    """What the action output is, as the spec describes it (not assumed)."""
+    action = spec.action
+    if action.normalization == "none":
+        return "raw actions (no un-normalisation)"
+    if action.normalization in ("q01_q99", "min_max"):
+        bounds = "q01 / q99" if action.normalization == "q01_q99" else "min / max"
+        return f"normalised to [-1, 1] ({action.normalization}: un-normalised with the spec's {bounds})"
+    return "standardised (mean_std: un-normalised as x * std + mean)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,9 +86,27 @@ def run(args: argparse.Namespace) -> int:
     for name, meta in data["inputs"].items():
         lines.append(f"  input  {name}: {meta['dtype']}{tuple(meta['shape'])}")
     for name, shape in data["outputs"].items():
-        lines.append(f"  output {name}: float32{tuple(shape)} normalised to [-1, 1]; "
+        lines.append(f"  output {name}: float32{tuple(shape)} {data['action']['describe']}; "
                      f"{data['action']['space']} {data['action']['names']} dt {data['action']['dt']} s")
-    if "architecture" in data:
+    if data["program"]["kind"] != "single_pass":
+        lines.append(f"  program: {data['program']['kind']}, {data['program']['steps']} steps, graphs "
+                     f"{', '.join(data['program']['graphs'])}")
+    if "graphs" in data:
+        for name, stats in data["graphs"].items():
+            if stats.get("flops") is None:
+                lines.append(f"  graph {name}: {stats.get('note', 'not counted')}")
+                continue
+            calls = data["calls_per_chunk"].get(name, 1)
+            unknown = f", {len(stats['unknown_nodes'])} products of unknown shape not counted" \
+                if stats.get("unknown_nodes") else ""
+            lines.append(f"  graph {name}: {stats['parameters']:,} parameters ({stats['parameters'] / 1e6:.2f} M), "
+                         f"{stats['flops'] / 1e9:.4f} GFLOP per call x {calls} per chunk{unknown}")
+        if data.get("flops_per_chunk") is not None:
+            lines.append(f"  FLOPs per chunk at batch {args.batch}: {data['flops_per_chunk'] / 1e9:.3f} GFLOP "
+                         "(2 x multiply-accumulates of matmuls and convolutions, read from the graphs)")
+        if "model_file" in data:
+            lines.append(f"  model file: {data['model_file']}")
+    elif "architecture" in data:
         arch = data["architecture"]
         flops = data["flops"]
         lines.append(f"  network: {arch['depth']} layers x {arch['hidden_dim']} wide, {arch['heads']} heads, "
@@ -78,8 +118,6 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"    {part:<18} {value / 1e9:8.4f} GFLOP")
         lines.append(f"  weights: {data['weights_file']}"
                      f"{' (generated from the seed on first use)' if data['weights_generated'] else ''}")
-    else:
-        lines.append(f"  model file: {data['model_file']}")
     print("\n".join(lines))
     if not args.no_spec:
         print("\nspec:")

@@ -281,14 +281,28 @@ class ModelBundle:
         module.requires_grad_(False)
         return module
 
+    def program_stats(self, batch: int = 1) -> dict[str, Any]:
+        """Per-graph parameters and FLOPs read from the graphs (torch modules or ONNX files), and one
+        chunk's total (see graph_stats.program_stats); cached per batch."""
+        from vla_accel.models.graph_stats import program_stats
+
+        cache = self.__dict__.setdefault("_program_stats", {})
+        if batch not in cache:
+            cache[batch] = program_stats(self, batch)
+        return cache[batch]
+
     def parameter_count(self) -> int:
         from vla_accel.models.architecture import count_parameters
 
+        if self.is_program or not self.has_torch_network:
+            return int(self.program_stats(1)["parameters"])
         return count_parameters(self.network_config)
 
     def flops(self, batch: int = 1) -> int:
         from vla_accel.models.architecture import flops_per_inference
 
+        if self.is_program or not self.has_torch_network:
+            return int(self.program_stats(batch)["flops_per_chunk"] or 0)
         return flops_per_inference(self.network_config, batch)
 
     # --- export ---------------------------------------------------------------------------------
@@ -436,7 +450,12 @@ class ModelBundle:
             "outputs": list(self.spec.output_names),
             "cache_dir": str(self.cache_dir),
         }
-        if self.has_torch_network:
+        if self.is_program:
+            stats = self.program_stats(1)
+            out.update({"program": self.spec.program.kind, "steps": self.spec.program.steps,
+                        "parameters": stats["parameters"], "graphs": stats["graphs"],
+                        "gflops_batch1": (stats["flops_per_chunk"] or 0) / 1e9})
+        elif self.has_torch_network:
             from vla_accel.models.architecture import describe
 
             out.update(describe(self.network_config))

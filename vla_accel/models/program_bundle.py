@@ -68,10 +68,13 @@ def graph_files(bundle: "ModelBundle") -> dict[str, Path]:
     """A user program's model file per graph (``program.graphs[i].file``, relative to the spec)."""
     out = {}
     for graph in bundle.spec.program.graphs:
-        if not graph.file:
+        name = graph.file
+        if not name and len(bundle.spec.program.graphs) == 1:
+            name = bundle.spec.weights  # one graph: the spec's model file
+        if not name:
             raise ModelFileError(f"model '{bundle.name}': program graph '{graph.name}' names no file",
                                  reason="missing_model_file")
-        path = Path(graph.file)
+        path = Path(name)
         if not path.is_absolute() and bundle.spec.source is not None:
             path = bundle.spec.source.parent / path
         if not path.is_file():
@@ -230,7 +233,7 @@ def _export_onnx_graphs(bundle: "ModelBundle", directory: Path, report) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg).*")
             warnings.filterwarnings("ignore", message=r".*axis name.*will not be used.*")
-            exported = torch.onnx.export(Wrapped(module), args, input_names=list(graph.inputs),
+            exported = torch.onnx.export(Wrapped(module).eval(), args, input_names=list(graph.inputs),
                                          output_names=list(graph.outputs), opset_version=ONNX_OPSET, dynamo=True,
                                          dynamic_shapes=(shapes,), optimize=True, verbose=False)
         path = directory / f"{graph.name}.onnx"

@@ -112,3 +112,73 @@ def load_reference(bundle, precision: str = "fp32", directory: Path | None = Non
             raise ModelFileError(f"stored input {key} in {path} differs from the regenerated one; {REGENERATE_HINT}",
                                  reason="stale_reference")
     return ReferenceCase(bundle.name, precision, inputs, stored["actions"], content_hash)
+
+
+# --- policy programs ---------------------------------------------------------------------------------
+# Max |a - a_ref| on a program's normalised actions (the integrated chunk for flow / diffusion, bin
+# centres for autoregressive), stored in each program reference file. A loop compounds rounding over
+# its steps, and an autoregressive token may flip to a neighbouring bin at low precision.
+PROGRAM_TOLERANCES = {
+    "flow_matching": {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1},
+    "diffusion": {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1},
+    "autoregressive": {"fp32": 1e-4, "fp16": 0.25, "bf16": 0.5},
+}
+
+
+@dataclass
+class ProgramReferenceCase(ReferenceCase):
+    tolerances: dict[str, float] | None = None
+
+    def tolerance(self, precision: str) -> float:
+        return (self.tolerances or {}).get(precision, TOLERANCES[precision])
+
+
+def program_reference_inputs(bundle, seed: int, batch: int) -> dict[str, np.ndarray]:
+    """Seeded example inputs plus the start noise (call 0 of the seed): the program's output is then
+    deterministic on every backend."""
+    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.program import call_noise
+
+    spec = bundle.spec
+    inputs = example_inputs(spec, batch=batch, seed=seed)
+    inputs[spec.program.noise] = call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims))
+    return inputs
+
+
+def build_program_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_BATCH) -> dict[str, np.ndarray]:
+    """Run a reference program on torch (fp32, CPU) with seeded inputs and noise."""
+    from vla_accel.backends.registry import create_backend
+
+    inputs = program_reference_inputs(bundle, seed, batch)
+    with create_backend("torch", bundle) as runner:
+        actions = runner.infer(inputs)[bundle.spec.action.output]
+    tolerances = PROGRAM_TOLERANCES[bundle.spec.program.kind]
+    small = {f"input:{name}": arr for name, arr in inputs.items() if arr.nbytes <= 16384}
+    return {
+        "actions": np.asarray(actions, dtype=np.float32),
+        "seed": np.array(seed, dtype=np.int64),
+        "batch": np.array(batch, dtype=np.int64),
+        "inputs_digest": np.array(inputs_digest(inputs)),
+        "content_hash": np.array(bundle.content_hash()),
+        **{f"tolerance:{p}": np.array(v, dtype=np.float64) for p, v in tolerances.items()},
+        **small,
+    }
+
+
+def load_program_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ProgramReferenceCase:
+    """The committed reference of a program, its inputs (with the noise) regenerated and verified."""
+    path = reference_path(bundle.name, precision, directory)
+    if not path.is_file():
+        raise ModelFileError(f"no reference outputs {path}; {REGENERATE_HINT}", reason="missing_reference")
+    with np.load(path, allow_pickle=False) as data:
+        stored = {key: data[key] for key in data.files}
+    content_hash = str(stored["content_hash"])
+    if content_hash != bundle.content_hash():
+        raise ModelFileError(f"reference {path} was made for model content {content_hash}, the model is now "
+                             f"{bundle.content_hash()}; {REGENERATE_HINT}", reason="stale_reference")
+    inputs = program_reference_inputs(bundle, int(stored["seed"]), int(stored["batch"]))
+    if inputs_digest(inputs) != str(stored["inputs_digest"]):
+        raise ModelFileError(f"inputs of {path} no longer regenerate identically; {REGENERATE_HINT}",
+                             reason="stale_reference")
+    tolerances = {k.split(":", 1)[1]: float(v) for k, v in stored.items() if k.startswith("tolerance:")}
+    return ProgramReferenceCase(bundle.name, precision, inputs, stored["actions"], content_hash, tolerances)
