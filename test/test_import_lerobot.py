@@ -1,0 +1,198 @@
+"""`vla-accel import lerobot`: a LeRobot ACT checkpoint made offline (random weights, LeRobot's own
+save format) is imported; parity LeRobot vs vla_accel on raw observations must be <= 1e-4 (fp32); the
+imported bundle then loads through the loader the node uses and runs on onnxruntime and openvino and
+through `vla-accel bench`, in the main venv, where LeRobot is not installed.
+
+LeRobot lives in .venv-lerobot (made by ./run.sh setup via scripts/setup_lerobot.sh); these tests run
+the import there, in a subprocess, and skip naming it when it is missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LEROBOT_VENV = Path(os.environ.get("VLA_ACCEL_LEROBOT_VENV", ROOT / ".venv-lerobot"))
+
+
+def _lerobot_python() -> str | None:
+    """A Python that can import LeRobot: this one, else the project's .venv-lerobot."""
+    import importlib.util
+
+    if importlib.util.find_spec("lerobot") is not None:
+        return sys.executable
+    candidate = LEROBOT_VENV / "bin" / "python"
+    if candidate.is_file():
+        probe = subprocess.run([str(candidate), "-c", "import lerobot"], capture_output=True, env=_env())
+        if probe.returncode == 0:
+            return str(candidate)
+    return None
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def lerobot_python() -> str:
+    py = _lerobot_python()
+    if py is None:
+        pytest.skip(f"needs LeRobot 0.4.4: ./run.sh setup (scripts/setup_lerobot.sh makes {LEROBOT_VENV} with "
+                    "pip install --no-deps -r requirements/lerobot/lerobot.txt)")
+    return py
+
+
+@pytest.fixture(scope="module")
+def act_import(lerobot_python, tmp_path_factory):
+    base = tmp_path_factory.mktemp("lerobot_act")
+    ckpt, out = base / "pretrained_model", base / "imported"
+    made = _run([lerobot_python, str(ROOT / "test" / "lerobot_checkpoints.py"), "act", str(ckpt)])
+    assert made.returncode == 0, made.stderr[-3000:]
+    result = _run([lerobot_python, "-m", "vla_accel.cli", "import", "lerobot", str(ckpt), str(out),
+                   "--tolerance", "1e-4"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return {"ckpt": ckpt, "out": out, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_import_without_lerobot_says_what_to_install(tmp_path):
+    """In a Python without LeRobot the command fails clearly, naming the install step."""
+    import importlib.util
+
+    if importlib.util.find_spec("lerobot") is not None:
+        pytest.skip("this Python has LeRobot: the missing-LeRobot message cannot show here")
+    (tmp_path / "ckpt").mkdir()
+    for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
+        (tmp_path / "ckpt" / name).write_text("{}")
+    result = _run([sys.executable, "-m", "vla_accel.cli", "import", "lerobot", str(tmp_path / "ckpt"),
+                   str(tmp_path / "out")], timeout=120)
+    assert result.returncode == 1
+    assert "setup_lerobot.sh" in result.stderr and "requirements/lerobot/lerobot.txt" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
+    result = _run([sys.executable, "-m", "vla_accel.cli", "import", "lerobot", str(tmp_path), str(tmp_path / "o")],
+                  timeout=120)
+    assert result.returncode == 1 and "no config.json" in result.stderr
+
+
+def test_act_import_parity_table_and_files(act_import):
+    out = act_import["out"]
+    assert (out / "spec.yaml").is_file() and (out / "model.onnx").is_file()
+    report = json.loads((out / "parity.json").read_text())
+    assert report["policy"] == "act" and report["fps"] == 30
+    assert len(report["parity"]) >= 2 and all(row["ok"] for row in report["parity"])
+    assert max(row["max_abs"] for row in report["parity"]) <= 1e-4
+    assert "max |Δ|" in act_import["stdout"] and "FAIL" not in act_import["stdout"]
+    # Progress went to stderr, stage by stage.
+    assert "exporting model.onnx" in act_import["stderr"] and "checking parity" in act_import["stderr"]
+    # ACT exported with a dynamic batch (a batch-2 example keeps it dynamic); the spec says so.
+    assert report["export"]["batch"] == 0
+    assert all(not isinstance(v, int) for v in report["export"]["input_batch_dims"].values())
+
+
+def test_imported_act_spec_matches_the_checkpoint(act_import):
+    from vla_accel.core.spec import ModelSpec
+
+    spec = ModelSpec.from_yaml(act_import["out"] / "spec.yaml")
+    config = json.loads((act_import["ckpt"] / "config.json").read_text())
+    assert [c.name for c in spec.cameras] == ["top", "wrist"]
+    assert all((c.height, c.width) == (96, 128) and c.normalize == "mean_std" for c in spec.cameras)
+    assert not spec.instruction.enabled
+    assert spec.state is not None and spec.state.dims == 6 and spec.state.normalization == "mean_std"
+    assert spec.action.steps == config["chunk_size"] and spec.action.dims == 6
+    assert spec.action.normalization == "mean_std" and spec.action.dt == pytest.approx(1 / 30)
+    assert spec.program.kind == "single_pass" and spec.program.graphs[0].file == "model.onnx"
+
+
+def _observations(spec, count: int, seed: int):
+    from vla_accel.core.types import Observation
+
+    rng = np.random.default_rng(seed)
+    return [Observation(images={c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+                                for c in spec.cameras},
+                        instruction="", stamp_ns=i + 1, state=rng.normal(size=spec.state.dims).astype(np.float32))
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_imported_act_runs_through_the_node_model_loader(act_import, backend):
+    """load_model (what the node calls) + the Engine on two backends; openvino at fp32 agrees with
+    onnxruntime, and chunks carry the spec's dt."""
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.core.engine import Engine
+    from vla_accel.models import load_model
+
+    bundle = load_model(act_import["out"] / "spec.yaml")
+    obs = _observations(bundle.spec, 2, seed=3)
+    results = {}
+    for name in dict.fromkeys(["onnxruntime", backend]):
+        try:
+            be = create_backend(name, bundle, BackendOptions(max_batch=2, precision="fp32")).load()
+        except Exception as exc:  # noqa: BLE001
+            from vla_accel.errors import BackendUnavailableError
+
+            if isinstance(exc, BackendUnavailableError):
+                pytest.skip(f"{name} not available: {exc}")
+            raise
+        try:
+            chunks = Engine(bundle, be, max_batch=2, memory="dynamic").infer(obs)
+        finally:
+            be.close()
+        assert len(chunks) == 2 and all(np.isfinite(c.values).all() for c in chunks)
+        assert chunks[0].values.shape == (bundle.spec.action.steps, bundle.spec.action.dims)
+        assert chunks[0].dt == pytest.approx(1 / 30)
+        results[name] = np.stack([c.values for c in chunks])
+    np.testing.assert_allclose(results[backend], results["onnxruntime"], atol=1e-4)
+
+
+def test_imported_act_runs_through_vla_accel_bench(act_import, tmp_path):
+    out = tmp_path / "bench.json"
+    result = _run([sys.executable, "-m", "vla_accel.cli", "bench", "--model", str(act_import["out"] / "spec.yaml"),
+                   "--backends", "onnxruntime,openvino", "--batch", "1", "--seconds", "0.3", "--warmup", "1",
+                   "--json", str(out)], timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    text = json.dumps(data)
+    assert "onnxruntime" in text and "openvino" in text
+
+
+def test_parity_check_catches_a_wrong_statistic(act_import, lerobot_python, tmp_path):
+    """The same check the import runs, on a copy of the bundle whose action mean is off by 1e-3:
+    LeRobot vs vla_accel now differ by ~1e-3 and the rows fail at 1e-4."""
+    import shutil
+
+    import yaml
+
+    bad = tmp_path / "bad"
+    shutil.copytree(act_import["out"], bad)
+    spec = yaml.safe_load((bad / "spec.yaml").read_text())
+    spec["action"]["mean"][0] += 1e-3
+    (bad / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from vla_accel.importers.lerobot import load_checkpoint, check_parity\n"
+        f"ckpt = load_checkpoint(Path({str(act_import['ckpt'])!r}))\n"
+        f"rows = check_parity(ckpt, Path({str(bad / 'spec.yaml')!r}), tolerance=1e-4)\n"
+        "print(json.dumps([[r.max_abs, r.ok] for r in rows]))\n"
+    )
+    result = _run([lerobot_python, "-c", script], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(not ok for _max, ok in rows)
+    assert all(9e-4 < m < 2e-3 for m, _ok in rows)
