@@ -196,3 +196,46 @@ def test_parity_check_catches_a_wrong_statistic(act_import, lerobot_python, tmp_
     rows = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(not ok for _max, ok in rows)
     assert all(9e-4 < m < 2e-3 for m, _ok in rows)
+
+
+def test_doctor_model_checks_an_imported_spec_and_names_what_is_wrong(act_import, tmp_path):
+    """`vla-accel doctor --model SPEC`: the imported spec passes every check; a copy whose graph entry
+    no longer lists 'state' (so the graph's input 'state' would go unfed) fails at load, naming it."""
+    import shutil
+
+    import yaml
+
+    good = _run([sys.executable, "-m", "vla_accel.cli", "doctor", "--model", str(act_import["out"] / "spec.yaml"),
+                 "--backends", "onnxruntime,openvino"], timeout=300)
+    assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-2000:]
+    assert "Model check" in good.stdout and "FAIL" not in good.stdout.split("Model check")[1]
+    assert "backend onnxruntime: inference" in good.stdout
+
+    bad = tmp_path / "bad"
+    shutil.copytree(act_import["out"], bad)
+    spec = yaml.safe_load((bad / "spec.yaml").read_text())
+    spec.pop("state")
+    spec["program"]["graphs"][0]["inputs"].remove("state")
+    (bad / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = _run([sys.executable, "-m", "vla_accel.cli", "doctor", "--model", str(bad / "spec.yaml"),
+                   "--backends", "onnxruntime"], timeout=300)
+    assert result.returncode == 1
+    section = result.stdout.split("Model check")[1]
+    assert "FAIL backend onnxruntime: load + graph contract" in section and "'state'" in section
+
+
+def test_letterbox_top_left_pads_above_like_lerobot_resize_with_pad():
+    """LeRobot's SmolVLA resize_with_pad pads on the top and left: the spec's pad: top_left."""
+    from vla_accel.core.preprocess import Preprocessor
+    from vla_accel.core.spec import ModelSpec
+    from vla_accel.core.types import Observation
+
+    spec = ModelSpec.from_dict({
+        "name": "t", "format": "onnx", "weights": "m.onnx", "instruction": None,
+        "cameras": [{"name": "c", "input": "image_c", "height": 8, "width": 8, "resize": "letterbox",
+                     "normalize": "zero_one", "pad": "top_left"}],
+        "action": {"steps": 2, "dims": 2}})
+    frame = np.full((4, 8, 3), 255, dtype=np.uint8)  # wide: an 8x4 region, 4 rows of padding above it
+    image = Preprocessor(spec).prepare([Observation(images={"c": frame}, instruction=None, stamp_ns=1)]
+                                       ).inputs["image_c"][0, 0]
+    assert np.allclose(image[4:], 1.0) and np.allclose(image[:4], 0.0)

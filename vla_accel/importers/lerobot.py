@@ -39,7 +39,7 @@ from vla_accel.errors import ImportFailedError, ParityError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TYPES = ("act",)
+SUPPORTED_TYPES = ("act", "smolvla")
 ONNX_EXTERNAL_DATA_BYTES = 2 * 1024**3  # protobuf's limit: larger models keep weights beside the graph
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
@@ -222,18 +222,32 @@ def input_name(key: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in key)
 
 
+def _graph_image_size(ckpt: Checkpoint, key: str) -> tuple[int, int, str]:
+    """(height, width, resize) of the image a graph takes: LeRobot's SmolVLA / pi0 resize keeping the
+    aspect ratio to ``resize_imgs_with_padding`` (width, height), padding on the top / left; ACT takes
+    the feature's size."""
+    _c, height, width = ckpt.feature_shape(key)
+    padded = getattr(ckpt.config, "resize_imgs_with_padding", None)
+    if padded:
+        return int(padded[1]), int(padded[0]), "letterbox"
+    return height, width, "stretch"
+
+
 def build_spec(ckpt: Checkpoint, *, name: str, graphs: list[dict[str, Any]], fps: float,
-               program: dict[str, Any] | None = None) -> dict[str, Any]:
+               program: dict[str, Any] | None = None, instruction: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model spec (as a mapping) for an imported policy; ``graphs``: the program's graph entries."""
     cameras = []
     visual_mode = ckpt.norm_modes.get("VISUAL", "IDENTITY")
     for key in ckpt.image_keys:
-        channels, height, width = ckpt.feature_shape(key)
+        channels, _h, _w = ckpt.feature_shape(key)
         if channels != 3:
             raise ImportFailedError(f"camera '{key}' has {channels} channels; only RGB cameras are supported",
                                     reason="unsupported_camera")
+        height, width, resize = _graph_image_size(ckpt, key)
         cam: dict[str, Any] = {"name": camera_name(key), "input": input_name(key), "height": height, "width": width,
-                               "resize": "stretch", "layout": "NCHW", "dtype": "float32", "color": "rgb"}
+                               "resize": resize, "layout": "NCHW", "dtype": "float32", "color": "rgb"}
+        if resize == "letterbox":
+            cam["pad"] = "top_left"  # LeRobot's resize_with_pad pads on the left and top
         if visual_mode == "MEAN_STD":
             mean, std = _stats_of(ckpt, key, ("mean", "std"))
             cam.update(normalize="mean_std", mean=_flat(mean)[:3], std=_flat(std + ckpt.eps)[:3])
@@ -248,7 +262,7 @@ def build_spec(ckpt: Checkpoint, *, name: str, graphs: list[dict[str, Any]], fps
               "space": "joint_position", "dt": round(1.0 / fps, 9)}
     action.update(_vector_normalisation(ckpt, ACTION_KEY, "ACTION", inverse=True))
     spec: dict[str, Any] = {"name": name, "format": "onnx", "weights": graphs[0]["file"], "cameras": cameras,
-                            "instruction": None, "action": action}
+                            "instruction": instruction, "action": action}
     if STATE_KEY in ckpt.config.input_features:
         state = {"input": "state", "dims": int(ckpt.feature_shape(STATE_KEY)[0])}
         state.update(_vector_normalisation(ckpt, STATE_KEY, "STATE", inverse=False))
@@ -283,6 +297,68 @@ class _ACTGraph:
         return ACTGraph(ckpt.policy, ckpt.image_keys, STATE_KEY in ckpt.config.input_features).eval()
 
 
+class _SmolVLAGraph:
+    """SmolVLA's whole sampling as one graph (the unrolled loop, noise an input): images already
+    resized with top/left padding in [0, 1], token ids (int64) and mask (bool), normalised state,
+    noise (B, chunk, action dims) in; the normalised action chunk out. Inside: images to [-1, 1],
+    state and noise zero-padded to the model's max dims, the vision-language prefix and its key/value
+    cache computed once, then ``num_steps`` Euler steps of the action expert, as LeRobot's
+    ``sample_actions`` does. The noise of the padded action dimensions is zero: the parity check feeds
+    LeRobot the same padded noise."""
+
+    def __new__(cls, ckpt: Checkpoint):
+        import torch
+
+        config = ckpt.config
+
+        class SmolVLAGraph(torch.nn.Module):
+            def __init__(self, policy, n_images):
+                super().__init__()
+                self.model = policy.model
+                self.n_images = n_images
+                self.max_state = int(config.max_state_dim)
+                self.max_action = int(config.max_action_dim)
+                self.action_dims = int(config.output_features[ACTION_KEY].shape[0])
+
+            def forward(self, *tensors):
+                n = self.n_images
+                images = [t * 2.0 - 1.0 for t in tensors[:n]]
+                tokens, token_mask, state, noise = tensors[n:n + 4]
+                batch = state.shape[0]
+                masks = [torch.ones(batch, dtype=torch.bool, device=state.device) for _ in images]
+                state = torch.nn.functional.pad(state, (0, self.max_state - state.shape[-1]))
+                noise = torch.nn.functional.pad(noise, (0, self.max_action - noise.shape[-1]))
+                actions = self.model.sample_actions(images, masks, tokens, token_mask, state, noise=noise)
+                return actions[:, :, :self.action_dims]
+
+        return SmolVLAGraph(ckpt.policy, len(ckpt.image_keys)).eval()
+
+
+def _tokenizer_step(ckpt: Checkpoint):
+    from lerobot.processor.tokenizer_processor import TokenizerProcessorStep
+
+    steps = [s for s in ckpt.preprocessor.steps if isinstance(s, TokenizerProcessorStep)]
+    if not steps:
+        raise ImportFailedError("the preprocessor has no tokenizer step: a language policy needs one",
+                                reason="not_a_checkpoint")
+    return steps[0]
+
+
+def _smolvla_instruction(ckpt: Checkpoint, out_dir: Path) -> dict[str, Any]:
+    """tokenizer.json (the one the preprocessor loads) + the prompt template LeRobot's processors apply."""
+    step = _tokenizer_step(ckpt)
+    tok = step.input_tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise ImportFailedError("the policy's tokenizer is not a fast (tokenizers) tokenizer; vla_accel reads "
+                                "tokenizer.json", reason="unsupported_tokenizer")
+    backend.save(str(out_dir / "tokenizer.json"))
+    return {"input": "tokens", "mask_input": "token_mask", "tokenizer": "tokenizer.json",
+            "max_tokens": int(step.max_length), "prompt_template": "{instruction}\n",  # SmolVLANewLineProcessor
+            "pad_id": int(tok.pad_token_id or 0), "vocab_size": int(len(tok)),
+            "ids_dtype": "int64", "mask_dtype": "bool"}
+
+
 def _example_tensors(ckpt: Checkpoint, batch: int, seed: int = 0) -> tuple[list[str], list[Any]]:
     import torch
 
@@ -290,10 +366,20 @@ def _example_tensors(ckpt: Checkpoint, batch: int, seed: int = 0) -> tuple[list[
     names, tensors = [], []
     for key in ckpt.image_keys:
         names.append(input_name(key))
-        tensors.append(torch.randn((batch, *ckpt.feature_shape(key)), generator=gen))
+        height, width, _resize = _graph_image_size(ckpt, key)
+        tensors.append(torch.rand((batch, 3, height, width), generator=gen))
+    if ckpt.type == "smolvla":
+        length = int(_tokenizer_step(ckpt).max_length)
+        names += ["tokens", "token_mask"]
+        tensors.append(torch.randint(0, 8, (batch, length), generator=gen))
+        tensors.append(torch.arange(length)[None, :].expand(batch, length) < length // 2)
     if STATE_KEY in ckpt.config.input_features:
         names.append("state")
         tensors.append(torch.randn((batch, *ckpt.feature_shape(STATE_KEY)), generator=gen))
+    if ckpt.type == "smolvla":
+        names.append("noise")
+        dims = int(ckpt.config.output_features[ACTION_KEY].shape[0])
+        tensors.append(torch.randn((batch, int(ckpt.config.chunk_size), dims), generator=gen))
     return names, tensors
 
 
@@ -359,8 +445,14 @@ def raw_observations(ckpt: Checkpoint, count: int, seed: int) -> list[dict[str, 
             mean = entry.get("mean", np.zeros(dims))
             std = entry.get("std", np.ones(dims))
             obs[STATE_KEY] = (mean + std * rng.uniform(-1.5, 1.5, dims)).astype(np.float32)
+        obs["task"] = str(rng.choice(TASKS))
+        obs["noise"] = rng.standard_normal((int(ckpt.config.chunk_size),
+                                            int(ckpt.config.output_features[ACTION_KEY].shape[0]))).astype(np.float32)
         out.append(obs)
     return out
+
+
+TASKS = ("pick up the red cube", "open the drawer", "put the cup on the plate")
 
 
 def lerobot_actions(ckpt: Checkpoint, observations: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -373,10 +465,15 @@ def lerobot_actions(ckpt: Checkpoint, observations: list[dict[str, np.ndarray]])
         batch[key] = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     if STATE_KEY in ckpt.config.input_features:
         batch[STATE_KEY] = torch.from_numpy(np.stack([o[STATE_KEY] for o in observations]))
+    kwargs = {}
+    if ckpt.type == "smolvla":
+        batch["task"] = [o["task"] for o in observations]
+        noise = torch.from_numpy(np.stack([o["noise"] for o in observations]))
+        kwargs["noise"] = torch.nn.functional.pad(noise, (0, int(ckpt.config.max_action_dim) - noise.shape[-1]))
     with torch.no_grad():
         ckpt.policy.reset()
         normalised = ckpt.preprocessor(batch)
-        chunk = ckpt.policy.predict_action_chunk(normalised)
+        chunk = ckpt.policy.predict_action_chunk(normalised, **kwargs)
         actions = ckpt.postprocessor(chunk)
     return actions.detach().cpu().numpy().astype(np.float64)
 
@@ -395,9 +492,16 @@ def vla_accel_actions(spec_path: Path, ckpt: Checkpoint, observations: list[dict
     backend = create_backend(backend_name, bundle, BackendOptions(max_batch=batch, precision=precision)).load()
     try:
         engine = Engine(bundle, backend, max_batch=batch, memory="dynamic")
-        obs = [Observation(images={camera_name(k): o[k] for k in ckpt.image_keys}, instruction="",
+        obs = [Observation(images={camera_name(k): o[k] for k in ckpt.image_keys}, instruction=o["task"],
                            stamp_ns=i + 1, state=o.get(STATE_KEY)) for i, o in enumerate(observations)]
-        chunks = engine.infer(obs)
+        prepared = engine.prepare(obs)
+        if prepared.rejected:
+            raise ParityError(f"vla_accel rejected parity observations: {prepared.rejected[0][1]}",
+                              reason="parity_dropped")
+        if bundle.spec.program.noise in bundle.spec.program.graphs[0].inputs:
+            # the same noise LeRobot gets (the runtime would otherwise draw its own, seeded)
+            prepared.inputs[bundle.spec.program.noise] = np.stack([o["noise"] for o in observations])
+        chunks = engine.finish(prepared, engine.run(prepared))
     finally:
         backend.close()
     if len(chunks) != batch:
@@ -466,12 +570,16 @@ def import_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, name: str 
     tmp.mkdir(parents=True)
     try:
         graph_path = tmp / "model.onnx"
-        module = _ACTGraph(ckpt)
+        module = _ACTGraph(ckpt) if ckpt.type == "act" else _SmolVLAGraph(ckpt)
         names, tensors = _example_tensors(ckpt, batch=2)
         exported = export_onnx(module, names, tensors, ["actions"], graph_path, progress)
         graphs = [{"name": "policy", "inputs": names, "outputs": ["actions"], "file": graph_path.name,
                    "batch": exported["batch"]}]
-        spec = build_spec(ckpt, name=name, graphs=graphs, fps=rate)
+        instruction = None
+        if ckpt.type == "smolvla":
+            instruction = _smolvla_instruction(ckpt, tmp)
+            graphs[0]["dtypes"] = {"tokens": "int64", "token_mask": "bool"}
+        spec = build_spec(ckpt, name=name, graphs=graphs, fps=rate, instruction=instruction)
         spec_path = tmp / "spec.yaml"
         header = (f"# Imported from the LeRobot {ckpt.type} checkpoint {Path(checkpoint).resolve()} by "
                   "`vla-accel import lerobot`.\n# Normalisation statistics come from its pre/post-processors; "
