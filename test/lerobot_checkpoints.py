@@ -4,7 +4,8 @@ policy_postprocessor.json with the normaliser statistics in safetensors files, t
 
 Run with the Python that has LeRobot (``.venv-lerobot/bin/python``):
     python test/lerobot_checkpoints.py {act,smolvla} OUT_DIR [--full]
-``--full`` keeps LeRobot's default ACT sizes (ResNet-18, 4+1 layers, d=512: what the bench uses);
+``--full`` keeps LeRobot's default ACT sizes (ResNet-18, 4+1 layers, d=512) with two 480x640 cameras
+(what the bench uses);
 without it the network is shrunk so tests stay fast.
 """
 from __future__ import annotations
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.policy == "act":
-        made = make_act(args.out, full=args.full, seed=args.seed)
+        made = make_act(args.out, full=args.full, seed=args.seed, image_hw=(480, 640) if args.full else (96, 128))
     else:
         made = make_smolvla(args.out, seed=args.seed)
     print(made)

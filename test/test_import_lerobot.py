@@ -239,3 +239,71 @@ def test_letterbox_top_left_pads_above_like_lerobot_resize_with_pad():
     image = Preprocessor(spec).prepare([Observation(images={"c": frame}, instruction=None, stamp_ns=1)]
                                        ).inputs["image_c"][0, 0]
     assert np.allclose(image[4:], 1.0) and np.allclose(image[:4], 0.0)
+
+
+@pytest.fixture(scope="module")
+def smolvla_import(lerobot_python, tmp_path_factory):
+    base = tmp_path_factory.mktemp("lerobot_smolvla")
+    ckpt, out = base / "pretrained_model", base / "imported"
+    made = _run([lerobot_python, str(ROOT / "test" / "lerobot_checkpoints.py"), "smolvla", str(ckpt)])
+    assert made.returncode == 0, made.stderr[-3000:]
+    result = _run([lerobot_python, "-m", "vla_accel.cli", "import", "lerobot", str(ckpt), str(out)])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return {"ckpt": ckpt, "out": out, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_smolvla_import_parity_language_and_padding(smolvla_import):
+    """A reduced SmolVLA on a local backbone folder (no hub): the whole sampling loop exported with the
+    noise as an input; parity <= 1e-4 with the same noise; the spec carries the tokenizer, the prompt
+    template, int64 / bool token inputs, the top/left letterbox and the batch the exporter fixed."""
+    from vla_accel.core.spec import ModelSpec
+
+    out = smolvla_import["out"]
+    report = json.loads((out / "parity.json").read_text())
+    assert all(row["ok"] for row in report["parity"])
+    assert max(row["max_abs"] for row in report["parity"]) <= 1e-4
+    spec = ModelSpec.from_yaml(out / "spec.yaml")
+    assert spec.instruction.enabled and spec.instruction.tokenizer == "tokenizer.json"
+    assert (out / "tokenizer.json").is_file() and spec.instruction.prompt_template == "{instruction}\n"
+    assert (spec.instruction.ids_dtype, spec.instruction.mask_dtype) == ("int64", "bool")
+    cam = spec.cameras[0]
+    assert (cam.height, cam.width, cam.resize, cam.pad, cam.normalize) == (64, 64, "letterbox", "top_left", "zero_one")
+    graph = spec.program.graphs[0]
+    assert "noise" in graph.inputs and spec.action.dt == pytest.approx(0.1)
+    # The batch the exporter produced is what the spec declares (dynamo fixes SmolVLA's batch).
+    exported = report["export"]["batch"]
+    assert graph.batch == exported
+    if exported:
+        assert "the exporter fixed the batch" in smolvla_import["stderr"]
+
+
+def test_imported_smolvla_runs_on_onnxruntime_and_openvino_with_any_batch(smolvla_import):
+    """Through the node's loader and Engine: batches other than the exported one are split / padded;
+    the runtime draws the noise (seeded), so the same call on two backends agrees."""
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.backends.registry import create_backend
+    from vla_accel.core.engine import Engine
+    from vla_accel.core.types import Observation
+    from vla_accel.errors import BackendUnavailableError
+    from vla_accel.models import load_model
+
+    bundle = load_model(smolvla_import["out"] / "spec.yaml")
+    spec = bundle.spec
+    rng = np.random.default_rng(1)
+    obs = [Observation(images={"top": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)},
+                       instruction="pick up the red cube", stamp_ns=i + 1,
+                       state=rng.normal(size=spec.state.dims).astype(np.float32)) for i in range(3)]
+    results = {}
+    for name in ("onnxruntime", "openvino"):
+        try:
+            be = create_backend(name, bundle, BackendOptions(max_batch=3, precision="fp32")).load()
+        except BackendUnavailableError as exc:
+            pytest.skip(f"{name} not available: {exc}")
+        try:
+            chunks = Engine(bundle, be, max_batch=3, memory="dynamic").infer(obs)
+        finally:
+            be.close()
+        assert len(chunks) == 3 and all(c.values.shape == (spec.action.steps, spec.action.dims) for c in chunks)
+        results[name] = np.stack([c.values for c in chunks])
+        assert np.isfinite(results[name]).all()
+    np.testing.assert_allclose(results["openvino"], results["onnxruntime"], atol=1e-4)
