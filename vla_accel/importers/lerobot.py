@@ -397,7 +397,8 @@ def onnx_batch_dims(path: Path) -> dict[str, int | str]:
 
 
 def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names: list[str], path: Path,
-                progress: Callable[[str], None], opset: int = 18) -> dict[str, Any]:
+                progress: Callable[[str], None], opset: int = 18,
+                external_data_bytes: int = ONNX_EXTERNAL_DATA_BYTES) -> dict[str, Any]:
     """Export ``module`` with the dynamo exporter, a dynamic batch asked for; returns what came out:
     the batch actually exported (0 = dynamic) and whether the weights went to external data."""
     import torch
@@ -407,7 +408,12 @@ def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names:
     progress(f"exporting {path.name}: {n_params / 1e6:.1f}M parameters, {weight_bytes / 1e6:.0f} MB of weights "
              f"(opset {opset}, dynamo exporter)")
     batch = torch.export.Dim("batch", min=1, max=1024)
-    dynamic_shapes = (tuple({0: batch} for _ in tensors),)  # forward(*tensors): one varargs entry
+    import inspect
+
+    per_input = tuple({0: batch} for _ in tensors)
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL
+                  for p in inspect.signature(module.forward).parameters.values())
+    dynamic_shapes = (per_input,) if varargs else per_input  # forward(*tensors) is one varargs entry
     t0 = time.perf_counter()
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # one INFO line per folded initializer otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -416,7 +422,7 @@ def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names:
                                     input_names=names, output_names=output_names,
                                     dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
     progress(f"traced and converted in {time.perf_counter() - t0:.1f}s; saving")
-    external = weight_bytes > ONNX_EXTERNAL_DATA_BYTES
+    external = weight_bytes > external_data_bytes
     program.save(str(path), external_data=external)
     dims = onnx_batch_dims(path)
     fixed = sorted({d for d in dims.values() if isinstance(d, int) and d > 0})
