@@ -50,7 +50,10 @@ setup_ros() {
 
 setup_lerobot() {
   # Optional LeRobot layer (.venv-lerobot) for `vla-accel import lerobot`: see scripts/setup_lerobot.sh.
-  bash scripts/setup_lerobot.sh "$VENV" "$ROOT/.venv-lerobot"
+  # Optional: when it cannot install, the rest still works; the import says what to install and its
+  # tests skip naming it.
+  bash scripts/setup_lerobot.sh "$VENV" "$ROOT/.venv-lerobot" || \
+    log "LeRobot layer not installed (scripts/setup_lerobot.sh failed): vla-accel import lerobot is unavailable"
 }
 
 setup() { setup_apt; setup_venv; setup_ros; setup_lerobot; }
