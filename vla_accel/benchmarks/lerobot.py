@@ -9,7 +9,9 @@ observations: LeRobot eager (``policy.predict_action_chunk``, torch fp32), then 
 imported graph (onnxruntime fp32, openvino fp32 and, where the CPU has it, openvino bf16). Timed calls
 are interleaved (one call per variant per round, the order rotating) so load from other processes
 falls on every variant alike. Per variant: latency percentiles (``core.metrics``), speedup over LeRobot
-eager on p50, and the largest absolute difference of the (normalised) action chunk from LeRobot's.
+eager on p50, the largest absolute difference of the (normalised) action chunk from LeRobot's, and the
+precision the runtime reports it actually runs (OpenVINO runs bf16 only on CPUs with AVX512-BF16 / AMX;
+elsewhere its bf16 request runs f32 and the row says so).
 Needs LeRobot (runs in .venv-lerobot: ``./run.sh vla-accel`` does not have it; use
 ``.venv-lerobot/bin/vla-accel bench lerobot ...``).
 """
@@ -88,14 +90,22 @@ def run(args: argparse.Namespace) -> int:
         calls: dict[str, Callable[[], np.ndarray]] = {BASELINE: lerobot_call}
         loaded = []
         skipped: dict[str, str] = {}
+        devices: dict[str, dict] = {BASELINE: {"device": "cpu", "precision": "fp32",
+                                               "parallel_units": torch.get_num_threads()}}
         for label, name, precision in _variants(backends, not args.no_bf16):
+            # Interleaved calls need idle runtimes to leave the cores alone: ONNX Runtime's threads
+            # busy-wait between runs by default, which slows whatever runs next (see commands/bench.py).
+            extra = {"allow_spinning": False} if name == "onnxruntime" else {}
             try:
                 be = create_backend(name, bundle, BackendOptions(threads=threads, max_batch=batch,
-                                                                 precision=precision)).load()
+                                                                 precision=precision, extra=extra)).load()
             except VlaAccelError as exc:
                 skipped[label] = str(exc)
                 continue
             loaded.append(be)
+            info = be.device_info()
+            devices[label] = {"device": info.device, "precision": info.precision,
+                              "parallel_units": info.parallel_units}
             output = bundle.spec.action.output
             calls[label] = (lambda be=be, output=output: be.infer(feeds)[output])
         try:
@@ -127,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 "variant": label, "batch": batch, "calls": len(samples[label]), "latency_ms": stats,
                 "throughput_per_s": metrics.throughput(batch * len(samples[label]), sum(samples[label]) / 1e3),
                 "speedup_vs_lerobot_eager": metrics.speedup(base["p50"], stats["p50"]),
-                "max_abs_diff_vs_lerobot": diffs[label],
+                "max_abs_diff_vs_lerobot": diffs[label], **devices.get(label, {}),
             })
         for label, why in skipped.items():
             report["results"].append({"variant": label, "batch": batch, "skipped": why})
