@@ -34,7 +34,7 @@ def _write_spec(folder: Path, data: dict, filename: str = "model.yaml") -> Path:
 
 # --- specs -----------------------------------------------------------------------------------------
 def test_builtin_models_are_listed_and_load():
-    assert builtin_models() == ["base", "tiny", "tiny-2cam"]
+    assert builtin_models() == ["base", "base-flow", "tiny", "tiny-2cam", "tiny-ar", "tiny-diffusion", "tiny-flow"]
     tiny = load_model("tiny")
     assert [c.name for c in tiny.spec.cameras] == ["primary"]
     assert tiny.spec.state is not None and tiny.spec.state.dims == 8

@@ -144,14 +144,14 @@ def test_letterbox_pads_bottom_right_like_resize_with_pad():
 
 
 # --- user ONNX graphs and the load-time contract ----------------------------------------------------
-def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=False) -> Path:
+def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=False, batch="B") -> Path:
     """A small hand-built ONNX policy: actions = noise + mean(image) + mean(state) [+ mean(mask*tokens)],
     with a second output 'aux' listed first (so reading output 0 would be wrong)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inputs = [helper.make_tensor_value_info("image_primary", TensorProto.FLOAT, ["B", 3, 8, 8]),
-              helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", 8])]
+    inputs = [helper.make_tensor_value_info("image_primary", TensorProto.FLOAT, [batch, 3, 8, 8]),
+              helper.make_tensor_value_info("state", TensorProto.FLOAT, [batch, 8])]
     nodes = [helper.make_node("ReduceMean", ["image_primary", "axes123"], ["m_img"], keepdims=1),
              helper.make_node("Reshape", ["m_img", "shape_b11"], ["img3"]),
              helper.make_node("MatMul", ["state", "w_state"], ["s7"]),
@@ -182,8 +182,10 @@ def _user_onnx(path: Path, *, tokens_dtype=None, extra_noise=True, external=Fals
     else:
         nodes.append(helper.make_node("Expand", [last, "shape_b47"], ["actions"]))
         inits.append(numpy_helper.from_array(np.array([1, 4, 7], dtype=np.int64), "shape_b47"))
-    outputs = [helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["B", 8]),
-               helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", 4, 7])]
+    if batch != "B":
+        inits[1] = numpy_helper.from_array(np.array([batch, 1, 1], dtype=np.int64), "shape_b11")
+    outputs = [helper.make_tensor_value_info("aux", TensorProto.FLOAT, [batch, 8]),
+               helper.make_tensor_value_info("actions", TensorProto.FLOAT, [batch, 4, 7])]
     graph = helper.make_graph(nodes, "user_policy", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -382,3 +384,131 @@ def test_base_flow_builds_and_runs_on_cpu_at_batch_1():
         inputs = example_inputs(bundle.spec, 1, seed=0)
         actions = runner.infer(inputs)["actions"]
     assert actions.shape == (1, 50, 32) and np.isfinite(actions).all()
+
+
+# --- end to end: replay and the node's session ---------------------------------------------------------
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
+def test_replay_runs_a_flow_program_and_reports_its_stages(tmp_path):
+    pytest.importorskip("rosbags", reason="needs rosbags: pip install rosbags")
+    import json
+
+    from vla_accel.bags.sample import make_sample_bag
+    from vla_accel.cli import main as cli_main
+
+    sample = make_sample_bag(tmp_path / "sample", frames=4, broken=False)
+    out = tmp_path / "out"
+    code = cli_main(["replay", str(sample.path), "--model", "tiny-flow", "--backends", "onnxruntime",
+                     "--out", str(out), "--bare-iterations", "2", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = [r for r in report["backends"] if "error" not in r]
+    assert len(rows) == 1 and rows[0]["chunks"] >= 3
+    for row in rows:
+        stages = row["program_stages_ms"]
+        assert stages["steps"] == 10 and 0 < stages["prefix_p50"] < stages["program_p50"]
+    assert "Policy program stages" in (out / "report.md").read_text()
+
+
+def test_session_runs_tiny_flow_with_stage_metrics():
+    from vla_accel.core.engine import Engine
+    from vla_accel.core.types import Observation
+
+    bundle = load_model("tiny-flow")
+    backend = create_backend("onnxruntime" if HAVE_ORT else "torch", bundle).load()
+    engine = Engine(bundle, backend)
+    frame = np.zeros((96, 128, 3), dtype=np.uint8)
+    chunk = engine.infer_one(Observation(images={"primary": frame}, instruction="pick", stamp_ns=1,
+                                         state=np.zeros(8)))
+    assert chunk.values.shape == (16, 7) and chunk.names[0] == "x"
+    snap = engine.metrics.snapshot()
+    assert snap.stage("prefix")["count"] == 1 and snap.stage("step")["p50"] > 0
+    assert snap.extra["program_steps"] == 10
+    from vla_accel.ros.diagnostics import fill_stats_msg
+
+    class Stats:  # the message's fields (the built message is tested in the ROS tests)
+        class header:
+            class stamp:
+                sec = nanosec = 0
+        prefix_p50_ms = 0.0
+
+    msg = fill_stats_msg(Stats(), snap, 1)
+    assert msg.program_steps == 10 and msg.prefix_p50_ms > 0
+    engine.close()
+
+
+def test_the_worked_specs_of_docs_policies_load():
+    folder = Path(__file__).resolve().parents[1] / "docs" / "policies"
+    specs = {p.stem: ModelSpec.from_yaml(p) for p in sorted(folder.glob("*.yaml"))}
+    kinds = {s.program.kind for s in specs.values()}
+    assert kinds == {"single_pass", "flow_matching", "diffusion", "autoregressive"}
+    assert specs["act_single_pass"].fixed_batch == 1 and not specs["act_single_pass"].instruction.enabled
+    assert specs["pi0_flow"].cameras[0].pad == "bottom_right"
+    assert specs["groot_flow"].program.flow.time_dtype == "int64"
+    tokens = specs["openvla_autoregressive"].program.tokens
+    assert prog.tokens_to_values(np.array([31999]), tokens)[0] == tokens.centres()[0]
+
+
+@needs_onnx
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime")
+def test_bench_skips_a_batch_the_model_cannot_take_and_keeps_the_others(tmp_path):
+    from vla_accel.commands.bench import run_backends
+
+    _user_onnx(tmp_path / "model.onnx", extra_noise=False, batch=1)  # exported with a fixed batch of 1
+    _user_bundle(tmp_path, "fixed")
+    report = run_backends(model=str(tmp_path / "fixed.yaml"), backends=["onnxruntime"], batches=[1, 2],
+                          warmup=1, iters=2, openvino_default=False, onnxruntime_int8=False, log=lambda m: None)
+    rows = {r["batch"]: r for r in report["results"]}
+    assert rows[1]["iterations"] == 2 and "error" not in rows[1]
+    assert "batch 2" in rows[2]["error"]
+
+
+@pytest.mark.slow
+def test_bench_reports_program_stages_and_the_prefix_cache():
+    from vla_accel.commands.bench import format_table, run_backends
+
+    report = run_backends(model="tiny-diffusion", backends=["torch"], batches=[1], warmup=1, iters=3,
+                          openvino_default=False, onnxruntime_int8=False, log=lambda m: None)
+    (row,) = report["results"]
+    assert row["stages_ms"]["steps"] == 10 and row["chunk_rate_hz"] > 0
+    assert report["prefix_cache"]["per_backend"]["torch"]["speedup"] > 0
+    assert "prefix once speedup" in format_table(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (module_available("ai_edge_litert") and module_available("litert_torch")),
+                    reason="needs LiteRT and its converter: pip install -r requirements/litert.txt")
+def test_tiny_flow_runs_on_tflite_like_torch():
+    from vla_accel.models.reference import load_program_reference
+
+    bundle = load_model("tiny-flow")
+    case = load_program_reference(bundle)
+    with create_backend("tflite", bundle) as runner:
+        actions = runner.infer(case.inputs)["actions"]
+    assert np.abs(actions - case.actions).max() <= 1e-4
+    with pytest.raises(BackendError, match="single_pass, flow_matching, diffusion"):
+        create_backend("tflite", load_model("tiny-ar")).load()
+
+
+def test_runner_stacks_observation_history_oldest_first():
+    from vla_accel.backends.program import ProgramRunner
+
+    spec = ModelSpec.from_dict(_spec_dict(program={
+        "graphs": [{"name": "model", "inputs": ["image_primary", "state"], "outputs": ["actions"]}],
+        "history": [{"input": "state", "frames": 3}]}))
+
+    class StateHistoryPolicy:  # actions[b, k, 0] = state of frame k (oldest first), dimension 0
+        def run(self, feeds):
+            hist = feeds["state"]
+            assert hist.shape == (2, 3, 8)
+            out = np.zeros((2, 4, 7), dtype=np.float32)
+            out[:, :3, 0] = hist[:, :, 0]
+            return {"actions": out}
+
+    runner = ProgramRunner(spec, {"model": StateHistoryPolicy()})
+    inputs = example_inputs(spec, 2, seed=0)
+    seen = []
+    for value in (1.0, 2.0, 3.0, 4.0):
+        inputs["state"][:, 0] = value
+        actions, _ = runner.run(inputs, 0)
+        seen.append(actions[0, :3, 0].tolist())
+    assert seen == [[1, 1, 1], [1, 1, 2], [1, 2, 3], [2, 3, 4]]

@@ -379,3 +379,29 @@ def test_backend_failure_mid_stream_switches_to_the_fallback(listener, tmp_path)
     assert status["backend switches"] == "1" and status["last switch"].startswith("onnxruntime -> torch")
     assert "injected" in status["last switch"]
     assert node.returncode == 0 and elapsed < 10.0, out[-3000:]
+
+
+def test_node_runs_a_flow_program(listener, tmp_path):
+    """model:=tiny-flow: prefix + 10 steps per chunk on onnxruntime; stages on /vla/stats and /diagnostics."""
+    node = _start_node(["-p", "backend:=onnxruntime", "-p", "model:=tiny-flow", "-p", "speedup_baseline:=none",
+                        "-p", "target_latency_ms:=20000.0"])
+    camera = None
+    start = len(listener.chunks)
+    try:
+        _node_ready(listener, node)
+        camera = _start_camera(120.0, tmp_path / "stamps.txt")
+        listener.wait_for(lambda: len(listener.chunks) >= start + 2, 90, "2 action chunks of tiny-flow")
+        listener.wait_for(lambda: listener.stats and listener.stats[-1][1].program_steps == 10, 20,
+                          "InferenceStats with program stages")
+        _stop_camera(camera)
+        _, out = _sigint_and_wait(node)
+    finally:
+        _kill_leftovers(camera, node)
+    assert node.returncode == 0, out[-3000:]
+    with listener.lock:
+        chunk = listener.chunks[-1][1]
+        stats = listener.stats[-1][1]
+    assert (chunk.model, chunk.backend, chunk.steps, chunk.dims) == ("tiny-flow", "onnxruntime", 16, 7)
+    assert 0 < stats.prefix_p50_ms < stats.program_p50_ms and stats.step_p50_ms > 0
+    values = {kv.key: kv.value for kv in listener.latest_status("vla_accel: inference").values}
+    assert values["steps per chunk"] == "10" and float(values["prefix p50 (ms)"]) > 0

@@ -340,7 +340,8 @@ class Backend(abc.ABC):
 def uses_program_runner(spec) -> bool:
     """Multi-graph programs, and single graphs that read runtime-generated noise (unrolled loops)."""
     program = spec.program
-    return not program.is_single_pass or bool(program.graphs and program.noise in program.graphs[0].inputs)
+    return (not program.is_single_pass or bool(program.history)
+            or bool(program.graphs and program.noise in program.graphs[0].inputs))
 
 
 def example_inputs(spec: "ModelSpec", batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -11,6 +11,13 @@ What makes it fast at batch 1, where a robot lives:
 * pinned host staging buffers and asynchronous H2D / D2H copies on a dedicated copy stream, all
   sized once for ``options.max_batch``; compute runs on its own stream, ordered by events.
 
+Policy programs (flow matching, diffusion, autoregressive) run through the shared ProgramRunner on
+the reference program's torch modules on the GPU: tensors passed between graphs (prefix key/value
+cache, the sample) stay on the device, only the final chunk is copied back. The hook for running
+the whole loop as one CUDA graph is ``Backend.run_program(inputs, noise)``: return the actions for the
+given start noise (the runner's own per-call noise, so results stay comparable with every backend)
+and the runner is bypassed; see docs/policies.md "GPU: one CUDA graph per chunk".
+
 Absent CUDA (no NVIDIA driver, or a CPU-only torch build) ``load()`` raises BackendUnavailableError
 naming what is missing and how to install it.
 """
@@ -55,6 +62,7 @@ class CudaBackend(Backend):
     kind = "gpu"
     precisions = ("fp32", "fp16", "bf16")
     description = "PyTorch on an NVIDIA GPU: fp16/bf16, CUDA graphs, pinned async copies"
+    program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
     @classmethod
     def probe(cls) -> Availability:
@@ -70,6 +78,27 @@ class CudaBackend(Backend):
 
     # --- load -------------------------------------------------------------------------------------
     def _load(self) -> None:
+        torch = self._setup_device()
+        with torch.cuda.device(self.device):
+            self.module = self.model.torch_module(self.device, self.dtype)
+            if self.compile_mode:
+                self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
+            else:
+                self.forward = self.module
+            self.copy_stream = torch.cuda.Stream(self.device)
+            self.compute_stream = torch.cuda.Stream(self.device)
+            self._allocate_staging()
+
+    def _load_program(self):
+        from vla_accel.backends.program_torch import torch_program
+
+        torch = self._setup_device()
+        self.module = self.forward = None
+        self.host_inputs, self.device_inputs = {}, {}
+        with torch.cuda.device(self.device):
+            return torch_program(self.model, self.device, self.dtype)
+
+    def _setup_device(self):
         import torch
 
         self._torch = torch
@@ -100,17 +129,9 @@ class CudaBackend(Backend):
         self.compile_mode = self.options.extra.get("compile") or None
         self.use_graphs = _flag(self.options.extra.get("cuda_graphs", True)) and self.compile_mode is None
         self._lock = threading.Lock()
-        with torch.cuda.device(self.device):
-            self.module = self.model.torch_module(self.device, self.dtype)
-            if self.compile_mode:
-                self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
-            else:
-                self.forward = self.module
-            self.copy_stream = torch.cuda.Stream(self.device)
-            self.compute_stream = torch.cuda.Stream(self.device)
-            self._allocate_staging()
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (CUDAGraph, static output)
         self._eager_passes: dict[int, int] = {}
+        return torch
 
     def _allocate_staging(self) -> None:
         """Pinned host buffers and device buffers for every input and the output, at max_batch."""

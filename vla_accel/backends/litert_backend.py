@@ -392,6 +392,8 @@ class LiteRTBackend(Backend):
     def graph_signatures(self):
         from vla_accel.backends.program import GraphSignature, TensorInfo, dtype_name
 
+        if getattr(self, "_graphs", None):
+            return {name: graph.signature() for name, graph in self._graphs.items()}
         out = {}
         for runner in self._runners:
             # quantised inputs take float32 (encoded here): only float / integer inputs are compared
@@ -435,6 +437,12 @@ class LiteRTBackend(Backend):
     def _device_info(self) -> DeviceInfo:
         from vla_accel.backends.torch_backend import cpu_model_name
 
+        if getattr(self, "_graphs", None):
+            return DeviceInfo(backend=self.name, device=self._device_name(), kind=self.kind,
+                              parallel_units=self._parallel_units(), precision=self.options.precision,
+                              runtime_version=self._runtime,
+                              detail={"model_files": [str(g.path) for g in self._graphs.values()],
+                                      "program": self.spec.program.kind, "cpu": cpu_model_name()})
         first = self._runners[0]
         detail: dict[str, Any] = {
             "model_files": [str(r.path) for r in self._runners],
@@ -464,6 +472,62 @@ class TFLiteBackend(LiteRTBackend):
     kind = "cpu"
     precisions = ("fp32", "fp16", "int8")
     description = "LiteRT (TFLite) on the CPU with XNNPACK; fp32, fp16 weights or full-integer int8"
+    program_kinds = ("single_pass", "flow_matching", "diffusion")
+
+    def _load_program(self):
+        from vla_accel.backends.program import NumpyOps
+
+        if self.options.precision != "fp32":
+            raise BackendError("tflite runs policy programs in fp32 only", reason="bad_precision")
+        if self.options.threads < 0:
+            raise BackendError(f"threads must be >= 0, got {self.options.threads}", reason="bad_option")
+        module, self._runtime = import_interpreter_module()
+        paths = self.model.export_program("tflite", progress=False)
+        self._graph_paths = paths
+        self._graphs = {name: _ProgramGraph(self._make_interpreter(module, path), path) for name, path in paths.items()}
+        self._runners = []
+        self._threads = int(self.options.threads) or (os.cpu_count() or 1)
+        return self._graphs, NumpyOps()
+
+
+class _ProgramGraph:
+    """One graph of a program (exported at batch 1): named signature inputs and outputs; a batch runs
+    row by row."""
+
+    def __init__(self, interpreter, path: Path):
+        self.path = path
+        signatures = interpreter.get_signature_list()
+        key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+        self.runner = interpreter.get_signature_runner(key)
+        self.inputs = self.runner.get_input_details()
+        self.outputs = self.runner.get_output_details()
+        self._lock = threading.Lock()
+
+    def run(self, feeds):
+        batch = next(iter(feeds.values())).shape[0]
+        rows: dict[str, list[np.ndarray]] = {}
+        with self._lock:
+            for row in range(batch):
+                args = {name: np.ascontiguousarray(feeds[name][row:row + 1], dtype=self.inputs[name]["dtype"])
+                        for name in self.inputs}
+                try:
+                    out = self.runner(**args)
+                except (ValueError, RuntimeError) as exc:
+                    raise BackendError(f"LiteRT inference of {self.path.name} failed: {exc}",
+                                       reason="infer_failed") from exc
+                for name, value in out.items():
+                    rows.setdefault(name, []).append(np.array(value, copy=True))
+        return {name: np.concatenate(values, axis=0) for name, values in rows.items()}
+
+    def signature(self):
+        from vla_accel.backends.program import GraphSignature, TensorInfo, dtype_name
+
+        def info(detail):
+            shape = tuple(int(v) for v in detail.get("shape_signature", detail["shape"]))
+            return TensorInfo(dtype_name(detail["dtype"]), (None, *shape[1:]) if shape else ())
+
+        return GraphSignature({n: info(d) for n, d in self.inputs.items()},
+                              {n: info(d) for n, d in self.outputs.items()})
 
 
 EDGETPU_HINT = (

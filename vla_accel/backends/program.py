@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 
 from vla_accel.core.program import (
+    HistoryStack,
     ProgramSpec,
     call_noise,
     diffusion_steps,
@@ -105,6 +106,10 @@ def expected_feeds(spec, graph_inputs: tuple[str, ...], produced: Mapping[str, T
 
     program: ProgramSpec = spec.program
     observed = {n: TensorInfo(dt.name, tuple(shape)) for n, (shape, dt) in input_signature(spec).items()}
+    for history in program.history:  # stacked on axis 1: (batch, frames, *per-sample shape)
+        if history.input in observed:
+            base = observed[history.input]
+            observed[history.input] = TensorInfo(base.dtype, (history.frames, *base.shape))
     steps, dims = spec.action.steps, spec.action.dims
     runtime = {program.noise: TensorInfo("float32", (steps, dims)), program.sample: TensorInfo("float32", (steps, dims))}
     time_dtype = program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype
@@ -192,6 +197,22 @@ class ProgramRunner:
         self.recompute_prefix = False
         self._diffusion = diffusion_steps(self.program.diffusion, self.program.steps) \
             if self.program.kind == "diffusion" else []
+        # observation history: the last k values of an input, per batch row (one stream per row)
+        self._history = {h.input: HistoryStack(h.frames) for h in self.program.history}
+
+    def stack_history(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs with every history input replaced by its last k values, stacked on axis 1."""
+        if not self._history:
+            return dict(inputs)
+        out = dict(inputs)
+        for name, stack in self._history.items():
+            rows = inputs[name]
+            out[name] = np.stack([stack.push(row, rows[row]) for row in range(rows.shape[0])], axis=0)
+        return out
+
+    def reset_history(self) -> None:
+        for stack in self._history.values():
+            stack.reset()
 
     def start_noise(self, inputs: Mapping[str, np.ndarray], batch: int, call: int) -> np.ndarray:
         given = inputs.get(self.program.noise)
@@ -216,6 +237,7 @@ class ProgramRunner:
         program, ops = self.program, self.ops
         t_start = time.perf_counter_ns()
         batch = next(iter(inputs.values())).shape[0]
+        inputs = self.stack_history(inputs)
         env: dict[str, Any] = {}
         for name, value in inputs.items():
             env[name] = ops.upload(value)
@@ -288,27 +310,6 @@ class ProgramRunner:
         times.step_ms = step_times
         times.total_ms = (time.perf_counter_ns() - t_start) / 1e6
         return host, times
-
-
-def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Example feeds of every graph (for exports): observation inputs, runtime inputs, and earlier
-    graphs' outputs computed by ``run_graph(name, feeds)`` is left to the caller; this returns only the
-    observation and runtime inputs per graph."""
-    from vla_accel.backends.base import example_inputs
-
-    program = spec.program
-    obs = example_inputs(spec, batch, seed)
-    runtime = {
-        program.noise: call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims)),
-        program.sample: call_noise(seed, 1, (batch, spec.action.steps, spec.action.dims)),
-        program.time: np.full((batch,), 0.5 if program.kind == "flow_matching" else 3,
-                              dtype=program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype),
-        "token": np.ones((batch, 1), dtype=np.int64),
-        "position": np.ones((batch, 1), dtype=np.int64),
-    }
-    if program.step_index:
-        runtime[program.step_index] = np.zeros((batch,), dtype=np.int64)
-    return {**obs, **runtime}
 
 
 Runner = Callable[[Mapping[str, np.ndarray], int], tuple[np.ndarray, StageTimes]]

@@ -80,6 +80,14 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
                 "write_s": run.write_s,
             }
         )
+        if run.snapshot.get("program_total_count"):
+            # policy programs: the prefix once per chunk, one step-graph call, the whole program (p50)
+            rows[-1]["program_stages_ms"] = {
+                "prefix_p50": run.snapshot.get("prefix_p50_ms", 0.0),
+                "step_p50": run.snapshot.get("step_p50_ms", 0.0),
+                "program_p50": run.snapshot.get("program_total_p50_ms", 0.0),
+                "steps": run.snapshot.get("program_steps", 0),
+            }
     return rows
 
 
@@ -186,6 +194,14 @@ def render_markdown(
         lines += ["Frames rejected by the pipeline (by reason, same for every backend): "
                   + ", ".join(f"`{k}` {v}" for k, v in sorted(drops.items())), ""]
 
+    staged = [r for r in rows if "program_stages_ms" in r]
+    if staged:
+        lines += ["## Policy program stages", "", "| backend | prefix p50 ms | step p50 ms | steps | program p50 ms |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['backend']} | {_fmt(r['program_stages_ms']['prefix_p50'])} | "
+                  f"{_fmt(r['program_stages_ms']['step_p50'])} | {r['program_stages_ms']['steps']:.0f} | "
+                  f"{_fmt(r['program_stages_ms']['program_p50'])} |" for r in staged]
+        lines += [""]
     lines += [
         "## Backends",
         "",

@@ -72,6 +72,10 @@ def stats_fields(snapshot) -> dict[str, Any]:
         "frames_dropped": flat["frames_dropped"],
         "frames_superseded": flat["frames_superseded"],
         "backend_switches": flat["backend_switches"],
+        "prefix_p50_ms": flat.get("prefix_p50_ms", 0.0),
+        "step_p50_ms": flat.get("step_p50_ms", 0.0),
+        "program_p50_ms": flat.get("program_total_p50_ms", 0.0),
+        "program_steps": int(flat.get("program_steps", 0) or 0),
     }
 
 

@@ -303,7 +303,8 @@ def run_without_ros(args: argparse.Namespace) -> int:
                                         assembler.instruction_view(), config)
     print(diagnostics.format_reports(reports, ("latency p50 (ms)", "latency p99 (ms)", "throughput (Hz)",
                                                "speedup over CPU", "frames received", "frames processed",
-                                               "frames dropped")))
+                                               "frames dropped", "prefix p50 (ms)", "step p50 (ms)",
+                                               "program p50 (ms)", "steps per chunk")))
     return 0 if chunks_seen["n"] else 1
 
 

@@ -136,6 +136,7 @@ class Engine:
                 f"backend '{self.backend_name}' failed: {type(exc).__name__}: {exc}", reason="backend_error"
             ) from exc
         batch.timings_ms["infer"] = (time.perf_counter_ns() - t0) / 1e6
+        self._record_program_stages(backend)
         if self.spec.action.output not in outputs:
             self.metrics.record_backend_error("missing_output", batch.size)
             raise BackendError(
@@ -144,6 +145,18 @@ class Engine:
                 reason="missing_output",
             )
         return outputs
+
+    def _record_program_stages(self, backend) -> None:
+        """Per-stage times of a policy program (prefix, mean step, whole program) into the metrics."""
+        member = getattr(backend, "active", None) or backend
+        stages = getattr(member, "last_stage_ms", None)
+        if not stages:
+            return
+        for stage in ("prefix", "step", "program_total"):
+            if stage in stages:
+                self.metrics.record_stage(stage, stages[stage])
+        if "steps" in stages:
+            self.metrics.set_value("program_steps", stages["steps"])
 
     def finish(self, batch: PreparedBatch, outputs: dict[str, np.ndarray]) -> list[ActionChunk]:
         """Postprocess (timed), record metrics, release the batch's buffers, return its chunks.

@@ -417,6 +417,7 @@ class HistoryStack:
         self._values: dict[Any, deque] = {}
 
     def push(self, key: Any, value: np.ndarray) -> np.ndarray:
+        value = np.array(value, copy=True)  # callers reuse their input buffers
         queue = self._values.get(key)
         if queue is None:
             queue = self._values[key] = deque([value] * self.frames, maxlen=self.frames)

@@ -315,6 +315,9 @@ class ModelBundle:
         A user model that already is in ``fmt`` is returned as is; ONNX converts to OpenVINO;
         other conversions raise ModelFileError saying what is unavailable."""
         fmt = fmt.lower()
+        if self.is_program:  # one file per graph, in one folder: the folder is returned
+            paths = self.export_program(fmt, precision=precision, progress=progress, force=force)
+            return next(iter(paths.values())).parent
         if fmt not in EXPORT_FORMATS and fmt != self.spec.format:
             raise ModelFileError(
                 f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}", reason="bad_export_format"

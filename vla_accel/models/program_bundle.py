@@ -125,8 +125,6 @@ def example_feeds(bundle: "ModelBundle", batch: int = 2, seed: int = 0) -> dict[
     modules), used to export each graph."""
     import torch
 
-    from vla_accel.backends.program import program_example_feeds
-
     program = bundle.spec.program
     env = program_example_feeds(bundle.spec, batch, seed)
     modules = graph_modules(bundle)
@@ -158,17 +156,17 @@ def export_program(bundle: "ModelBundle", fmt: str, precision: str = "fp32", pro
         if not (fmt == "openvino" and bundle.spec.format == "onnx"):
             raise ModelFileError(f"model '{bundle.name}': conversion of {bundle.spec.format} graphs to {fmt} is not "
                                  "available (only onnx -> openvino)", reason="conversion_unavailable")
-    if fmt == "tflite":
+    if fmt == "tflite" and (precision != "fp32" or bundle.spec.program.kind == "autoregressive"):
         raise ModelFileError(
-            f"model '{bundle.name}': TFLite export of {bundle.spec.program.kind} programs is not available: "
-            "litert-torch converts single graphs of fixed shape, and the step graph's key/value cache inputs "
-            "(prefix_keys / past_keys) need shapes it does not take here; run the program on onnxruntime or "
-            "openvino", reason="conversion_unavailable")
-    if fmt not in ("onnx", "openvino") or precision not in ("fp32", "fp16") or (fmt == "onnx" and precision != "fp32"):
+            f"model '{bundle.name}': TFLite export of {bundle.spec.program.kind} programs is available in fp32 for "
+            "flow matching and diffusion only (the next-token graph's key/value cache grows every call, and "
+            "litert-torch converts fixed shapes); run it on onnxruntime or openvino", reason="conversion_unavailable")
+    if fmt not in ("onnx", "openvino", "tflite") or precision not in ("fp32", "fp16") or (
+            fmt != "openvino" and precision != "fp32"):
         raise ModelFileError(f"program export supports onnx fp32 and openvino fp32 / fp16; got {fmt} {precision}",
                              reason="bad_precision")
     final_dir = bundle.export_dir(fmt, precision)
-    suffix = ".onnx" if fmt == "onnx" else ".xml"
+    suffix = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}[fmt]
     targets = {g.name: final_dir / f"{g.name}{suffix}" for g in bundle.spec.program.graphs}
     with bundle._lock:
         if all(p.is_file() for p in targets.values()) and not force:
@@ -181,6 +179,8 @@ def export_program(bundle: "ModelBundle", fmt: str, precision: str = "fp32", pro
         try:
             if fmt == "onnx":
                 _export_onnx_graphs(bundle, tmp_dir, report)
+            elif fmt == "tflite":
+                _export_tflite_graphs(bundle, tmp_dir, report)
             else:
                 import openvino as ov
 
@@ -240,3 +240,63 @@ def _export_onnx_graphs(bundle: "ModelBundle", directory: Path, report) -> None:
         exported.save(str(path), external_data=False)
         onnx.checker.check_model(str(path))
         report.stage(f"checked graph '{graph.name}' ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _export_tflite_graphs(bundle: "ModelBundle", directory: Path, report) -> None:
+    """Each graph through litert-torch at batch 1 (the backend runs larger batches row by row); the
+    signature inputs carry the graph's input names, the outputs its output names."""
+    import keyword
+
+    import torch
+
+    try:
+        import litert_torch
+    except ImportError as exc:
+        from vla_accel.models.export_tflite import CONVERTER_HINT
+
+        raise ModelFileError(f"tflite export needs litert-torch: {CONVERTER_HINT}", reason="converter_missing") from exc
+    program = bundle.spec.program
+    feeds = example_feeds(bundle, batch=1)
+    modules = graph_modules(bundle)
+    for graph in program.graphs:
+        for name in (*graph.inputs, *graph.outputs):
+            if not name.isidentifier() or keyword.iskeyword(name):
+                raise ModelFileError(f"graph '{graph.name}': tensor name {name!r} is not a Python identifier; the "
+                                     "tflite signature is named after it", reason="bad_tensor_name")
+        params = ", ".join(graph.inputs)
+        source = (f"def forward(self, {params}):\n    out = self.inner({params})\n"
+                  "    out = out if isinstance(out, tuple) else (out,)\n"
+                  "    return dict(zip(self.names, out))\n")
+        namespace: dict = {}
+        exec(compile(source, "<vla_accel program graph>", "exec"), namespace)  # noqa: S102 (names checked)
+        wrapper = type("ProgramGraph", (torch.nn.Module,), {"forward": namespace["forward"]})()
+        wrapper.inner = modules[graph.name]
+        wrapper.names = tuple(graph.outputs)
+        sample = {n: torch.from_numpy(np.ascontiguousarray(feeds[graph.name][n])) for n in graph.inputs}
+        report.stage(f"converting graph '{graph.name}' with litert-torch {litert_torch.__version__} (batch 1)")
+        try:
+            converted = litert_torch.convert(wrapper.eval(), sample_kwargs=sample)
+            converted.export(str(directory / f"{graph.name}.tflite"))
+        except Exception as exc:  # noqa: BLE001  (the converter raises many types; name the graph and the cause)
+            raise ModelFileError(f"litert-torch could not convert graph '{graph.name}' of '{bundle.name}': "
+                                 f"{type(exc).__name__}: {str(exc)[:400]}", reason="conversion_failed") from exc
+
+
+def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Observation and runtime inputs of a program by name (example values for exports)."""
+    from vla_accel.backends.base import example_inputs
+    from vla_accel.core.program import call_noise
+
+    program = spec.program
+    obs = example_inputs(spec, batch, seed)
+    runtime = {
+        program.noise: call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims)),
+        program.sample: call_noise(seed, 1, (batch, spec.action.steps, spec.action.dims)),
+        program.time: np.full((batch,), 0.5 if program.kind == "flow_matching" else 3,
+                              dtype=program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype),
+        "token": np.ones((batch, 1), dtype=np.int64),
+        "position": np.ones((batch, 1), dtype=np.int64),
+    }
+    if program.step_index:
+        runtime[program.step_index] = np.zeros((batch,), dtype=np.int64)
+    return {**obs, **runtime}

@@ -176,6 +176,12 @@ def inference_status(snap: MetricsSnapshot, backend: BackendState, cameras: Sequ
         ("model", snap.model),
         ("backend switches", str(snap.backend_switches)),
     ]
+    if snap.stage("program_total")["count"]:
+        # policy programs: prefix once per chunk, the step graph N times, the whole program
+        values += [("prefix p50 (ms)", _ms(snap.stage("prefix")["p50"])),
+                   ("step p50 (ms)", _ms(snap.stage("step")["p50"])),
+                   ("program p50 (ms)", _ms(snap.stage("program_total")["p50"])),
+                   ("steps per chunk", f"{snap.extra.get('program_steps', 0):.0f}")]
     if config.target_latency_ms > 0:
         values.append(("target latency (ms)", _ms(config.target_latency_ms)))
 
@@ -333,6 +339,11 @@ def fill_stats_msg(msg: Any, snap: MetricsSnapshot, stamp_ns: int) -> Any:
     msg.frames_dropped = int(snap.frames_dropped)
     msg.frames_superseded = int(snap.frames_superseded)
     msg.backend_switches = int(snap.backend_switches)
+    if hasattr(msg, "prefix_p50_ms"):  # fields added at the end of the message (older builds lack them)
+        msg.prefix_p50_ms = float(snap.stage("prefix")["p50"])
+        msg.step_p50_ms = float(snap.stage("step")["p50"])
+        msg.program_p50_ms = float(snap.stage("program_total")["p50"])
+        msg.program_steps = int(snap.extra.get("program_steps", 0))
     return msg
 
 

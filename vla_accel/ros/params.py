@@ -56,7 +56,7 @@ def _p(name, kind, default, description, **kw) -> ParameterDef:
 
 PARAMETERS: tuple[ParameterDef, ...] = (
     # --- model and backend (need a reload: read-only) -------------------------------------------
-    _p("model", "str", "tiny", "model name (tiny, tiny-2cam, base) or path to a model spec YAML", read_only=True),
+    _p("model", "str", "tiny", "model name (tiny, tiny-2cam, base, tiny-flow, base-flow, tiny-diffusion, tiny-ar) or path to a model spec YAML", read_only=True),
     _p("backend", "str", "torch",
        "backend to run (torch = CPU baseline, onnxruntime, openvino, cuda, tensorrt, edgetpu, litert-gpu, "
        "hexagon, qnn, npu, opencl, ...) or 'auto'", read_only=True),
