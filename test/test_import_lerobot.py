@@ -352,3 +352,39 @@ def test_export_declares_a_fixed_batch_and_moves_large_weights_to_external_data(
         return
     assert fixed["batch"] == 2 and not fixed["external_data"]
     assert any("fixed the batch to [2]" in m for m in messages)
+
+
+@pytest.mark.ros
+def test_node_runs_the_imported_smolvla_on_a_ros_graph(smolvla_import, tmp_path):
+    """The imported SmolVLA through the VLA node on a real ROS 2 graph: a synthetic camera (640x480,
+    letterboxed to the policy's 64x64), an instruction and 6 joint states from their own process; the
+    node publishes chunks of the spec's shape from the onnxruntime backend."""
+    ros = pytest.importorskip("test_ros_node")  # skips there when the ROS messages are not built
+    spec_path = smolvla_import["out"] / "spec.yaml"
+    listener = ros.Listener()
+    node = camera = None
+    try:
+        node = ros._start_node(["-p", "backend:=onnxruntime", "-p", f"model:={spec_path}",
+                                "-p", "speedup_baseline:=none", "-p", "target_latency_ms:=20000.0",
+                                "-p", "fallback:=[onnxruntime]"])
+        ros._node_ready(listener, node)
+        cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", "10", "--width", "640",
+               "--height", "480", "--seconds", "120", "--stamps-out", str(tmp_path / "stamps.txt"),
+               "--instruction", "pick up the red cube", "--joints", "6"]
+        camera = subprocess.Popen(cmd, env=ros._env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            listener.wait_for(lambda: len(listener.chunks) >= 2, 120, "2 action chunks of the imported SmolVLA")
+        except AssertionError:
+            camera.kill()
+            node.kill()
+            raise AssertionError(f"no chunks; node: {node.communicate()[0][-3000:]}") from None
+        ros._stop_camera(camera)
+        _, out = ros._sigint_and_wait(node)
+        assert node.returncode == 0, out[-3000:]
+    finally:
+        ros._kill_leftovers(camera, node)
+        listener.close()
+    with listener.lock:
+        chunk = listener.chunks[-1][1]
+    assert (chunk.backend, chunk.steps, chunk.dims) == ("onnxruntime", 5, 6)
+    assert np.isfinite(np.asarray(chunk.values)).all()
