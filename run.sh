@@ -2,6 +2,7 @@
 # vla_accel: set everything up (idempotent), then run one job.
 #   ./run.sh demo      set up, then run the main job on the embedded default (CPU, reference model)
 #   ./run.sh test      set up, then run the test suite (what CI runs)
+#   ./run.sh import lerobot CKPT OUT   import a trained LeRobot checkpoint (runs in .venv-lerobot)
 #   ./run.sh setup     only set up;  ./run.sh bench [...] / ./run.sh vla-accel ARGS...
 # Set-up: apt packages (OpenCL ICD loader + PoCL CPU device) when root, a venv in .venv with pinned
 # wheels (torch==2.13.0 CPU build, ONNX Runtime, OpenVINO, LiteRT, pyopencl, rosbags, ROS 2 Kilted
@@ -88,7 +89,15 @@ setup_ros() {
   bash scripts/build_ros.sh "$VENV"
 }
 
-setup() { setup_apt; setup_venv; setup_triton_server; setup_qnn_venv; setup_ros; }
+setup_lerobot() {
+  # Optional LeRobot layer (.venv-lerobot) for `vla-accel import lerobot`: see scripts/setup_lerobot.sh.
+  # Optional: when it cannot install, the rest still works; the import says what to install and its
+  # tests skip naming it.
+  bash scripts/setup_lerobot.sh "$VENV" "$ROOT/.venv-lerobot" || \
+    log "LeRobot layer not installed (scripts/setup_lerobot.sh failed): vla-accel import lerobot is unavailable"
+}
+
+setup() { setup_apt; setup_venv; setup_triton_server; setup_qnn_venv; setup_ros; setup_lerobot; }
 
 activate() {
   # The ROS build's environment (PYTHONPATH with vla_accel.msg, AMENT_PREFIX_PATH, LD_LIBRARY_PATH).
@@ -107,6 +116,7 @@ case "$cmd" in
     [ $rc -eq 5 ] && { log "pytest collected no tests"; exit 1; }
     exit $rc ;;
   bench|replay|doctor|export|info|serve) setup; activate; exec vla-accel "$cmd" "$@" ;;
+  import) setup; activate; exec "$ROOT/.venv-lerobot/bin/python" -m vla_accel.cli import "$@" ;;
   vla-accel) setup; activate; exec vla-accel "$@" ;;
-  *) echo "usage: ./run.sh {demo|test|setup|bench|replay|doctor|export|info|serve|vla-accel ...}" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh {demo|test|setup|bench|replay|doctor|export|info|serve|import|vla-accel ...}" >&2; exit 2 ;;
 esac

@@ -17,9 +17,8 @@ from vla_accel.backends.base import (
     Backend,
     BackendOptions,
     DeviceInfo,
-    example_inputs,
 )
-from vla_accel.core.spec import ActionSpec, CameraSpec, InstructionSpec, ModelSpec, StateSpec
+from vla_accel.core.spec import ActionSpec, CameraSpec, InstructionSpec, ModelSpec, StateSpec, example_inputs
 from vla_accel.errors import BackendError, BackendUnavailableError, UnknownBackendError
 
 

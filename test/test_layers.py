@@ -29,6 +29,7 @@ LAYER = {
     "commands": 4,
     "benchmarks": 4,
     "serve": 4,
+    "importers": 4,
     "cli": 4,
     "msg": 4,  # generated ROS messages: only the ROS-facing layer uses them
 }

@@ -10,7 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import BackendOptions, example_inputs
+from vla_accel.backends.base import BackendOptions
+from vla_accel.core.spec import example_inputs
 from vla_accel.backends.qnn_ort_backend import QNN_PYTHON_ENV, QnnOrtBackend, qnn_python
 from vla_accel.backends.registry import create_backend
 from vla_accel.errors import BackendUnavailableError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vla_accel.backends.base import module_available
+from vla_accel.core.optional import module_available
 from vla_accel.commands.targets import edgetpu, ethos_u, inline_buffers, parse_target
 from vla_accel.errors import VlaAccelError
 

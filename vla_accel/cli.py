@@ -1,4 +1,4 @@
-"""``vla-accel``: demo | bench | export | info | replay | doctor | serve.
+"""``vla-accel``: demo | bench | export | info | replay | doctor | serve | import.
 
 Each subcommand lives in ``vla_accel.commands.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only for the command that runs, so ``vla-accel doctor``
@@ -21,7 +21,10 @@ COMMANDS = {
     "replay": "replay a rosbag2 bag through one or more backends and write a report",
     "doctor": "list every backend, whether it can run here, and what is missing",
     "serve": "serve a policy to many robots from a Triton Inference Server (dynamic batching, metrics)",
+    "import": "import a trained LeRobot checkpoint: ONNX graphs + spec + parity check against LeRobot",
 }
+# Command -> module name where the command is a Python keyword.
+MODULES = {"import": "import_"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=f"vla_accel.commands.{name}")
+        p.set_defaults(_module=f"vla_accel.commands.{MODULES.get(name, name)}")
     return parser
 
 
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints help / errors for unknown commands
         parser.print_help()
         return 2
-    module = importlib.import_module(f"vla_accel.commands.{command}")
+    module = importlib.import_module(f"vla_accel.commands.{MODULES.get(command, command)}")
     sub = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001 (argparse API gap)
     module.add_arguments(sub)
     args = parser.parse_args(argv)

@@ -144,3 +144,18 @@ class UnknownGraphError(SpecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
+
+
+class ImportFailedError(VlaAccelError):
+    """A checkpoint from another framework cannot be imported: reason is one of lerobot_missing,
+    not_a_checkpoint, unsupported_policy, unsupported_norm, unsupported_camera, missing_stats,
+    missing_fps, out_exists, export_failed."""
+
+    reason = "import_failed"
+
+
+class ParityError(VlaAccelError):
+    """An imported policy's actions through vla_accel differ from the source framework's by more than
+    the tolerance (or cannot be compared): nothing is published."""
+
+    reason = "parity_failed"

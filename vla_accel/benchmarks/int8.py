@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         import os
 
         report["machine"]["load_average"] = list(os.getloadavg())
-        from vla_accel.backends.torch_backend import cpu_model_name
+        from vla_accel.core.machine import cpu_model_name
 
         report["machine"]["cpu"] = cpu_model_name()
     except (OSError, ImportError):

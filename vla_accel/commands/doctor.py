@@ -9,8 +9,10 @@
     vla-accel doctor --model tiny --target ethos-u55|ethos-u65|ethos-u85|edgetpu|qnn:SOC
                                           which ops map to that integer accelerator, which fall back
                                           to the CPU, and the vendor compiler's estimate (commands/targets.py)
+    vla-accel doctor --model SPEC.yaml    also check a user's spec and graphs (commands.model_check)
 
-Always exits 0: a missing accelerator is information, not a failure.
+Exits 0 (a missing accelerator is information, not a failure), except that a failed model check
+of a spec file exits 1.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from vla_accel.errors import VlaAccelError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="model for --load / --calibrate (default: tiny)")
+    parser.add_argument("--model", default="tiny", help="model for --load / --calibrate (default: tiny); a spec "
+                        "file also gets a model check: spec, graph files, load-time graph contract and one "
+                        "inference on onnxruntime and openvino (exit 1 when a check fails)")
     parser.add_argument("--load", action="store_true", help="load each available backend and run one inference")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure every available backend and store the result for backend: auto")
@@ -274,12 +278,22 @@ def run(args: argparse.Namespace) -> int:
     report = {"system": facts, "backends": rows}
     if calibration is not None:
         report["calibration"] = calibration
+    model_rows = None
+    if str(args.model).endswith((".yaml", ".yml")):
+        from vla_accel.commands.model_check import check_model
+
+        model_rows = check_model(args.model, [n for n in ("onnxruntime", "openvino") if n in names] or names)
+        report["model_check"] = model_rows
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2, default=str)
         print()
     else:
         _print_report(facts, rows, calibration, sys.stdout)
+        if model_rows is not None:
+            from vla_accel.commands.model_check import print_rows
+
+            print_rows(model_rows, sys.stdout)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
             print(f"\nreport written to {args.json}")
-    return 0
+    return 1 if model_rows is not None and not all(r["ok"] for r in model_rows) else 0

@@ -77,7 +77,7 @@ def inline_buffers(source: Path, target: Path) -> int:
 
 
 def ethos_u(model_file: Path, config: str) -> dict[str, Any]:
-    from vla_accel.backends.base import module_available
+    from vla_accel.core.optional import module_available
 
     if not module_available("ethosu"):
         raise BackendUnavailableError("ethos-u", ["ethos-u-vela"], VELA_HINT)
@@ -141,7 +141,8 @@ def edgetpu(model_file: Path) -> dict[str, Any]:
 def qnn(bundle, soc: str) -> dict[str, Any]:
     """Strict first (CPU fallback disabled: the load fails unless QNN takes every node); when that
     fails, again with fallback allowed, to list the nodes left to the CPU."""
-    from vla_accel.backends.base import BackendOptions, example_inputs
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.core.spec import example_inputs
     from vla_accel.backends.qnn_ort_backend import QnnOrtBackend
     from vla_accel.errors import BackendError
 

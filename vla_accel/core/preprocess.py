@@ -101,7 +101,9 @@ class _ResizePlan:
             scale = min(out_h / height, out_w / width)
             region_h = max(1, min(out_h, int(round(height * scale))))
             region_w = max(1, min(out_w, int(round(width * scale))))
-            if cam.pad != "bottom_right":  # resize_with_pad keeps the image at the top left
+            if cam.pad == "top_left":  # padding above / left: the image sits at the bottom right
+                top, left = out_h - region_h, out_w - region_w
+            elif cam.pad != "bottom_right":  # resize_with_pad keeps the image at the top left
                 top, left = (out_h - region_h) // 2, (out_w - region_w) // 2
         elif cam.resize == "center_crop":
             scale = max(out_h / height, out_w / width)

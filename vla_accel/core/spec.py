@@ -43,7 +43,7 @@ ACTION_SPACES = (
 )
 ACTION_NORMALISATIONS = ("none", "mean_std", "q01_q99", "min_max")
 STATE_NORMALISATIONS = ("none", "mean_std", "min_max")
-PAD_POSITIONS = ("center", "bottom_right")
+PAD_POSITIONS = ("center", "bottom_right", "top_left")
 TOKEN_ID_DTYPES = ("int32", "int64")
 TOKEN_MASK_DTYPES = ("float32", "bool", "int64", "int32")
 
@@ -92,8 +92,9 @@ class CameraSpec:
     layout: str = "NCHW"
     dtype: str = "float32"
     color: str = "rgb"
-    # letterbox only: where the resized image sits; bottom_right pads below / right of it as
-    # resize_with_pad does (pi0, SmolVLA), center pads evenly around it
+    # letterbox only: where the padding goes. bottom_right pads below / right of the image (openpi's
+    # resize_with_pad); top_left pads above / left of it (LeRobot 0.4's SmolVLA / pi0 resize_with_pad);
+    # center pads evenly around it
     pad: str = "center"
 
     def validate(self) -> None:

@@ -37,7 +37,7 @@ NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; w
 
 
 def _publish(tmp_dir: Path, final_dir: Path) -> None:
-    from vla_accel.models.bundle import publish_directory
+    from vla_accel.models.publish import publish_directory
 
     if final_dir.exists():
         shutil.rmtree(final_dir)
@@ -69,7 +69,7 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
         from onnxruntime import quantization as q
     except ImportError as exc:
         raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
-    from vla_accel.models.bundle import ExportProgress
+    from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} onnx int8 static ({flavour})", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
@@ -138,7 +138,7 @@ def export_openvino_nncf(bundle: "ModelBundle", calibration: "CalibrationSet", *
     import nncf
     import openvino as ov
 
-    from vla_accel.models.bundle import ExportProgress
+    from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} openvino int8 (nncf)", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
