@@ -168,7 +168,10 @@ class TritonServer:
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "AMENT_", "ROS_", "COLCON"))}
         env["PYTHONPATH"] = os.pathsep.join([self.env.site_packages, str(project_root())])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([self.env.libdir, str(self.env.libs)])
+        # VLA_ACCEL_SERVE_LIBRARY_PATH goes first: libraries the policy's runtime must find before the
+        # wheel's bundled ones (e.g. the cuDNN a CUDA torch was built against, newer than Triton's)
+        first = [p for p in os.environ.get("VLA_ACCEL_SERVE_LIBRARY_PATH", "").split(os.pathsep) if p]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*first, self.env.libdir, str(self.env.libs)])
         env["PATH"] = os.pathsep.join([str(self.env.venv / "bin"), env.get("PATH", "/usr/bin:/bin")])
         return env
 
