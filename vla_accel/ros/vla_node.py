@@ -447,9 +447,6 @@ class VlaNode(Node):
             if self.execution is not None:
                 self.execution.report(self.session.metrics)
             snap = self.session.metrics.snapshot()
-            if self.execution is not None:
-                self.execution.report(self.session.metrics)
-            snap = self.session.metrics.snapshot()
             msg = conversions.fill_stats_msg(InferenceStats(), snap, self.get_clock().now().nanoseconds)
             self.stats_pub.publish(execution_output.fill_stats(msg, snap.extra))
         self._publish_diagnostics(snap)  # the same snapshot: /vla/stats and /diagnostics agree
