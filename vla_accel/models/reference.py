@@ -75,21 +75,27 @@ def build_reference(bundle, seed: int = REFERENCE_SEED, batch: int = REFERENCE_B
     module = bundle.torch_module()
     with torch.inference_mode():
         actions = module(*[torch.from_numpy(inputs[name]) for name in bundle.spec.input_names]).numpy()
+    return _reference_arrays(bundle, actions, inputs, seed, batch)
+
+
+def _reference_arrays(bundle, actions, inputs: dict[str, np.ndarray], seed: int, batch: int,
+                      **extra: np.ndarray) -> dict[str, np.ndarray]:
+    """What a reference file holds: the actions, how to regenerate and verify the inputs (seed, batch,
+    digest, the small inputs themselves), the model's content hash, and any ``extra`` arrays."""
     small = {f"input:{name}": arr for name, arr in inputs.items() if arr.nbytes <= 16384}
     return {
-        "actions": actions.astype(np.float32),
+        "actions": np.asarray(actions, dtype=np.float32),
         "seed": np.array(seed, dtype=np.int64),
         "batch": np.array(batch, dtype=np.int64),
         "inputs_digest": np.array(inputs_digest(inputs)),
         "content_hash": np.array(bundle.content_hash()),
+        **extra,
         **small,
     }
 
 
-def load_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ReferenceCase:
-    """The committed reference for ``bundle`` with its inputs regenerated and verified."""
-    from vla_accel.core.spec import example_inputs
-
+def _read_reference(bundle, precision: str, directory: Path | None) -> tuple[Path, dict[str, np.ndarray]]:
+    """A committed reference file's arrays, refused when missing or made for other model content."""
     path = reference_path(bundle.name, precision, directory)
     if not path.is_file():
         raise ModelFileError(f"no reference outputs {path}; {REGENERATE_HINT}", reason="missing_reference")
@@ -102,6 +108,15 @@ def load_reference(bundle, precision: str = "fp32", directory: Path | None = Non
             f"{bundle.content_hash()} (spec or weights changed); {REGENERATE_HINT}",
             reason="stale_reference",
         )
+    return path, stored
+
+
+def load_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ReferenceCase:
+    """The committed reference for ``bundle`` with its inputs regenerated and verified."""
+    from vla_accel.core.spec import example_inputs
+
+    path, stored = _read_reference(bundle, precision, directory)
+    content_hash = str(stored["content_hash"])
     inputs = example_inputs(bundle.spec, batch=int(stored["batch"]), seed=int(stored["seed"]))
     if inputs_digest(inputs) != str(stored["inputs_digest"]):
         raise ModelFileError(
@@ -154,29 +169,14 @@ def build_program_reference(bundle, infer, seed: int = REFERENCE_SEED,
     inputs = program_reference_inputs(bundle, seed, batch)
     actions = infer(inputs)[bundle.spec.action.output]
     tolerances = PROGRAM_TOLERANCES[bundle.spec.program.kind]
-    small = {f"input:{name}": arr for name, arr in inputs.items() if arr.nbytes <= 16384}
-    return {
-        "actions": np.asarray(actions, dtype=np.float32),
-        "seed": np.array(seed, dtype=np.int64),
-        "batch": np.array(batch, dtype=np.int64),
-        "inputs_digest": np.array(inputs_digest(inputs)),
-        "content_hash": np.array(bundle.content_hash()),
-        **{f"tolerance:{p}": np.array(v, dtype=np.float64) for p, v in tolerances.items()},
-        **small,
-    }
+    return _reference_arrays(bundle, actions, inputs, seed, batch,
+                             **{f"tolerance:{p}": np.array(v, dtype=np.float64) for p, v in tolerances.items()})
 
 
 def load_program_reference(bundle, precision: str = "fp32", directory: Path | None = None) -> ProgramReferenceCase:
     """The committed reference of a program, its inputs (with the noise) regenerated and verified."""
-    path = reference_path(bundle.name, precision, directory)
-    if not path.is_file():
-        raise ModelFileError(f"no reference outputs {path}; {REGENERATE_HINT}", reason="missing_reference")
-    with np.load(path, allow_pickle=False) as data:
-        stored = {key: data[key] for key in data.files}
+    path, stored = _read_reference(bundle, precision, directory)
     content_hash = str(stored["content_hash"])
-    if content_hash != bundle.content_hash():
-        raise ModelFileError(f"reference {path} was made for model content {content_hash}, the model is now "
-                             f"{bundle.content_hash()}; {REGENERATE_HINT}", reason="stale_reference")
     inputs = program_reference_inputs(bundle, int(stored["seed"]), int(stored["batch"]))
     if inputs_digest(inputs) != str(stored["inputs_digest"]):
         raise ModelFileError(f"inputs of {path} no longer regenerate identically; {REGENERATE_HINT}",
