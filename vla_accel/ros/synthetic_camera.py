@@ -99,6 +99,17 @@ def wait_for_match(count: Callable[[], int], timeout_s: float, ok: Callable[[], 
     return None
 
 
+def _acked(publisher, timeout_s: float) -> bool:
+    """Whether every matched reliable subscriber acknowledged what ``publisher`` sent (bounded wait)."""
+    from rclpy.duration import Duration
+
+    try:
+        return bool(publisher.wait_for_all_acked(Duration(seconds=timeout_s)))
+    except (AttributeError, RuntimeError):  # an RMW without the call: the short wait it replaces
+        time.sleep(0.2)
+        return True
+
+
 def unmatched_hint(what: str, topic: str, qos: str) -> str:
     """What to check when an endpoint never matched its peer (the usual causes, in order)."""
     import os
@@ -151,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             print("synthetic_camera: " + unmatched_hint("the instruction publisher", ins_pub.topic_name,
                                                          "reliable, transient local"), file=sys.stderr)
     ins_pub.publish(String(data=args.instruction))
-    time.sleep(0.2)  # let the instruction arrive before the first frame
+    # Our side matching the image subscriber is not enough: until the subscriber's side has matched this
+    # publisher too, DDS discards the frames (volatile durability, never reported as lost). The image
+    # publisher was announced before the instruction publisher, on the same ordered discovery channel,
+    # so the instruction being acknowledged means the subscriber knows the image publisher as well.
+    # That also delivers the instruction before the first frame.
+    if matched_s is not None and not _acked(ins_pub, 5.0):
+        print("synthetic_camera: the instruction was not acknowledged within 5 s; the first frames may be "
+              "discarded by a subscriber still discovering this publisher", file=sys.stderr)
     scene = SyntheticScene(args.width, args.height)
     stamps: list[int] = []
     period = 1.0 / args.rate

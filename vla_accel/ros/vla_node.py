@@ -408,12 +408,13 @@ class VlaNode(Node):
             self._publish_action(action, now_ns, "", self.session.spec.action.dt)
 
     def _check_matched(self) -> None:
-        """Once: say which camera topic has matched no publisher 10 s after subscribing, and what to check."""
+        """Once: say which camera topic has matched no publisher and delivered no frame 10 s after
+        subscribing, and what to check (a camera that sent frames and has since stopped is a stale input)."""
         if self._unmatched_warned or self._activated_at is None or time.monotonic() - self._activated_at < 10.0:
             return
         self._unmatched_warned = True
         for cam, sub in self._camera_subs:
-            if sub.get_publisher_count() == 0:
+            if sub.get_publisher_count() == 0 and cam.last_received_ns == 0:
                 import os
 
                 self.get_logger().warning(
