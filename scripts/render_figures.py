@@ -192,6 +192,26 @@ def gpu_opencl() -> str:
     return "\n".join(lines) + "\n"
 
 
+def gpu_inductor() -> str:
+    """docs/gpu.md: Inductor's fused kernels inside the backend's graphs (gpu_bench_h200_inductor.json)."""
+    run = load("gpu_bench_h200_inductor.json")
+    lines = ["| model | variant | batch | host p50 ms | device p50 ms | speedup over CPU (CPU p50 ms, threads) | max abs diff vs CPU |",
+             "|---|---|---|---|---|---|---|"]
+    for row in run["rows"]:
+        if row.get("skipped") or row["backend"] == "torch":
+            continue
+        dev = row["device_ms"].get("p50")
+        lines.append(f"| {row['model']} | {row['variant']} | {row['batch']} | {row['latency_ms']['p50']:.3f} | "
+                     + (f"{dev:.3f}" if dev else "-") + f" | {row['speedup']:.1f}x ({row['cpu_p50_ms']:.1f}, "
+                     f"{row['cpu_threads']}) | {_sci(row['max_abs_diff'] or 0.0)} |")
+    lines.append("")
+    lines += [f"- goal {g['goal']}: {g['result']}" for g in run["goals"]]
+    parity = run["parity_vs_reference"]
+    lines.append("- parity against the committed CPU fp32 reference (base): " + ", ".join(
+        f"{p['variant']} {_sci(p['max_abs_diff'])} (tolerance {p['tolerance']:g})" for p in parity))
+    return "\n".join(lines) + "\n"
+
+
 # --- docs/scheduling.md ---------------------------------------------------------------------------
 def scheduling_pipeline() -> str:
     p = load("cpu_pipeline.json")
@@ -263,6 +283,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "scheduling-pipeline": scheduling_pipeline,
     "scheduling-memory": scheduling_memory,
     "scheduling-node-path": scheduling_node_path,
+    "gpu-inductor": gpu_inductor,
     "scheduling-realtime": scheduling_realtime,
 }
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

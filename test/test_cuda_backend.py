@@ -65,6 +65,33 @@ def test_precision_int8_is_rejected(tiny_bundle):
     assert err.value.reason == "bad_precision"
 
 
+def test_unknown_compile_mode_is_rejected(tiny_bundle):
+    with pytest.raises(BackendError) as err:
+        CudaBackend(tiny_bundle, BackendOptions(precision="fp16", extra={"compile": "fastest"}))
+    assert err.value.reason == "bad_option" and "max-autotune-no-cudagraphs" in str(err.value)
+
+
+@pytest.mark.hardware
+@pytest.mark.parametrize("name", ["tiny", "tiny-flow"])
+def test_compiled_network_runs_inside_the_backends_graphs(cuda_ready, name):
+    """torch.compile without its own CUDA graphs (Inductor's fused kernels) captured in the backend's
+    graph: a single-pass network and a whole flow chunk match their committed CPU fp32 references."""
+    from vla_accel.models import load_model
+    from vla_accel.models.reference import load_program_reference
+
+    bundle = load_model(name)
+    case = load_program_reference(bundle) if bundle.is_program else load_reference(bundle)
+    options = BackendOptions(precision="fp16", max_batch=2, extra={"compile": "default"})
+    with CudaBackend(bundle, options) as backend:
+        for _ in range(5):  # eager (compiling) passes, then the captured graph's replays
+            got = backend.infer(case.inputs)[bundle.spec.action.output]
+        info = backend.device_info()
+        assert info.detail["cuda_graphs"] is True and info.detail["compile"] == "default"
+        assert backend._graphs, "no CUDA graph was captured around the compiled program"
+    assert np.isfinite(got).all()
+    assert np.max(np.abs(got - case.actions)) < CUDA_TOLERANCES["fp16"]
+
+
 @pytest.mark.hardware
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("graphs", [True, False], ids=["graph", "eager"])

@@ -5,9 +5,13 @@ What makes it fast at batch 1, where a robot lives:
   the GPU inside the captured region; token ids stay int32;
 * CUDA graphs: after a few eager warm-up passes, one forward pass per batch size is captured on
   static device buffers and replayed, so a frame costs one graph launch instead of ~15 kernel
-  launches per transformer block from Python (``extra["cuda_graphs"]``, default on). Alternatively
-  ``extra["compile"] = "reduce-overhead"`` uses torch.compile's own CUDA graphs (slow first call);
-  docs/gpu.md reports which measured better;
+  launches per transformer block from Python (``extra["cuda_graphs"]``, default on);
+* ``extra["compile"]``: torch.compile (Inductor) fuses the elementwise work around the GEMMs
+  (LayerNorm with the residual add, bias, activations) into generated kernels. Modes without their own
+  CUDA graphs ("default", "max-autotune-no-cudagraphs") run inside this backend's graphs, so a frame
+  is still one graph launch, now of fewer kernels; "reduce-overhead" / "max-autotune" use
+  torch.compile's own graphs instead. The first call compiles (tens of seconds; Inductor caches
+  the result on disk); docs/gpu.md reports what each measured;
 * pinned host staging buffers and asynchronous H2D / D2H copies on a dedicated copy stream, all
   sized once for ``options.max_batch``; compute runs on its own stream, ordered by events;
 * the reference network in its GPU layout (fused attention, tokens padded to a tensor-core multiple,
@@ -40,7 +44,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vla_accel.backends.base import Availability, Backend, DeviceInfo, gather_inputs
+from vla_accel.backends.base import Availability, Backend, BackendOptions, DeviceInfo, gather_inputs
 from vla_accel.core.optional import module_available
 from vla_accel.errors import BackendError, BackendUnavailableError, InputError
 
@@ -57,6 +61,9 @@ _DRIVER_MARKERS = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiact
 _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspaces, lazy modules
 
 
+# torch.compile modes: those with their own CUDA graphs, and those that run inside this backend's.
+_COMPILE_OWN_GRAPHS = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", *_COMPILE_OWN_GRAPHS)
 _MAX_FRAME_SHAPES = 8  # distinct (camera, frame size) upload buffers kept
 _THREADED_STAGING_BYTES = 1 << 20  # blocks at least this large are staged by several threads
 _STAGING_THREADS = 4
@@ -87,6 +94,13 @@ class CudaBackend(Backend):
     description = "PyTorch on an NVIDIA GPU: fp16/bf16, CUDA graphs, pinned async copies"
     program_kinds = ("single_pass", "flow_matching", "diffusion", "autoregressive")
 
+    def __init__(self, model, options: BackendOptions | None = None):
+        super().__init__(model, options)
+        mode = self.options.extra.get("compile") or None
+        if mode is not None and mode not in COMPILE_MODES:
+            raise BackendError(f"cuda: extra compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}",
+                               reason="bad_option")
+
     @classmethod
     def probe(cls) -> Availability:
         missing = []
@@ -109,10 +123,7 @@ class CudaBackend(Backend):
                 self.module = self.model.torch_module(self.device, self.dtype)
                 if self.gpu_layout:
                     self.module.use_gpu_layout()
-                if self.compile_mode:
-                    self.forward = torch.compile(self.module, mode=self.compile_mode, dynamic=False, fullgraph=True)
-                else:
-                    self.forward = self.module
+                self.forward = self._compiled(self.module)
             self.copy_stream = torch.cuda.Stream(self.device)
             self.compute_stream = torch.cuda.Stream(self.device)
             self._allocate_staging()
@@ -156,6 +167,12 @@ class CudaBackend(Backend):
         self.host_inputs, self.device_inputs = {}, {}
         with torch.cuda.device(self.device):
             sessions, ops = torch_program(self.model, self.device, self.dtype)
+            if self.gpu_layout:
+                from vla_accel.models.policy_network import use_gpu_layout
+
+                use_gpu_layout({name: session.module for name, session in sessions.items()})
+            for session in sessions.values():
+                session.module = self._compiled(session.module)
             self._sessions = sessions
             self.copy_stream = torch.cuda.Stream(self.device)
             self.compute_stream = torch.cuda.Stream(self.device)
@@ -192,7 +209,8 @@ class CudaBackend(Backend):
         self.max_batch = max(1, int(self.options.max_batch))
         extra = self.options.extra
         self.compile_mode = extra.get("compile") or None
-        self.use_graphs = _flag(extra.get("cuda_graphs", True)) and self.compile_mode is None
+        # torch.compile's own CUDA graphs replace this backend's; its other modes run inside them.
+        self.use_graphs = _flag(extra.get("cuda_graphs", True)) and self.compile_mode not in _COMPILE_OWN_GRAPHS
         self.gpu_layout = _flag(extra.get("gpu_layout", True))
         self.program = str(extra.get("program", "module") or "module").lower()
         if self.program not in ("module", "pt2", "aoti"):
@@ -211,6 +229,13 @@ class CudaBackend(Backend):
         self.program_file = ""
         self.last_device_ms = float("nan")
         return torch
+
+    def _compiled(self, module):
+        """``module`` through torch.compile when ``extra["compile"]`` asks for it (static shapes: one
+        compiled program per batch size, like the graphs), else ``module`` itself."""
+        if not self.compile_mode:
+            return module
+        return self._torch.compile(module, mode=self.compile_mode, dynamic=False, fullgraph=True)
 
     def _allocate_staging(self) -> None:
         """Pinned host buffers and device buffers for every input and the output, at max_batch."""

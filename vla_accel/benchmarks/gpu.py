@@ -51,6 +51,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cuda-bf16": ("cuda", "bf16", {"cuda_graphs": False}),
     "cuda-bf16-graph": ("cuda", "bf16", {"cuda_graphs": True}),
     "cuda-fp16-compile": ("cuda", "fp16", {"compile": "reduce-overhead"}),
+    # Inductor's fused kernels (no CUDA graphs of its own) inside the backend's CUDA graphs.
+    "cuda-fp16-inductor-graph": ("cuda", "fp16", {"cuda_graphs": True, "compile": "default"}),
+    "cuda-bf16-inductor-graph": ("cuda", "bf16", {"cuda_graphs": True, "compile": "default"}),
+    "cuda-fp16-autotune-graph": ("cuda", "fp16", {"cuda_graphs": True, "compile": "max-autotune-no-cudagraphs"}),
+    "cuda-bf16-autotune-graph": ("cuda", "bf16", {"cuda_graphs": True, "compile": "max-autotune-no-cudagraphs"}),
     "cuda-fp16-graph-plain": ("cuda", "fp16", {"cuda_graphs": True, "gpu_layout": False}),
     "cuda-bf16-graph-u8": ("cuda", "bf16", {"cuda_graphs": True, "frames": "640x480"}),
     "cuda-fp16-graph-u8": ("cuda", "fp16", {"cuda_graphs": True, "frames": "640x480"}),
@@ -59,9 +64,10 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "cuda-bf16-aoti-graph": ("cuda", "bf16", {"cuda_graphs": True, "program": "aoti"}),
     "opencl": ("opencl", "fp32", {}),
 }
+_OWN_GRAPHS = ("reduce-overhead", "max-autotune")  # torch.compile modes with CUDA graphs of their own
 # Options of a variant that the bench itself acts on (not passed to the backend).
 _BENCH_ONLY = ("frames",)
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith(("compile", "pt2-graph", "aoti-graph"))]
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith(("compile", "pt2-graph", "aoti-graph", "autotune-graph"))]
 
 
 @dataclass
@@ -269,10 +275,9 @@ def run_benchmark(models, batches, variants, *, seconds=1.5, min_iters=5, warmup
             backend_extra = {k: v for k, v in extra.items() if k not in _BENCH_ONLY}
             options = BackendOptions(device=device, precision=precision, max_batch=max(model_batches),
                                      threads=threads if backend_name == "torch" else 0, extra=backend_extra)
-            if is_program and ("frames" in extra or extra.get("program") or "compile" in extra
-                               or "gpu_layout" in extra):
+            if is_program and ("frames" in extra or extra.get("program") or extra.get("compile") in _OWN_GRAPHS):
                 rows += [Row(model_name, variant, backend_name, precision, b,
-                             skipped="a single-pass variant: policy programs run as torch modules (graphs or eager)")
+                             skipped="a single-pass variant (uint8 frames, .pt2 programs, torch.compile's own graphs)")
                          for b in model_batches]
                 continue
             t0 = time.perf_counter()
@@ -367,8 +372,8 @@ def reference_parity(models: list[str], variants: list[str], cuda_device: str = 
         batch = next(iter(case.inputs.values())).shape[0]
         for variant in variants:
             backend_name, precision, extra = VARIANTS[variant]
-            if backend_name == "torch" or "compile" in extra or "frames" in extra:
-                continue  # compile computes what the eager variant does; frames are checked by the tests
+            if backend_name == "torch" or extra.get("compile") in _OWN_GRAPHS or "frames" in extra:
+                continue  # torch.compile's graphs replay what the eager variant does; frames: checked by the tests
             device = {"cuda": cuda_device, "opencl": opencl_device}.get(backend_name, "")
             options = BackendOptions(device=device, precision=precision, max_batch=batch, extra=dict(extra))
             entry: dict[str, Any] = {"model": model_name, "variant": variant, "precision": precision,

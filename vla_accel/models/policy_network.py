@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vla_accel.models.architecture import MASK_BIAS
-from vla_accel.models.network import Block, CameraEncoder, Mlp, TextEncoder
+from vla_accel.models.network import Attention, Block, CameraEncoder, LayerNorm, Mlp, TextEncoder
 from vla_accel.models.policy_config import PolicyConfig
 
 
@@ -66,6 +66,7 @@ class ExpertLayer(nn.Module):
         self.proj = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
         self.norm2 = nn.LayerNorm(cfg.hidden_dim, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(cfg)
+        self.fused = False  # GPU layout: heads split once, fused scaled_dot_product_attention
 
     def _split(self, t):
         b, n, _ = t.shape
@@ -73,6 +74,17 @@ class ExpertLayer(nn.Module):
 
     def forward(self, x, past_k, past_v, bias=None):
         b, n, width = x.shape
+        if self.fused:
+            # (B, n, 3, H, Dh) -> (3, B, H, n, Dh); the cache's heads are split as views, and the
+            # concatenation writes keys and values once in the layout the fused attention reads.
+            qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            keys = torch.cat([self._split(past_k), qkv[1]], dim=2)
+            values = torch.cat([self._split(past_v), qkv[2]], dim=2)
+            mask = None if bias is None else bias.expand(b, self.heads, n, keys.shape[2])
+            out = F.scaled_dot_product_attention(qkv[0], keys, values, attn_mask=mask, scale=self.scale)
+            x = x + self.proj(out.transpose(1, 2).reshape(b, n, width))
+            k, v = qkv[1].transpose(1, 2).reshape(b, n, width), qkv[2].transpose(1, 2).reshape(b, n, width)
+            return x + self.mlp(self.norm2(x)), k, v
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         keys = torch.cat([past_k, k], dim=1)
         values = torch.cat([past_v, v], dim=1)
@@ -222,6 +234,19 @@ class ARStep(nn.Module):
 
     def forward(self, token, position, past_keys, past_values):
         return self.decoder(token, position, past_keys, past_values)
+
+
+def use_gpu_layout(modules: dict[str, nn.Module], enabled: bool = True) -> dict[str, nn.Module]:
+    """The reference network's GPU layout (see network.py) on every graph module of a program, plus
+    the expert's own: heads split once, keys and values concatenated in the fused attention's layout.
+    The same arithmetic: outputs match the plain layout to float rounding. Returns ``modules``."""
+    for module in modules.values():
+        for part in module.modules():
+            if isinstance(part, CameraEncoder):
+                part.as_matmul = enabled
+            elif isinstance(part, (Attention, Mlp, LayerNorm, ExpertLayer)):
+                part.fused = enabled
+    return modules
 
 
 def build_graph_modules(config: PolicyConfig) -> dict[str, nn.Module]:
