@@ -69,7 +69,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   "$PY" -m vla_accel.benchmarks.gpu --gpu-models "${GPU_MODELS:-tiny,base,base-flow}" --gpu-batches "${GPU_BATCHES:-1,32}" \
-    --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-graph-plain,cuda-bf16-graph-u8,cuda-bf16-pt2-graph,cuda-fp16-compile,opencl}" \
+    --gpu-variants "${GPU_VARIANTS:-torch-cpu,cuda-fp32,cuda-fp32-graph,cuda-fp16,cuda-fp16-graph,cuda-bf16,cuda-bf16-graph,cuda-fp16-graph-plain,cuda-bf16-graph-u8,cuda-bf16-pt2-graph,cuda-fp16-compile,cuda-fp16-inductor-graph,cuda-bf16-inductor-graph,opencl}" \
     --gpu-seconds "${GPU_SECONDS:-2}" --gpu-cpu-threads "${GPU_CPU_THREADS:-16}" --gpu-parity --gpu-opencl-profile \
     --gpu-json "$OUT/${GPU_JSON_NAME:-gpu_bench_h200.json}" 2>&1 | tee "$OUT/gpu_bench.log"
   brc=${PIPESTATUS[0]}
