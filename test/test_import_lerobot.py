@@ -77,7 +77,8 @@ def _make_and_import(python: str, policy: str, base: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def act_import(lerobot_python, tmp_path_factory):
-    return _make_and_import(lerobot_python, "act", tmp_path_factory.mktemp("lerobot_act"), "--tolerance", "1e-4")
+    return _make_and_import(lerobot_python, "act", tmp_path_factory.mktemp("lerobot_act"), "--tolerance", "1e-4",
+                            "--pt2")
 
 
 def test_import_without_lerobot_says_what_to_install(tmp_path):
@@ -115,6 +116,38 @@ def test_act_import_parity_table_and_files(act_import):
     # ACT exported with a dynamic batch (a batch-2 example keeps it dynamic); the spec says so.
     assert report["export"]["batch"] == 0
     assert all(not isinstance(v, int) for v in report["export"]["input_batch_dims"].values())
+
+
+def test_imported_act_as_a_torch_export_program(act_import):
+    """--pt2: the same policy as a torch.export program, checked against the module on the CPU, with a
+    spec the cuda backend runs; on a CUDA machine it runs there with parity against its CPU run."""
+    import torch
+
+    from vla_accel.core.spec import example_inputs
+    from vla_accel.models import load_model
+    from vla_accel.models.export_pt2 import load_program
+
+    out = act_import["out"]
+    report = json.loads((out / "parity.json").read_text())
+    assert (out / "model.pt2").is_file() and report["pt2"]["max_abs_vs_module_cpu"] <= 1e-4
+    bundle = load_model(out / "spec-pt2.yaml")
+    assert bundle.spec.format == "pt2"
+    inputs = example_inputs(bundle.spec, 2, seed=5)
+    with torch.inference_mode():
+        on_cpu = load_program(out / "model.pt2", "cpu")(*[torch.from_numpy(inputs[n]) for n in bundle.spec.input_names])
+    on_cpu = (on_cpu[0] if isinstance(on_cpu, (tuple, list)) else on_cpu).numpy()
+    assert on_cpu.shape == (2, bundle.spec.action.steps, bundle.spec.action.dims) and np.isfinite(on_cpu).all()
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.backends.cuda_backend import CudaBackend
+
+    availability = CudaBackend.probe()
+    if not availability.ok or not torch.cuda.is_available():
+        pytest.skip(f"cuda missing for the GPU half: {', '.join(availability.missing) or 'no CUDA device'}")
+    with CudaBackend(bundle, BackendOptions(precision="fp32", max_batch=2)) as backend:
+        for _ in range(5):  # eager passes, then the CUDA graph over the program
+            got = backend.infer(inputs)[bundle.spec.action.output]
+        assert backend.device_info().detail["graphs_captured"] == [2]
+    assert np.max(np.abs(got - on_cpu)) < 1e-4
 
 
 def test_imported_act_spec_matches_the_checkpoint(act_import):

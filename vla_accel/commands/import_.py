@@ -24,14 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the parity observations (default: 0)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--pt2", action="store_true",
+                        help="also write model.pt2 + spec-pt2.yaml: the policy as a torch.export program for the "
+                             "cuda backend (checked against the module on the CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
     from vla_accel.importers.lerobot import import_checkpoint
 
     report = import_checkpoint(args.checkpoint, args.out, name=args.name, fps=args.fps, tolerance=args.tolerance,
-                               seed=args.seed, force=args.force, show_progress=not args.quiet)
+                               seed=args.seed, force=args.force, show_progress=not args.quiet, pt2=args.pt2)
     worst = max(row["max_abs"] for row in report["parity"])
-    print(json.dumps({"spec": str(args.out / "spec.yaml"), "parity_max_abs": worst,
-                      "fixed_batch": report["export"]["batch"]}))
+    summary = {"spec": str(args.out / "spec.yaml"), "parity_max_abs": worst, "fixed_batch": report["export"]["batch"]}
+    if "pt2" in report:
+        summary.update(pt2_spec=str(args.out / "spec-pt2.yaml"), pt2_max_abs_vs_module=report["pt2"]["max_abs_vs_module_cpu"])
+    print(json.dumps(summary))
     return 0

@@ -435,6 +435,46 @@ def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names:
     return {"batch": exported_batch, "external_data": external, "input_batch_dims": dims}
 
 
+def export_pt2_program(module: Any, tensors: list[Any], path: Path, progress: Callable[[str], None],
+                       tolerance: float) -> dict[str, Any]:
+    """The same graph as a torch.export program (``.pt2``: graph + weights, no LeRobot code), with a
+    dynamic batch, for the ``cuda`` backend (which moves it to the GPU and captures it in CUDA graphs).
+    Loaded back and run on the CPU against the module it came from; off by more than ``tolerance``
+    is a ParityError. Returns the file name, the batch it was exported with and that difference."""
+    import inspect
+
+    import torch
+
+    from vla_accel.models.export_pt2 import load_program
+
+    progress(f"exporting {path.name} (torch.export program, dynamic batch)")
+    t0 = time.perf_counter()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    per_input = tuple({0: batch} for _ in tensors)
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL
+                  for p in inspect.signature(module.forward).parameters.values())
+    dynamic_shapes = (per_input,) if varargs else per_input
+    with torch.no_grad():
+        try:
+            program = torch.export.export(module, tuple(tensors), dynamic_shapes=dynamic_shapes, strict=False)
+            exported_batch = 0
+        except Exception as exc:  # a graph that specialises its batch: export it at the example's batch
+            progress(f"a dynamic batch did not export ({type(exc).__name__}); exporting at batch {tensors[0].shape[0]}")
+            program = torch.export.export(module, tuple(tensors), strict=False)
+            exported_batch = int(tensors[0].shape[0])
+        torch.export.save(program, str(path))
+        expected = module(*tensors)
+        got = load_program(path, "cpu")(*tensors)
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    diff = float((got.float() - expected.float()).abs().max())
+    progress(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s; "
+             f"max |Δ| against the module on the CPU {diff:.2e}")
+    if not diff <= tolerance:
+        raise ParityError(f"{path.name}: the torch.export program is {diff:.3e} off the module it came from "
+                          f"(tolerance {tolerance:g})", reason="parity_failed")
+    return {"file": path.name, "batch": exported_batch, "max_abs_vs_module_cpu": diff}
+
+
 # --- parity ----------------------------------------------------------------------------------------
 def raw_observations(ckpt: Checkpoint, count: int, seed: int) -> list[dict[str, np.ndarray]]:
     """Seeded raw observations: uint8 HxWx3 frames at each camera's size, states around the mean."""
@@ -557,8 +597,10 @@ def check_parity(ckpt: Checkpoint, spec_path: Path, *, tolerance: float, seed: i
 # --- the command -----------------------------------------------------------------------------------
 def import_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, name: str = "", fps: float | None = None,
                       tolerance: float = 1e-4, seed: int = 0, force: bool = False,
-                      show_progress: bool = True) -> dict[str, Any]:
-    """Import ``checkpoint`` into ``out_dir`` (spec.yaml, model.onnx, parity.json); returns the report."""
+                      show_progress: bool = True, pt2: bool = False) -> dict[str, Any]:
+    """Import ``checkpoint`` into ``out_dir`` (spec.yaml, model.onnx, parity.json; with ``pt2`` also
+    model.pt2 and spec-pt2.yaml, the same policy as a torch.export program for the cuda backend);
+    returns the report."""
     import yaml
 
     progress = Progress(show_progress)
@@ -591,6 +633,15 @@ def import_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, name: str 
                   "`vla-accel import lerobot`.\n# Normalisation statistics come from its pre/post-processors; "
                   f"dt from {'--fps' if fps else 'train_config.json'} ({rate:g} Hz).\n")
         spec_path.write_text(header + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        pt2_report = None
+        if pt2:
+            pt2_report = export_pt2_program(module, tensors, tmp / "model.pt2", progress, tolerance)
+            pt2_graph = dict(graphs[0], file="model.pt2", batch=pt2_report["batch"])
+            pt2_spec = dict(build_spec(ckpt, name=f"{name}-pt2", graphs=[pt2_graph], fps=rate,
+                                       instruction=instruction), format="pt2", weights="model.pt2")
+            (tmp / "spec-pt2.yaml").write_text(
+                header + "# The same policy as a torch.export program: run it with backend cuda.\n"
+                + yaml.safe_dump(pt2_spec, sort_keys=False), encoding="utf-8")
         from vla_accel.core.spec import ModelSpec
 
         ModelSpec.from_yaml(spec_path)  # the spec loads as any user spec does
@@ -602,6 +653,8 @@ def import_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, name: str 
                   "fps": rate, "export": {k: v for k, v in exported.items()}, "tolerance": tolerance,
                   "parity": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
                   "parameters": int(sum(p.numel() for p in ckpt.policy.parameters()))}
+        if pt2_report is not None:
+            report["pt2"] = pt2_report
         (tmp / "parity.json").write_text(json.dumps(report, indent=2))
         if not all(r.ok for r in rows):
             worst = max(r.max_abs for r in rows)
