@@ -56,13 +56,28 @@ def msg_is_compatible(commit: str) -> str:
     return ""
 
 
+def measure_in_child(source: Path, backend: str, args: argparse.Namespace) -> dict:
+    """One node run in a child process of this script (a fresh ROS context each time), killed when
+    it outlives the start-up timeout plus the window."""
+    cmd = [sys.executable, __file__, "--one", str(source), "--backends", backend, "--model", args.model,
+           "--seconds", str(args.seconds), "--rate", str(args.rate), "--threads", str(args.threads),
+           "--transport", args.transport, "--speedup-baseline", args.speedup_baseline,
+           "--startup-timeout", str(args.startup_timeout)]
+    limit = args.startup_timeout + args.seconds + 90
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise VlaAccelError(f"the run did not finish within {limit:.0f} s", reason="node_timeout") from exc
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise VlaAccelError(f"the run failed (exit {done.returncode}): {done.stderr[-1500:]}", reason="node_failed")
+    return json.loads(lines[-1])
+
+
 def run_one(label: str, source: Path, backend: str, args: argparse.Namespace) -> dict:
     load_before = load_average_1min()
     t0 = time.monotonic()
-    result = measure(model=args.model, backend=backend, transport=args.transport, seconds=args.seconds,
-                     rate=args.rate, width=640, height=480, threads=args.threads,
-                     startup_timeout=args.startup_timeout, speedup_baseline=args.speedup_baseline,
-                     node_source=str(source))
+    result = measure_in_child(source, backend, args)
     result.update(checkout=label, load_average_1min_before=load_before,
                   load_average_1min_after=load_average_1min(), wall_s=round(time.monotonic() - t0, 1))
     print(f"  {label:<4} {backend:<12} overhead p50 {result['node_overhead_p50_ms']:.2f} ms, "
@@ -111,8 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--old-checkout", type=Path, default=None,
                         help="use this existing checkout of --commit instead of a temporary worktree")
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
+    parser.add_argument("--one", type=Path, default=None, help=argparse.SUPPRESS)  # one run, JSON on stdout
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.one is not None:
+        result = measure(model=args.model, backend=backends[0], transport=args.transport, seconds=args.seconds,
+                         rate=args.rate, width=640, height=480, threads=args.threads,
+                         startup_timeout=args.startup_timeout, speedup_baseline=args.speedup_baseline,
+                         node_source=str(args.one))
+        print(json.dumps(result))
+        return 0
     commit = git("rev-parse", args.commit)
     problem = msg_is_compatible(commit)
     if problem:
