@@ -289,6 +289,68 @@ RENDERERS: dict[str, Callable[[], str]] = {
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+# Prose figures outside the rendered blocks: in these documents every decimal figure (1.39x, 26.56 ms,
+# 7e-3) of a paragraph that cites a file of docs/measurements/ must be a value of a cited file, as
+# shown (rounded to the digits written; a percentage may be a fraction in the file).
+CITED_DOCUMENTS = [ROOT / "README.md", *(ROOT / "docs" / f"{n}.md" for n in ("backends", "opencl", "ros", "bags", "metrics"))]
+_CITATION = re.compile(r"(?:docs/measurements/)?([\w.-]+\.(?:json|md))")
+_FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+e-\d+)(?![\w.]*\d)")
+_NUMBER = re.compile(r"\d+\.\d+(?:e-?\d+)?|\d+e-\d+")
+
+
+def _values(path: Path) -> list[float]:
+    """Every number in a measurement file (JSON leaves and numbers inside its strings; a report's text)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        return [float(m) for m in _NUMBER.findall(text)]
+    out: list[float] = []
+
+    def walk(node) -> None:
+        if isinstance(node, bool):
+            return
+        if isinstance(node, (int, float)):
+            out.append(float(node))
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            out.extend(float(m) for m in _NUMBER.findall(node))
+
+    walk(json.loads(text))
+    return out
+
+
+def _shown_as(token: str, value: float) -> bool:
+    if "e" in token:
+        mantissa = token.split("e")[0]
+        digits = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return value != 0 and f"{value:.{digits}e}" == f"{float(token):.{digits}e}"
+    digits = len(token.split(".")[1])
+    return any(abs(round(v, digits) - float(token)) < 1e-9 for v in (value, value * 100))
+
+
+def unbacked_figures(text: str, measurements: Path | None = None) -> list[str]:
+    """Figures of ``text`` (rendered blocks left out) in paragraphs citing measurement files that
+    none of the cited files holds, as "figure (cited files): paragraph start"."""
+    measurements = MEASUREMENTS if measurements is None else measurements
+    text = BLOCK.sub("", text)
+    problems = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        files = [measurements / name for name in dict.fromkeys(_CITATION.findall(paragraph))
+                 if (measurements / name).is_file()]
+        if not files:
+            continue
+        values = [v for f in files for v in _values(f)]
+        for token in dict.fromkeys(_FIGURE.findall(paragraph)):
+            if not any(_shown_as(token, v) for v in values):
+                start = " ".join(paragraph.split())[:70]
+                problems.append(f"{token} ({', '.join(f.name for f in files)}): {start}")
+    return problems
+
+
 def render(text: str) -> tuple[str, list[str]]:
     """(text with every block re-rendered, names of the blocks that changed)."""
     changed: list[str] = []
@@ -319,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(new, encoding="utf-8")
     if stale:
         print(("out of date with docs/measurements: " if args.check else "re-rendered: ") + "; ".join(stale))
-    return 1 if stale and args.check else 0
+    unbacked = [f"{path.relative_to(ROOT)}: {problem}" for path in CITED_DOCUMENTS
+                for problem in unbacked_figures(path.read_text(encoding="utf-8"))]
+    if unbacked:
+        print("figures not found in the measurements their paragraph cites:\n  " + "\n  ".join(unbacked))
+    return 1 if (stale and args.check) or unbacked else 0
 
 
 if __name__ == "__main__":

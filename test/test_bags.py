@@ -338,9 +338,9 @@ def test_regression_fails_on_other_weights_and_on_missing_chunks(two_backend_rep
 
 def test_live_rate_mode_accounts_for_every_frame(sample, tmp_path):
     _need("onnxruntime", "pip install onnxruntime")
-    from vla_accel.bags.replay import ReplayOptions, run_replay
+    from vla_accel.bags.replay import ReplayOptions, replay_runtime, run_replay
 
-    options = ReplayOptions(model="tiny", backends=("onnxruntime",), rate=RateMode.parse("live"),
+    options = ReplayOptions(runtime=replay_runtime(model="tiny"), backends=("onnxruntime",), rate=RateMode.parse("live"),
                             live_speed=4.0, bare_iterations=2, progress=False)
     result = run_replay(sample.path, options, tmp_path / "live")
     run = result.runs[0]
@@ -354,9 +354,9 @@ def test_live_rate_mode_accounts_for_every_frame(sample, tmp_path):
 
 def test_compressed_camera_topic_replays_and_counts_the_corrupt_jpeg(sample):
     _need("onnxruntime", "pip install onnxruntime")
-    from vla_accel.bags.replay import ReplayOptions, run_replay
+    from vla_accel.bags.replay import ReplayOptions, replay_runtime, run_replay
 
-    options = ReplayOptions(model="tiny", backends=("onnxruntime",), camera_topics=(WRIST_TOPIC,),
+    options = ReplayOptions(runtime=replay_runtime(model="tiny"), backends=("onnxruntime",), camera_topics=(WRIST_TOPIC,),
                             bare_iterations=2, progress=False)
     run = run_replay(sample.path, options).runs[0]
     assert run.ok, run.error
@@ -418,3 +418,22 @@ def test_the_unused_image_topic_is_named(sample, caplog):
         selection = source.select_topics(spec)
     assert selection.cameras == {"primary": CAMERA_TOPIC} and selection.unused_images == (WRIST_TOPIC,)
     assert WRIST_TOPIC in caplog.text and "--camera-topic" in caplog.text
+
+
+def test_replay_runs_with_the_runtime_config():
+    """Model, precision, threads and batch size of a replay are one RuntimeConfig, checked like the node's."""
+    from vla_accel.backends.base import BackendOptions
+    from vla_accel.bags.replay import ReplayOptions, replay_runtime
+    from vla_accel.runtime.config import RuntimeConfig
+
+    options = ReplayOptions(runtime=replay_runtime(model="tiny", precision="fp16", threads=2, batch_size=4))
+    assert isinstance(options.runtime, RuntimeConfig)
+    assert (options.model, options.precision, options.threads, options.batch_size) == ("tiny", "fp16", 2, 4)
+    backend = options.backend_options()
+    assert isinstance(backend, BackendOptions)
+    assert (backend.precision, backend.threads, backend.max_batch) == ("fp16", 2, 4)
+    assert options.backend_options("int8").precision == "int8"  # a NAME:PRECISION suffix wins
+    with pytest.raises(VlaAccelError, match="precision"):
+        replay_runtime(precision="fp7")
+    with pytest.raises(VlaAccelError, match="batch_size"):
+        replay_runtime(batch_size=0)

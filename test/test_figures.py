@@ -38,3 +38,21 @@ def test_a_changed_measurement_changes_the_document(tmp_path, monkeypatch):
         (tmp_path / name).write_text(json.dumps(source))
     monkeypatch.setattr(render, "MEASUREMENTS", tmp_path)
     assert "**9.87x**" in render.scheduling_pipeline()
+
+
+def test_prose_figures_are_values_of_the_measurements_they_cite():
+    render = _renderer()
+    problems = [f"{path.name}: {p}" for path in render.CITED_DOCUMENTS
+                for p in render.unbacked_figures(path.read_text(encoding="utf-8"))]
+    assert not problems, "figures their cited measurement does not hold:\n" + "\n".join(problems)
+
+
+def test_a_figure_its_cited_measurement_lacks_is_found(tmp_path):
+    import json
+
+    render = _renderer()
+    (tmp_path / "m.json").write_text(json.dumps({"speedup": 1.3871, "err": 0.00696, "share": 0.254}))
+    ok = "Measured (docs/measurements/m.json): 1.39x, error 7e-3, 25.4 % of the time.\n\nNo citation: 9.99x."
+    assert render.unbacked_figures(ok, tmp_path) == []
+    wrong = "Measured (docs/measurements/m.json): 1.40x, error 7e-3."
+    assert [p.split(" ")[0] for p in render.unbacked_figures(wrong, tmp_path)] == ["1.40"]

@@ -37,25 +37,61 @@ from vla_accel.backends.registry import BASELINE_BACKEND, split_backend_spec
 from vla_accel.core.machine import machine_description
 from vla_accel.core.timing import time_call_ms, time_calls
 from vla_accel.errors import BackendError, VlaAccelError
+from vla_accel.runtime.config import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
 
+def replay_runtime(model: str = "tiny", precision: str = "fp32", threads: int = 0, batch_size: int = 1,
+                   **more) -> RuntimeConfig:
+    """The runtime settings of a replay: the node's RuntimeConfig (checked the same way), with the
+    replay's defaults (model tiny; no speedup baseline, no parity check at load: the replay measures
+    its own bare calls and compares every backend's actions itself)."""
+    return RuntimeConfig(model=model, precision=precision, threads=threads, batch_size=batch_size,
+                         speedup_baseline="none", parity_check=False, **more)
+
+
 @dataclass
 class ReplayOptions:
-    model: str = "tiny"
+    """Replay-only settings; what the model runs with (model, precision, threads, batch size, ...)
+    is the runtime's ``RuntimeConfig`` in ``runtime`` (see ``replay_runtime``), read through the
+    properties below so replay, the live comparison and the node agree on one set of settings."""
+
+    runtime: RuntimeConfig = field(default_factory=replay_runtime)
     backends: tuple[str, ...] = ("torch",)
     rate: RateMode = field(default_factory=lambda: RateMode("every"))
     camera_topics: tuple[str, ...] = ()
     instruction_topic: str | None = None
     state_topic: str | None = None
-    precision: str = "fp32"
-    threads: int = 0
-    batch_size: int = 1
     bare_iterations: int = 30  # bare calls before the first pass (warm-up and the bare percentiles)
     timing_rounds: int = 3  # replay passes, each paired with bare calls (offline rate modes only)
     live_speed: float = 1.0  # live mode: 1.0 = recorded timing, 0.5 = half speed
     progress: bool = True
+
+    @property
+    def model(self) -> str:
+        return self.runtime.model
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
+
+    @property
+    def threads(self) -> int:
+        return self.runtime.threads
+
+    @property
+    def batch_size(self) -> int:
+        return self.runtime.batch_size
+
+    def backend_options(self, precision: str = ""):
+        """BackendOptions of one replayed backend (``precision``: its NAME:PRECISION suffix, if any)."""
+        from vla_accel.backends.base import BackendOptions
+
+        c = self.runtime
+        return BackendOptions(device=c.device, precision=precision or c.precision, threads=c.threads,
+                              max_batch=c.batch_size, cache_dir=Path(c.cache_dir) if c.cache_dir else None,
+                              extra=dict(c.backend_extra))
 
 
 @dataclass
@@ -260,16 +296,10 @@ def bare_samples(backend, inputs: dict[str, np.ndarray], iterations: int) -> lis
 
 
 def _load_backend(name: str, bundle, options: ReplayOptions):
-    from vla_accel.backends.base import BackendOptions
     from vla_accel.backends.registry import create_backend
 
     backend_name, precision = split_backend_spec(name)
-    backend = create_backend(
-        backend_name,
-        bundle,
-        BackendOptions(precision=precision or options.precision, threads=options.threads,
-                       max_batch=options.batch_size),
-    )
+    backend = create_backend(backend_name, bundle, options.backend_options(precision))
     backend.load()
     backend.warmup(batch_size=options.batch_size, iterations=2)
     return backend
@@ -517,7 +547,7 @@ def run_replay(bag: str | Path, options: ReplayOptions, out_dir: str | Path | No
     from vla_accel.models import load_model
 
     bag = Path(bag)
-    bundle = load_model(options.model)
+    bundle = load_model(options.model, cache_dir=options.runtime.cache_dir or None)
     with BagSource(bag) as source:
         selection = source.select_topics(
             bundle.spec, options.camera_topics, options.instruction_topic, options.state_topic

@@ -88,9 +88,22 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r.get("chunks", 0) for r in results) else 1
 
 
+def node_source_env(env: dict[str, str], source_dir: str) -> dict[str, str]:
+    """``env`` with ``source_dir`` (a checkout of this package) first on PYTHONPATH and every other
+    full source tree removed from it, so a node started with it runs that checkout's code and nothing
+    of another tree slips in for a module the checkout lacks. The generated messages (a copy of the
+    package holding only ``msg``) stay."""
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not os.path.isdir(os.path.join(p, "vla_accel", "core"))]
+    return dict(env, PYTHONPATH=os.pathsep.join([str(source_dir), *kept]))
+
+
 def measure(*, model: str, backend: str, transport: str, seconds: float, rate: float, width: int, height: int,
             threads: int, startup_timeout: float, qos: str = "sensor_data",
-            node_executor: str = "events") -> dict[str, Any]:
+            node_executor: str = "events", speedup_baseline: str = "measure",
+            node_source: str | None = None) -> dict[str, Any]:
+    """One node run; ``node_source``: run the node from that checkout of the package (the camera and
+    this receiver stay on the current one), e.g. to compare with an earlier commit side by side."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile
@@ -104,7 +117,7 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     if transport != "default":
         env["FASTDDS_BUILTIN_TRANSPORTS"] = transport
     node_cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", "--ros-args", "-p", f"backend:={backend}",
-                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", "speedup_baseline:=measure",
+                "-p", f"model:={model}", "-p", f"threads:={threads}", "-p", f"speedup_baseline:={speedup_baseline}",
                 "-p", "stats_period_s:=0.5", "-p", f"input_qos:={qos}", "-p", f"executor:={node_executor}"]
     camera_cmd = [sys.executable, "-m", "vla_accel.ros.synthetic_camera", "--rate", str(rate), "--width", str(width),
                   "--height", str(height), "--seconds", str(seconds + startup_timeout + 10)]
@@ -118,7 +131,8 @@ def measure(*, model: str, backend: str, transport: str, seconds: float, rate: f
     os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
     if transport != "default":
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = transport
-    node_proc = subprocess.Popen(node_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    node_env = node_source_env(env, node_source) if node_source else env
+    node_proc = subprocess.Popen(node_cmd, env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     camera = None  # started once the node subscribes: its CPU baseline is timed on a quiet graph
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain)

@@ -140,7 +140,7 @@ def run(args) -> int:
 
     from vla_accel.bags import compare
     from vla_accel.bags.observations import RateMode
-    from vla_accel.bags.replay import ReplayOptions, deviations, run_replay
+    from vla_accel.bags.replay import ReplayOptions, deviations, replay_runtime, run_replay
     from vla_accel.bags.report import write_report
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
@@ -151,15 +151,13 @@ def run(args) -> int:
     except ValueError as exc:
         raise VlaAccelError(str(exc), reason="bad_argument") from exc
     options = ReplayOptions(
-        model=args.model,
+        runtime=replay_runtime(model=args.model, precision=args.precision, threads=args.threads,
+                               batch_size=args.batch_size),
         backends=backends,
         rate=RateMode.parse(args.rate_mode),
         camera_topics=tuple(args.camera_topic),
         instruction_topic=args.instruction_topic,
         state_topic=args.state_topic,
-        precision=args.precision,
-        threads=args.threads,
-        batch_size=args.batch_size,
         bare_iterations=args.bare_iterations,
         timing_rounds=args.timing_rounds,
         live_speed=args.live_speed,

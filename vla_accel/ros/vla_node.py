@@ -239,7 +239,9 @@ class VlaNode(Node):
         and with async execution only when the executing chunk needs a successor (counted there)."""
         if not self.output_enabled:
             return False
-        if self.execution is not None:
+        if self.execution is not None and self.execution.executor is not None:
+            # The node's clock only where execution paces frames: rclpy's Clock.now() builds a Time
+            # object on every call, a cost on every frame's path for nothing otherwise.
             return self.execution.want_frame(self.get_clock().now().nanoseconds, observation.stamp_ns)
         return True
 
@@ -305,13 +307,16 @@ class VlaNode(Node):
             self.session.metrics.record_event("chunks_withheld_stale", len(chunks))
             return
         device = self.session.device
+        execution = self.execution
+        # The clock only when something here reads it (async execution or a trajectory to plan).
+        timed = execution is not None and (execution.executor is not None or self.trajectory_pub is not None)
         for chunk in chunks:
             executed = chunk
-            if self.execution is not None:
+            if timed:
                 now_ns = self.get_clock().now().nanoseconds
-                executed = self.execution.on_chunk(chunk, now_ns)
+                executed = execution.on_chunk(chunk, now_ns)
                 if (executed is not None and self.trajectory_pub is not None and not self.values["dry_run"]
-                        and not self.execution.blocked):
+                        and not execution.blocked):
                     plan = self.execution.trajectory(executed, now_ns)
                     if plan is not None:
                         self.trajectory_pub.publish(execution_output.fill_joint_trajectory(

@@ -142,8 +142,7 @@ class ObservationAssembler:
         cam = self.cameras[camera]
         cam.record_frame(received_ns)
         primary = camera == self.primary
-        size = image_nbytes(image.data)
-        if self.max_image_bytes and size > self.max_image_bytes:
+        if self.max_image_bytes and (size := image_nbytes(image.data)) > self.max_image_bytes:
             # Before decoding: nothing of an oversized frame is kept (no view, no decode buffer sized to it).
             cam.record_drop(IMAGE_TOO_LARGE)
             if primary:
