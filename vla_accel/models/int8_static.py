@@ -5,9 +5,13 @@ The same ``CalibrationSet`` that calibrates the full-integer TFLite model feeds:
 * ONNX Runtime static quantisation (``onnxruntime.quantization.quantize_static``, QDQ format):
   QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor int8
   activation ranges from min/max over the set. ``flavour="qnn"`` makes the QDQ model the Hexagon HTP
-  takes (uint8 activations, per-tensor symmetric int8 weights, every op quantised,
-  ``onnxruntime.quantization``'s QNN configuration), ``"cpu"`` the one ONNX Runtime's CPU kernels
-  run fastest (per-channel weights).
+  takes (uint8 activations, int8 weights, every op quantised, ``onnxruntime.quantization``'s QNN
+  configuration), ``"qnn-a16"`` the same with 16-bit activations (A16W8, which the HTP runs
+  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (per-channel weights).
+  For the HTP flavours the written-out LayerNorms are first folded into ``LayerNormalization``
+  nodes (``models/onnx_rewrite.py``: the HTP's quantised ``Reciprocal`` scaled every LayerNorm by
+  ~0.57, the whole error of int8 on the HTP), with their scale vectors quantised uint8 asymmetric
+  (the HTP's LayerNorm refuses an int8 symmetric scale next to unsigned activations).
 * OpenVINO through NNCF (``nncf.quantize`` on the fp32 OpenVINO model, transformer preset), the
   maintained post-training quantisation for OpenVINO; the result is saved as IR.
 
@@ -32,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ORT_FLAVOURS = ("cpu", "qnn", "qnn-a16")
 # Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
-QDQ_RECIPE = 2
+QDQ_RECIPE = 3
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
 
 
@@ -82,6 +86,13 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
                 dim = value.type.tensor_type.shape.dim[0]
                 dim.ClearField("dim_param")
                 dim.dim_value = int(batch)
+        rewrite = None
+        if flavour.startswith("qnn"):
+            from vla_accel.models.onnx_rewrite import fuse_layer_norms
+
+            rewrite = fuse_layer_norms(model)
+            report.stage(f"layer norms folded for the HTP: {rewrite.fused}"
+                         + (f" ({len(rewrite.skipped)} left written out)" if rewrite.skipped else ""))
         fixed = tmp_dir / "fp32.onnx"
         onnx.save(model, str(fixed))
         data = calibration.rebatched(batch) if batch else calibration
@@ -102,8 +113,11 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
             activations = q.QuantType.QUInt16 if flavour == "qnn-a16" else q.QuantType.QUInt8
+            scales = {n.input[1]: [{"quant_type": q.QuantType.QUInt8}] for n in model.graph.node
+                      if n.op_type == "LayerNormalization" and len(n.input) > 1}
             config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=activations,
-                                        weight_type=q.QuantType.QInt8, per_channel=True)
+                                        weight_type=q.QuantType.QInt8, per_channel=True,
+                                        init_overrides=scales or None)
             q.quantize(str(fixed), str(out), config)
         else:
             q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
@@ -112,7 +126,8 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
         fixed.unlink()
         atomic_write_text(tmp_dir / "calibration.json",
                           _sidecar(calibration, flavour=flavour, batch=batch, source=str(source),
-                                   quantizer="onnxruntime.quantization QDQ"))
+                                   quantizer="onnxruntime.quantization QDQ", recipe=QDQ_RECIPE,
+                                   rewrites=rewrite.record() if rewrite else None))
         _publish(tmp_dir, target.parent)
     finally:
         if tmp_dir.exists():
