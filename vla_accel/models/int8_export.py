@@ -82,6 +82,19 @@ def torch_outputs(bundle: "ModelBundle", batches: Sequence[dict[str, np.ndarray]
                                for b in batches])
 
 
+def reference_outputs(bundle: "ModelBundle", batches: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """fp32 outputs to compare an integer model with: the torch network where the model has one,
+    else (an imported ONNX graph) ONNX Runtime's CPU provider on the fp32 file."""
+    if bundle.has_torch_network:
+        return torch_outputs(bundle, batches)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle.export("onnx", precision="fp32", progress=False)),
+                                   providers=["CPUExecutionProvider"])
+    output = bundle.spec.action.output
+    return np.concatenate([session.run([output], dict(b))[0] for b in batches])
+
+
 def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     corr = float(np.corrcoef(actual.ravel(), expected.ravel())[0, 1]) if actual.size > 1 else 1.0

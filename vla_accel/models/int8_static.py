@@ -7,7 +7,9 @@ The same ``CalibrationSet`` that calibrates the full-integer TFLite model feeds:
   activation ranges from min/max over the set. ``flavour="qnn"`` makes the QDQ model the Hexagon HTP
   takes (uint8 activations, int8 weights, every op quantised, ``onnxruntime.quantization``'s QNN
   configuration), ``"qnn-a16"`` the same with 16-bit activations (A16W8, which the HTP runs
-  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (per-channel weights).
+  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (per-channel weights),
+  ``"cpu-a16"`` the same with int16 activations (A16W8; ONNX Runtime's CPU runs it through
+  dequantised float kernels, an accuracy reference rather than a fast path).
   For the HTP flavours the written-out LayerNorms are first folded into ``LayerNormalization``
   nodes (``models/onnx_rewrite.py``: the HTP's quantised ``Reciprocal`` scaled every LayerNorm by
   ~0.57, the whole error of int8 on the HTP), with their scale vectors quantised uint8 asymmetric
@@ -34,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.models.bundle import ModelBundle
     from vla_accel.models.calibration_set import CalibrationSet
 
-ORT_FLAVOURS = ("cpu", "qnn", "qnn-a16")
+ORT_FLAVOURS = ("cpu", "cpu-a16", "qnn", "qnn-a16")
 # Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
 QDQ_RECIPE = 3
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
@@ -68,11 +70,6 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
     target = onnx_qdq_path(bundle, calibration, flavour, batch)
     if target.is_file() and not force:
         return target
-    try:
-        import onnx
-        from onnxruntime import quantization as q
-    except ImportError as exc:
-        raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
     from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} onnx int8 static ({flavour})", progress)
@@ -80,35 +77,67 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".qdq.", dir=target.parent.parent))
     try:
-        model = onnx.load(str(source))
-        if batch:
-            for value in list(model.graph.input) + list(model.graph.output):
-                dim = value.type.tensor_type.shape.dim[0]
-                dim.ClearField("dim_param")
-                dim.dim_value = int(batch)
-        rewrite = None
-        if flavour.startswith("qnn"):
-            from vla_accel.models.onnx_rewrite import fuse_layer_norms
+        info = quantize_onnx_qdq(source, tmp_dir / "model.onnx", calibration, flavour=flavour, batch=batch,
+                                 report=report)
+        atomic_write_text(tmp_dir / "calibration.json",
+                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source), **info))
+        _publish(tmp_dir, target.parent)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    report.stage(f"done: {target}")
+    return target
 
-            rewrite = fuse_layer_norms(model)
+
+def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *, flavour: str = "cpu",
+                      batch: int | None = None, report=None) -> dict:
+    """Quantise the fp32 ONNX file ``source`` into the static QDQ model ``out`` (one graph: a
+    single-pass model or one graph of a policy program) calibrated on ``calibration``, whose batches
+    are keyed by the graph's input names. Returns what the sidecar records (quantiser, rewrites)."""
+    try:
+        import onnx
+        from onnxruntime import quantization as q
+    except ImportError as exc:
+        raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
+    if flavour not in ORT_FLAVOURS:
+        raise ModelFileError(f"ONNX static int8 flavour must be one of {ORT_FLAVOURS}, got {flavour!r}",
+                             reason="bad_precision")
+    model = onnx.load(str(source))
+    if batch:
+        for value in list(model.graph.input) + list(model.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.ClearField("dim_param")
+            dim.dim_value = int(batch)
+    rewrite = None
+    if flavour.startswith("qnn"):
+        from vla_accel.models.onnx_rewrite import fuse_layer_norms
+
+        rewrite = fuse_layer_norms(model)
+        if report is not None:
             report.stage(f"layer norms folded for the HTP: {rewrite.fused}"
                          + (f" ({len(rewrite.skipped)} left written out)" if rewrite.skipped else ""))
-        fixed = tmp_dir / "fp32.onnx"
-        onnx.save(model, str(fixed))
-        data = calibration.rebatched(batch) if batch else calibration
+    fixed = Path(out).with_name(Path(out).stem + ".fp32.onnx")
+    onnx.save(model, str(fixed))
+    data = calibration.rebatched(batch) if batch else calibration
+    names = {i.name for i in model.graph.input}
+    unfed = sorted(names - set(data.batches[0])) if data.batches else sorted(names)
+    if unfed:
+        raise ModelFileError(f"calibration set for {Path(source).name} does not feed {unfed}", reason="bad_calibration")
 
-        class Reader(q.CalibrationDataReader):
-            def __init__(self):
-                self._it = iter(data.batches)
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(data.batches)
 
-            def get_next(self):
-                return next(self._it, None)
+        def get_next(self):
+            item = next(self._it, None)
+            return None if item is None else {n: v for n, v in item.items() if n in names}
 
-            def rewind(self):
-                self._it = iter(data.batches)
+        def rewind(self):
+            self._it = iter(data.batches)
 
+    if report is not None:
         report.stage(f"calibrating on {data.samples} samples ({calibration.provenance.get('source')})")
-        out = tmp_dir / "model.onnx"
+    try:
         if flavour.startswith("qnn"):
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
@@ -120,20 +149,14 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
                                         init_overrides=scales or None)
             q.quantize(str(fixed), str(out), config)
         else:
+            activations = q.QuantType.QInt16 if flavour == "cpu-a16" else q.QuantType.QInt8
             q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                              activation_type=activations, weight_type=q.QuantType.QInt8,
                               per_channel=True, calibrate_method=q.CalibrationMethod.MinMax)
-        fixed.unlink()
-        atomic_write_text(tmp_dir / "calibration.json",
-                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source),
-                                   quantizer="onnxruntime.quantization QDQ", recipe=QDQ_RECIPE,
-                                   rewrites=rewrite.record() if rewrite else None))
-        _publish(tmp_dir, target.parent)
     finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    report.stage(f"done: {target}")
-    return target
+        fixed.unlink(missing_ok=True)
+    return {"quantizer": "onnxruntime.quantization QDQ", "recipe": QDQ_RECIPE,
+            "rewrites": rewrite.record() if rewrite else None}
 
 
 def nncf_available() -> bool:
@@ -150,29 +173,41 @@ def export_openvino_nncf(bundle: "ModelBundle", calibration: "CalibrationSet", *
         return target
     if not nncf_available():
         raise BackendUnavailableError("openvino", ["nncf"], NNCF_HINT)
-    import nncf
-    import openvino as ov
-
     from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} openvino int8 (nncf)", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
-    core = ov.Core()
-    model = core.read_model(str(source))
-    names = [i.get_any_name() for i in model.inputs]
-    items = [{n: b[n] for n in names} for b in calibration.batches]
-    report.stage(f"nncf.quantize on {calibration.samples} samples ({calibration.provenance.get('source')})")
-    quantised = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                              preset=nncf.QuantizationPreset.MIXED, subset_size=max(1, len(items)))
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".nncf.", dir=target.parent.parent))
     try:
-        ov.save_model(quantised, str(tmp_dir / "model.xml"), compress_to_fp16=False)
-        atomic_write_text(tmp_dir / "calibration.json",
-                          _sidecar(calibration, quantizer=f"nncf {nncf.__version__}", source=str(source)))
+        info = quantize_openvino_nncf(source, tmp_dir / "model.xml", calibration, report=report)
+        atomic_write_text(tmp_dir / "calibration.json", _sidecar(calibration, source=str(source), **info))
         _publish(tmp_dir, target.parent)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     report.stage(f"done: {target}")
     return target
+
+
+def quantize_openvino_nncf(source: Path, out: Path, calibration: "CalibrationSet", *, report=None) -> dict:
+    """NNCF int8 of the fp32 ONNX file ``source`` (one graph), saved as IR ``out`` (+ .bin);
+    ``calibration``'s batches are keyed by the graph's input names."""
+    if not nncf_available():
+        raise BackendUnavailableError("openvino", ["nncf"], NNCF_HINT)
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source))
+    names = [i.get_any_name() for i in model.inputs]
+    unfed = [n for n in names if calibration.batches and n not in calibration.batches[0]]
+    if unfed or not calibration.batches:
+        raise ModelFileError(f"calibration set for {Path(source).name} does not feed {unfed or names}",
+                             reason="bad_calibration")
+    items = [{n: b[n] for n in names} for b in calibration.batches]
+    if report is not None:
+        report.stage(f"nncf.quantize on {calibration.samples} samples ({calibration.provenance.get('source')})")
+    quantised = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, subset_size=max(1, len(items)))
+    ov.save_model(quantised, str(out), compress_to_fp16=False)
+    return {"quantizer": f"nncf {nncf.__version__}"}
