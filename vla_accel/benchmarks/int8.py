@@ -11,7 +11,8 @@ quantised graph by graph) and, with ``--imported``, a policy imported by ``vla-a
 Rows per model: the fp32 baseline (torch; for an imported ONNX graph, onnxruntime fp32 on that
 graph, which the import checked against LeRobot's torch policy), ONNX Runtime static QDQ int8
 (CPU), OpenVINO int8 through NNCF, LiteRT full-integer int8, all calibrated on the same set. A program
-also gets a row with its step graph in A16W8 (16-bit activations). Per row: p50 latency of one
+also gets a row with the step graph's time embedding (the subgraph of the time input alone) kept
+in float, and one with its step graph in A16W8 (16-bit activations). Per row: p50 latency of one
 inference (a program: prefix + every step) at batch 1, timed calls interleaved (one per row per
 round, the order rotating, so load from other processes falls on all alike); speedup over the
 baseline (T_base / T_row on p50, ``core.metrics.speedup``); max / mean |Δa| and correlation against
@@ -182,6 +183,7 @@ def bench_single_pass(name: str, bundle, args) -> dict[str, Any]:
 PROGRAM_VARIANTS = (
     # label, format, activation bits per graph
     ("onnxruntime static QDQ int8", "onnx", {}),
+    ("onnxruntime static QDQ int8, time embedding float", "onnx", "float-time"),
     ("onnxruntime static QDQ int8, step graph A16W8", "onnx", {"step": 16}),
     ("openvino int8 (NNCF)", "openvino", {}),
     ("litert full-integer int8", "tflite", {}),
@@ -212,7 +214,8 @@ def bench_program(name: str, bundle, args) -> dict[str, Any]:
     graph_files: dict[str, dict] = {}
     for label, fmt, bits in PROGRAM_VARIANTS:
         try:
-            graphs = export_program_int8(bundle, fmt, calibrations, activation_bits=bits)
+            graphs = export_program_int8(bundle, fmt, calibrations, activation_bits=None if bits == "float-time"
+                                         else bits, float_time=bits == "float-time")
             sessions = int8_program_sessions(fmt, graphs)
             runner = program_runner(bundle, sessions)
             accuracy[label] = program_error(bundle, sessions, evaluation, PROGRAM_EVAL_CALL, expected)

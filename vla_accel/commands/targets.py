@@ -5,10 +5,13 @@ vendor compiler estimates (``vla-accel doctor --model M --target T``).
   int8 .tflite (re-serialised first with every weight buffer inside the flatbuffer, which vela
   needs): NPU / CPU operator counts, the CPU ops with vela's reasons, SRAM use and its
   inference-time estimate (from vela's summary CSV).
-* ``edgetpu``: no Edge TPU compiler is obtainable here, so the int8 .tflite is checked against the
-  compiler's published rules: the supported-op list, int8/uint8 tensors only, static shapes, at
-  most 4-D tensors. The Edge TPU compiler maps ops up to the first unsupported one; the rest runs on
-  the CPU (one partition).
+* ``edgetpu``: no Edge TPU compiler is obtainable here, so the int8 .tflite is checked against
+  Coral's published model requirements (coral.ai/docs/edgetpu/models-intro): the supported-op list,
+  8-bit tensors (int32 only for biases and index inputs), and at most the 3 innermost dimensions of
+  a tensor larger than 1. The op-specific limitations of that list (e.g. Mean and Pad along x / y
+  only, Softmax on a 1-D input) are not checked: passing here is necessary, not sufficient. The
+  compiler maps one partition, up to the first unsupported op; that op and everything after it run
+  on the CPU.
 * ``qnn:SOC``: the model is compiled for that Hexagon HTP (the ``qnn-ort`` backend: static QDQ int8,
   ``ep.context_enable`` context binary for the SoC) with CPU fallback disabled, one inference run,
   and ORT's profile read back for each node's provider; when the strict load fails, again with
@@ -33,15 +36,18 @@ from vla_accel.errors import BackendUnavailableError, VlaAccelError
 ETHOS_CONFIGS = {"ethos-u55": "ethos-u55-128", "ethos-u65": "ethos-u65-256", "ethos-u85": "ethos-u85-256"}
 VELA_HINT = "Install Arm's Ethos-U compiler: pip install -r requirements/quantization.txt (ethos-u-vela)"
 # The Edge TPU compiler's supported operations (coral.ai/docs/edgetpu/models-intro, "Supported
-# operations"), as TFLite builtin names.
+# operations", compiler / runtime 14+), as TFLite builtin names. DEQUANTIZE is not among them (a
+# dequantised float output runs on the CPU; QUANTIZE is listed), nor are GATHER / GATHER_ND,
+# BATCH_MATMUL, the comparisons and SELECT.
 EDGETPU_OPS = frozenset({
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS",
     "FULLY_CONNECTED", "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM",
-    "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "DEQUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6",
+    "MUL", "PACK", "PAD", "PRELU", "QUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6",
     "RELU_N1_TO_1", "RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX",
     "SPACE_TO_DEPTH", "SPLIT", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE", "TANH",
     "TRANSPOSE", "TRANSPOSE_CONV",
 })
+EDGETPU_MAX_INNER_DIMS = 3  # "only the 3 innermost dimensions may have a size greater than 1"
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -111,18 +117,26 @@ def ethos_u(model_file: Path, config: str) -> dict[str, Any]:
     return out
 
 
+def too_many_dims(shape) -> bool:
+    """The Edge TPU rule on a tensor's shape: outside the 3 innermost dimensions every size is 1."""
+    outer = list(shape)[:-EDGETPU_MAX_INNER_DIMS]
+    return any(int(d) != 1 for d in outer)
+
+
 def edgetpu(model_file: Path) -> dict[str, Any]:
     """The Edge TPU compiler's rules applied op by op, in graph order."""
-    from vla_accel.models.int8_export import tflite_op_dtypes
+    from vla_accel.models.int8_export import tflite_op_shapes
 
-    ops = tflite_op_dtypes(model_file)
+    ops = tflite_op_shapes(model_file)
     mapped, fallback, first_unsupported = 0, [], None
-    for index, (name, dtypes) in enumerate(ops):
+    for index, (name, dtypes, shapes) in enumerate(ops):
         reasons = []
         if name not in EDGETPU_OPS:
             reasons.append("op not supported by the Edge TPU compiler")
         if any(not d.startswith(("int8", "uint8", "int32")) for d in dtypes):
             reasons.append(f"non-8-bit tensor ({', '.join(sorted(set(dtypes)))})")
+        if any(too_many_dims(shape) for shape in shapes):
+            reasons.append("a tensor with more than 3 dimensions larger than 1")
         if reasons:
             fallback.append(f"{name}: {'; '.join(reasons)}")
             if first_unsupported is None:
@@ -134,6 +148,8 @@ def edgetpu(model_file: Path) -> dict[str, Any]:
         counts[entry] = counts.get(entry, 0) + 1
     return {"target": "edgetpu", "compiler": "rules (Edge TPU compiler not obtainable here)", "ops": len(ops),
             "ops_passing_rules": len(ops) - len(fallback),
+            "rules": "coral.ai/docs/edgetpu/models-intro: supported ops, 8-bit tensors, 3 innermost dims; "
+                     "op-specific limitations not checked",
             "mapped_before_first_unsupported": mapped,
             "first_unsupported": ops[first_unsupported][0] if first_unsupported is not None else None,
             "unsupported": [f"{k} (x{v})" for k, v in sorted(counts.items())],

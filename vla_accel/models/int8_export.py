@@ -41,6 +41,22 @@ def tflite_op_dtypes(path: str | Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+def tflite_op_shapes(path: str | Path) -> list[tuple[str, list[str], list[tuple[int, ...]]]]:
+    """(op name, dtypes, shapes of its inputs and outputs) for every op of a .tflite."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():  # noqa: SLF001 (LiteRT's only op listing)
+        used = [tensors[i] for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        out.append((op["op_name"], [np.dtype(t["dtype"]).name for t in used],
+                    [tuple(int(d) for d in t["shape"]) for t in used]))
+    return out
+
+
 def tflite_float_ops(path: str | Path) -> list[str]:
     """Ops of the file that read or write a float tensor: an integer-only accelerator (Edge TPU,
     Ethos-U, Hexagon) hands each of them, and what follows, back to the CPU."""

@@ -91,11 +91,14 @@ def load_program_int8(directory: Path) -> dict[str, GraphInt8]:
 
 def export_program_int8(bundle: "ModelBundle", fmt: str, calibrations: Mapping[str, "CalibrationSet"], *,
                         keep_float: Sequence[str] = (), activation_bits: Mapping[str, int] | None = None,
-                        force: bool = False, progress: bool = False) -> dict[str, GraphInt8]:
+                        float_time: bool = False, force: bool = False, progress: bool = False,
+                        ) -> dict[str, GraphInt8]:
     """Quantise every graph of ``bundle``'s program for ``fmt`` (onnx | openvino | tflite), each on
     ``calibrations[graph]``; returns graph name -> GraphInt8 (cached per calibration sets).
     ``activation_bits``: graph -> 16 for 16-bit activations with int8 weights (A16W8: ONNX Runtime
-    int16 QDQ, LiteRT's 16x8 full-integer mode; not for OpenVINO / NNCF); default 8."""
+    int16 QDQ, LiteRT's 16x8 full-integer mode; not for OpenVINO / NNCF); default 8.
+    ``float_time`` (onnx): the nodes computed from the program's time input alone stay in float
+    (``int8_static.float_subgraph``), listed in the graph's ``float_ops``."""
     from vla_accel.models.program_bundle import is_program
     from vla_accel.models.progress import ExportProgress
 
@@ -116,7 +119,11 @@ def export_program_int8(bundle: "ModelBundle", fmt: str, calibrations: Mapping[s
     if bad:
         raise ModelFileError(f"activation bits must be 8 or 16 (16 not with openvino / NNCF); got {bad}",
                              reason="bad_precision")
+    if float_time and fmt != "onnx":
+        raise ModelFileError("float_time is available for onnx (ONNX Runtime QDQ) only", reason="bad_precision")
     final_dir = program_int8_dir(bundle, fmt, calibrations, keep_float, bits)
+    if float_time:
+        final_dir = final_dir.with_name(final_dir.name + "-float-time")
     if (final_dir / SIDECAR).is_file() and not force:
         return load_program_int8(final_dir)
     report = ExportProgress(f"{bundle.name} {fmt} int8 per graph", progress)
@@ -137,7 +144,16 @@ def export_program_int8(bundle: "ModelBundle", fmt: str, calibrations: Mapping[s
             else:
                 report.stage(f"graph '{name}': {calibration.samples} calibration samples")
                 try:
-                    entry.quantizer = _quantize_graph(fmt, sources[name], out, calibration, bits[name], report)
+                    time_input = bundle.spec.program.time
+                    graph_inputs = next(g.inputs for g in bundle.spec.program.graphs if g.name == name)
+                    float_inputs = (time_input,) if float_time and time_input in graph_inputs else ()
+                    entry.quantizer, kept = _quantize_graph(fmt, sources[name], out, calibration, bits[name],
+                                                            report, float_inputs)
+                    if kept:
+                        entry.float_ops = list(kept)
+                        entry.note = (f"{len(kept)} nodes computed from the time input alone kept in float "
+                                      "(the sinusoidal embedding's angles reach 1000 rad; an 8-bit grid over them "
+                                      "is radians wide)")
                 except (ModelFileError, RuntimeError, ValueError, TypeError, KeyError) as exc:
                     # a graph the tools cannot quantise runs in fp32, and says why
                     entry.precision = "fp32"
@@ -174,15 +190,18 @@ def _copy_float(source: Path, out: Path, fmt: str) -> None:
         shutil.copyfile(source, out)
 
 
-def _quantize_graph(fmt: str, source: Path, out: Path, calibration: "CalibrationSet", bits: int, report) -> str:
+def _quantize_graph(fmt: str, source: Path, out: Path, calibration: "CalibrationSet", bits: int, report,
+                    float_inputs: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     from vla_accel.models import int8_static
 
     if fmt == "onnx":
         flavour = "cpu-a16" if bits == 16 else "cpu"
-        return int8_static.quantize_onnx_qdq(source, out, calibration, flavour=flavour, report=report)["quantizer"]
+        info = int8_static.quantize_onnx_qdq(source, out, calibration, flavour=flavour, report=report,
+                                             float_inputs=float_inputs)
+        return info["quantizer"], info["float_node_types"]
     if fmt == "openvino":
-        return int8_static.quantize_openvino_nncf(source, out, calibration, report=report)["quantizer"]
-    return quantize_tflite_full_integer(source, out, calibration, activation_bits=bits)
+        return int8_static.quantize_openvino_nncf(source, out, calibration, report=report)["quantizer"], []
+    return quantize_tflite_full_integer(source, out, calibration, activation_bits=bits), []
 
 
 def quantize_tflite_full_integer(source: Path, out: Path, calibration: "CalibrationSet", *,

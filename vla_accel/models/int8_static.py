@@ -90,10 +90,12 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
 
 
 def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *, flavour: str = "cpu",
-                      batch: int | None = None, report=None) -> dict:
+                      batch: int | None = None, report=None, float_inputs: tuple[str, ...] = ()) -> dict:
     """Quantise the fp32 ONNX file ``source`` into the static QDQ model ``out`` (one graph: a
     single-pass model or one graph of a policy program) calibrated on ``calibration``, whose batches
-    are keyed by the graph's input names. Returns what the sidecar records (quantiser, rewrites)."""
+    are keyed by the graph's input names. ``float_inputs``: graph inputs whose own subgraph (every
+    node computed from them and constants alone) stays in float. Returns what the sidecar records
+    (quantiser, rewrites, nodes kept in float)."""
     try:
         import onnx
         from onnxruntime import quantization as q
@@ -116,6 +118,7 @@ def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *,
         if report is not None:
             report.stage(f"layer norms folded for the HTP: {rewrite.fused}"
                          + (f" ({len(rewrite.skipped)} left written out)" if rewrite.skipped else ""))
+    kept = float_subgraph(model, float_inputs) if float_inputs else []
     fixed = Path(out).with_name(Path(out).stem + ".fp32.onnx")
     onnx.save(model, str(fixed))
     data = calibration.rebatched(batch) if batch else calibration
@@ -146,17 +149,40 @@ def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *,
                       if n.op_type == "LayerNormalization" and len(n.input) > 1}
             config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=activations,
                                         weight_type=q.QuantType.QInt8, per_channel=True,
-                                        init_overrides=scales or None)
+                                        init_overrides=scales or None, nodes_to_exclude=kept or None)
             q.quantize(str(fixed), str(out), config)
         else:
             activations = q.QuantType.QInt16 if flavour == "cpu-a16" else q.QuantType.QInt8
             q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
                               activation_type=activations, weight_type=q.QuantType.QInt8,
-                              per_channel=True, calibrate_method=q.CalibrationMethod.MinMax)
+                              per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
+                              nodes_to_exclude=kept or None)
     finally:
         fixed.unlink(missing_ok=True)
     return {"quantizer": "onnxruntime.quantization QDQ", "recipe": QDQ_RECIPE,
-            "rewrites": rewrite.record() if rewrite else None}
+            "rewrites": rewrite.record() if rewrite else None, "float_nodes": kept,
+            "float_node_types": [n.op_type for n in model.graph.node if n.name in set(kept)]}
+
+
+def float_subgraph(model, inputs: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of ``model`` computed from ``inputs`` and constants alone (in graph order).
+    Why: a flow step graph's sinusoidal time embedding multiplies t by up to 1000 before sin / cos;
+    an 8-bit grid over those angles is several radians wide, so the embedding becomes noise. The
+    subgraph of a scalar input per row costs little in float."""
+    constants = {i.name for i in model.graph.initializer}
+    derived = set(inputs)
+    names = []
+    for index, node in enumerate(model.graph.node):
+        sources = [i for i in node.input if i]
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        if sources and any(i in derived for i in sources) and all(i in derived or i in constants for i in sources):
+            derived.update(node.output)
+            if not node.name:
+                node.name = f"float_subgraph_{index}"
+            names.append(node.name)
+    return names
 
 
 def nncf_available() -> bool:
