@@ -42,18 +42,21 @@ def tflite_op_dtypes(path: str | Path) -> list[tuple[str, list[str]]]:
 
 
 def tflite_op_shapes(path: str | Path) -> list[tuple[str, list[str], list[tuple[int, ...]]]]:
-    """(op name, dtypes, shapes of its inputs and outputs) for every op of a .tflite."""
+    """(op name, dtypes of its inputs and outputs, shapes of its activation tensors: the ones an op
+    produces or the model takes as input, not constant weights) for every op of a .tflite."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interp = Interpreter(model_path=str(path),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interp.allocate_tensors()
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # noqa: SLF001 (LiteRT's only op listing)
+    activations = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interp.get_input_details()}
     out = []
-    for op in interp._get_ops_details():  # noqa: SLF001 (LiteRT's only op listing)
+    for op in ops:
         used = [tensors[i] for i in (*op["inputs"], *op["outputs"]) if i >= 0]
         out.append((op["op_name"], [np.dtype(t["dtype"]).name for t in used],
-                    [tuple(int(d) for d in t["shape"]) for t in used]))
+                    [tuple(int(d) for d in t["shape"]) for t in used if t["index"] in activations]))
     return out
 
 

@@ -3,11 +3,12 @@
 The same ``CalibrationSet`` that calibrates the full-integer TFLite model feeds:
 
 * ONNX Runtime static quantisation (``onnxruntime.quantization.quantize_static``, QDQ format):
-  QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor int8
+  QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor 8-bit
   activation ranges from min/max over the set. ``flavour="qnn"`` makes the QDQ model the Hexagon HTP
   takes (uint8 activations, int8 weights, every op quantised, ``onnxruntime.quantization``'s QNN
   configuration), ``"qnn-a16"`` the same with 16-bit activations (A16W8, which the HTP runs
-  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (per-channel weights),
+  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (uint8 activations,
+  per-channel int8 weights),
   ``"cpu-a16"`` the same with int16 activations (A16W8; ONNX Runtime's CPU runs it through
   dequantised float kernels, an accuracy reference rather than a fast path).
   For the HTP flavours the written-out LayerNorms are first folded into ``LayerNormalization``
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ORT_FLAVOURS = ("cpu", "cpu-a16", "qnn", "qnn-a16")
 # Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
-QDQ_RECIPE = 3
+QDQ_RECIPE = 4
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
 
 
@@ -152,7 +153,9 @@ def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *,
                                         init_overrides=scales or None, nodes_to_exclude=kept or None)
             q.quantize(str(fixed), str(out), config)
         else:
-            activations = q.QuantType.QInt16 if flavour == "cpu-a16" else q.QuantType.QInt8
+            # uint8 activations with int8 weights (U8S8): what ONNX Runtime's x86 int8 kernels run
+            # fastest (measured 3.7x faster than S8S8 on the imported ACT, same mean error)
+            activations = q.QuantType.QInt16 if flavour == "cpu-a16" else q.QuantType.QUInt8
             q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
                               activation_type=activations, weight_type=q.QuantType.QInt8,
                               per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
