@@ -262,6 +262,8 @@ def int8_table() -> str:
         name = Path(model["model"]).name if "/" in model["model"] else model["model"]
         for row in model["rows"]:
             graphs = "; ".join(row.get("graphs", [])) or ""
+            if "displacement_correlation" in row:
+                graphs += f" (displacement from the noise: correlation {row['displacement_correlation']:.4f})"
             lines.append(f"| {name} | {row['path']} | {row['p50_ms']:.1f} | {_x(row['speedup_vs_baseline'])} | "
                          f"{row['max_abs']:.4f} | {row['mean_abs']:.4f} | {row['correlation']:.4f} | {graphs} |")
         for label, why in model["errors"].items():

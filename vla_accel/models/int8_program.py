@@ -79,9 +79,13 @@ def program_calibration_digest(calibrations: Mapping[str, "CalibrationSet"], kee
 
 def program_int8_dir(bundle: "ModelBundle", fmt: str, calibrations: Mapping[str, "CalibrationSet"],
                      keep_float: Sequence[str] = (), bits: Mapping[str, int] | None = None) -> Path:
+    from vla_accel.models.int8_static import QDQ_RECIPE
+
     digest = program_calibration_digest(calibrations, keep_float)
     tag = "".join(f"-{g}a16" for g, b in sorted((bits or {}).items()) if b == 16)
-    return bundle.export_dir(fmt, "int8-static") / f"program-r{PROGRAM_INT8_RECIPE}-{digest}{tag}"
+    # the graph quantisers' own recipe is part of the key: a changed QDQ recipe re-exports
+    recipe = f"{PROGRAM_INT8_RECIPE}.{QDQ_RECIPE}" if fmt == "onnx" else str(PROGRAM_INT8_RECIPE)
+    return bundle.export_dir(fmt, "int8-static") / f"program-r{recipe}-{digest}{tag}"
 
 
 def load_program_int8(directory: Path) -> dict[str, GraphInt8]:
