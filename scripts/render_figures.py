@@ -273,7 +273,64 @@ def scheduling_batching() -> str:
     return "\n".join(out) + "\n"
 
 
+def int8_table() -> str:
+    """docs/backends.md: every int8 path of every model of the one `vla-accel bench int8` run."""
+    d = load("int8_bench.json")
+    lines = ["| model | path | p50 ms | speedup | max abs error | mean abs error | correlation | graphs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model in d["models"]:
+        name = Path(model["model"]).name if "/" in model["model"] else model["model"]
+        for row in model["rows"]:
+            graphs = "; ".join(row.get("graphs", [])) or ""
+            if "displacement_correlation" in row:
+                graphs += f" (displacement from the noise: correlation {row['displacement_correlation']:.4f})"
+            lines.append(f"| {name} | {row['path']} | {row['p50_ms']:.1f} | {_x(row['speedup_vs_baseline'])} | "
+                         f"{row['max_abs']:.4f} | {row['mean_abs']:.4f} | {row['correlation']:.4f} | {graphs} |")
+        for label, why in model["errors"].items():
+            lines.append(f"| {name} | {label} | not run: {why.split(':')[0]} | | | | | |")
+    load_avg = d["machine"].get("load_average", [0])[0]
+    return ("\n".join(lines) + f"\n\n({d['machine']['cpu']}, load average {load_avg:.1f} at the end of the run; "
+            "speedups are ratios of calls interleaved side by side.)\n")
+
+
+def int8_targets() -> str:
+    """docs/backends.md: the integer accelerators' view of the same run."""
+    d = load("int8_bench.json")
+    out = []
+
+    def one(model: str, target: str, t: dict) -> str | None:
+        if "error" in t:
+            return f"- {model} {target}: not checked ({t['error'].splitlines()[-1][:150]})"
+        if "npu_ops" in t:
+            return (f"- {model} {target}: {t['npu_ops']} ops on the NPU, {t['cpu_ops']} on the CPU "
+                    f"({', '.join(t['cpu_op_types'])}); vela estimate {t.get('estimate_ms')} ms, SRAM {t.get('sram_kib')} KiB")
+        if "all_nodes_on_qnn" in t:
+            acc = t.get("accuracy_vs_fp32") or {}
+            outs = t.get("outputs_vs_cpu_fp32") or {}
+            err = (f"max abs error {acc['max_abs']:.4f}, correlation {acc['correlation']:.4f} on "
+                   f"{acc['samples']} frames" if acc else ", ".join(
+                       f"{k} max abs error {v['max_abs']:.4f} (of {v['range']:.2f})" for k, v in outs.items()))
+            return (f"- {model} {target} (A{t.get('activation_bits', 8)}W8): every node on QNN: "
+                    f"{'yes' if t['all_nodes_on_qnn'] else 'no'}; {err}; {t.get('emulator_inference_s')} s per "
+                    "inference on the x86-64 emulator (not a device time)")
+        return (f"- {model} {target}: {t['ops_passing_rules']} of {t['ops']} ops pass the published rules; the first "
+                f"unsupported op ({t['first_unsupported']}) comes after {t['mapped_before_first_unsupported']} ops")
+
+    for model in d["models"]:
+        name = Path(model["model"]).name if "/" in model["model"] else model["model"]
+        for target, t in model["targets"].items():
+            if "graphs" in t:
+                for graph, g in t["graphs"].items():
+                    line = one(f"{name} ({graph} graph)", target, g)
+                    out.append(line)
+            else:
+                out.append(one(name, target, t))
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "int8-table": int8_table,
+    "int8-targets": int8_targets,
     "readme-table": readme_measured,
     "gpu-latency": gpu_latency,
     "gpu-summary": gpu_summary,
@@ -296,6 +353,7 @@ CITED_DOCUMENTS = [ROOT / "README.md", *(ROOT / "docs" / f"{n}.md" for n in ("ba
 _CITATION = re.compile(r"(?:docs/measurements/)?([\w.-]+\.(?:json|md))")
 _FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+e-\d+)(?![\w.]*\d)")
 _NUMBER = re.compile(r"\d+\.\d+(?:e-?\d+)?|\d+e-\d+")
+_BOUND = re.compile(r"(?:<=|>=|≤|≥|&le;|&ge;|at most|at least)\s*\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
 def _values(path: Path) -> list[float]:
@@ -344,7 +402,10 @@ def unbacked_figures(text: str, measurements: Path | None = None) -> list[str]:
         if not files:
             continue
         values = [v for f in files for v in _values(f)]
-        for token in dict.fromkeys(_FIGURE.findall(paragraph)):
+        # A bound written with its comparison (a goal, a test's limit: "<= 0.05", ">= 0.99") is not a
+        # measured figure.
+        measured_text = _BOUND.sub("", paragraph)
+        for token in dict.fromkeys(_FIGURE.findall(measured_text)):
             if not any(_shown_as(token, v) for v in values):
                 start = " ".join(paragraph.split())[:70]
                 problems.append(f"{token} ({', '.join(f.name for f in files)}): {start}")

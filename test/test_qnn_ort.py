@@ -1,7 +1,8 @@
 """``qnn-ort``: tiny on the Hexagon HTP emulator through ONNX Runtime's QNN execution provider
 (onnxruntime-qnn in its own venv, driven over a pipe), fp16 and static QDQ int8, parity against the
 CPU within the precision's tolerance, every node on QNN. The emulator is slow (seconds per
-inference on two cores): a few inferences per test. Plus the worker protocol on its own."""
+inference on two cores): a few inferences per test; fp16 and 16-bit activations are marked slow,
+A8W8 int8 runs by default. Plus the worker protocol and the HTP graph rewrite on their own."""
 from __future__ import annotations
 
 import io
@@ -17,13 +18,14 @@ from vla_accel.backends.registry import create_backend
 from vla_accel.errors import BackendUnavailableError
 from vla_accel.models.reference import TOLERANCES
 
-# int8 parity bound on the emulated HTP. The same QDQ model measured max 0.057 against fp32 torch on
-# ONNX Runtime's CPU kernels, but 0.24 (correlation 0.9975) on the emulated HTP, and 0.25 (correlation
-# 0.999) with 16-bit activations: the gap is in the HTP's kernels, not in the activation ranges, and
-# is not explained yet (docs/backends.md). The bound holds the measured value, not the 0.15 package
-# int8 tolerance; correlation catches a broken model.
-QNN_INT8_MAX_ABS = 0.3
+# int8 parity bounds on the emulated HTP against fp32 torch, on camera-like frames the calibration did
+# not see: the full-integer goal (max |da| <= 0.05, correlation >= 0.99), inside the package's int8
+# tolerance (TOLERANCES["int8"] = 0.15). Measured on these two frames: A8W8 max 0.037, correlation
+# 0.9990; A16W8 max 0.0074, correlation 0.99997 (docs/backends.md). Before the LayerNorms were folded
+# for the HTP, its quantised Reciprocal scaled every LayerNorm by ~0.57 and A8W8 was 0.24 off.
+QNN_INT8_MAX_ABS = {8: 0.05, 16: 0.02}
 QNN_INT8_MIN_CORRELATION = 0.99
+assert max(QNN_INT8_MAX_ABS.values()) <= TOLERANCES["int8"]
 
 
 def _have_qnn() -> bool:
@@ -73,8 +75,13 @@ def test_missing_qnn_venv_is_a_clear_error(tiny_bundle, monkeypatch, tmp_path):
 
 
 @needs_qnn
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_tiny_on_the_emulated_htp(tiny_bundle, precision):
+@pytest.mark.parametrize("precision,activation_bits", [
+    # ~20 s (fp16 inference is slow on the emulator) and ~7 s with a cached context binary: slow
+    pytest.param("fp16", 0, marks=pytest.mark.slow),
+    ("int8", 8),  # ~3 s with a cached context binary, ~8 s when it compiles
+    pytest.param("int8", 16, marks=pytest.mark.slow),
+])
+def test_tiny_on_the_emulated_htp(tiny_bundle, precision, activation_bits):
     import torch
 
     inputs = example_inputs(tiny_bundle.spec, 2, seed=11) if precision == "fp16" else None
@@ -84,7 +91,8 @@ def test_tiny_on_the_emulated_htp(tiny_bundle, precision):
         inputs = synthetic_calibration(tiny_bundle.spec, 2, batch=2, seed=424242).batches[0]
     with torch.inference_mode():
         expected = tiny_bundle.torch_module()(*[torch.from_numpy(inputs[n]) for n in tiny_bundle.spec.input_names]).numpy()
-    backend = create_backend("qnn-ort", tiny_bundle, BackendOptions(precision=precision)).load()
+    extra = {"activation_bits": activation_bits} if precision == "int8" else {}
+    backend = create_backend("qnn-ort", tiny_bundle, BackendOptions(precision=precision, extra=extra)).load()
     try:
         actions = backend.infer(inputs)[tiny_bundle.spec.action.output]  # two rows: two emulated inferences
         placement = backend.placement()
@@ -93,10 +101,17 @@ def test_tiny_on_the_emulated_htp(tiny_bundle, precision):
         backend.close()
     assert actions.shape == expected.shape and actions.dtype == np.float32 and np.isfinite(actions).all()
     diff = float(np.abs(actions - expected).max())
-    bound = TOLERANCES["fp16"] if precision == "fp16" else QNN_INT8_MAX_ABS
-    assert diff <= bound, f"qnn-ort {precision}: max |da| {diff:.4f} > {bound}"
+    bound = TOLERANCES["fp16"] if precision == "fp16" else QNN_INT8_MAX_ABS[activation_bits]
+    assert diff <= bound, f"qnn-ort {precision} a{activation_bits}: max |da| {diff:.4f} > {bound}"
     corr = float(np.corrcoef(actions.ravel(), expected.ravel())[0, 1])
     assert precision == "fp16" or corr >= QNN_INT8_MIN_CORRELATION, corr
+    if precision == "int8":  # every LayerNorm folded for the HTP (models/onnx_rewrite.py)
+        import json
+        from pathlib import Path
+
+        sidecar = json.loads((Path(info.detail["model_file"]).parent / "calibration.json").read_text())
+        assert sidecar["rewrites"]["layer_norms_fused"] == 2 * len(tiny_bundle.torch_module().blocks) + 1
+        assert sidecar["rewrites"]["layer_norm_candidates_left"] == []
     # every node on QNN: the session refuses CPU fallback, and the profile shows QNN nodes only
     assert info.detail["providers"][0] == "QNNExecutionProvider"
     providers = placement["node_providers"]

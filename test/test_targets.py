@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_accel.core.optional import module_available
-from vla_accel.commands.targets import edgetpu, ethos_u, inline_buffers, parse_target
+from vla_accel.commands.targets import EDGETPU_OPS, edgetpu, ethos_u, inline_buffers, parse_target, too_many_dims
 from vla_accel.errors import VlaAccelError
 
 HAVE_CONVERTER = module_available("litert_torch") and module_available("ai_edge_quantizer")
@@ -22,6 +22,14 @@ def test_parse_target():
     assert parse_target("qnn:57") == ("qnn", "57") and parse_target("qnn") == ("qnn", "43")
     with pytest.raises(VlaAccelError, match="unknown target"):
         parse_target("hailo8")
+
+
+def test_edgetpu_rules_follow_corals_published_list():
+    # coral.ai/docs/edgetpu/models-intro: QUANTIZE is supported, DEQUANTIZE is not; no gather / batch matmul
+    assert "QUANTIZE" in EDGETPU_OPS and "DEQUANTIZE" not in EDGETPU_OPS
+    assert not {"GATHER", "GATHER_ND", "BATCH_MATMUL", "LESS", "SELECT"} & EDGETPU_OPS
+    # only the 3 innermost dimensions may be larger than 1
+    assert not too_many_dims((1, 4, 96, 96)) and not too_many_dims((96, 96)) and too_many_dims((2, 4, 96, 96))
 
 
 @pytest.fixture(scope="module")

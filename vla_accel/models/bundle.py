@@ -207,9 +207,13 @@ class ModelBundle:
                 spec_dict = self.spec.to_dict()
                 h.update(json.dumps(spec_dict, sort_keys=True, default=str).encode())
                 if self.has_torch_network and self.is_program:
+                    from vla_accel.models.architecture import NETWORK_REVISION
                     from vla_accel.models.program_bundle import program_weights
                     from vla_accel.models.weights import tensor_digest
 
+                    # the program graphs share the network's blocks and mask bias: a revision of
+                    # those must not reuse exports made before it
+                    h.update(f"network-revision:{NETWORK_REVISION}|".encode())
                     h.update(tensor_digest(program_weights(self)).encode())
                 elif self.has_torch_network:
                     from vla_accel.models.architecture import NETWORK_REVISION

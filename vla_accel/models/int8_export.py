@@ -41,6 +41,25 @@ def tflite_op_dtypes(path: str | Path) -> list[tuple[str, list[str]]]:
     return out
 
 
+def tflite_op_shapes(path: str | Path) -> list[tuple[str, list[str], list[tuple[int, ...]]]]:
+    """(op name, dtypes of its inputs and outputs, shapes of its activation tensors: the ones an op
+    produces or the model takes as input, not constant weights) for every op of a .tflite."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # noqa: SLF001 (LiteRT's only op listing)
+    activations = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interp.get_input_details()}
+    out = []
+    for op in ops:
+        used = [tensors[i] for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        out.append((op["op_name"], [np.dtype(t["dtype"]).name for t in used],
+                    [tuple(int(d) for d in t["shape"]) for t in used if t["index"] in activations]))
+    return out
+
+
 def tflite_float_ops(path: str | Path) -> list[str]:
     """Ops of the file that read or write a float tensor: an integer-only accelerator (Edge TPU,
     Ethos-U, Hexagon) hands each of them, and what follows, back to the CPU."""
@@ -80,6 +99,19 @@ def torch_outputs(bundle: "ModelBundle", batches: Sequence[dict[str, np.ndarray]
     with torch.inference_mode():
         return np.concatenate([module(*[torch.from_numpy(b[n]) for n in bundle.spec.input_names]).numpy()
                                for b in batches])
+
+
+def reference_outputs(bundle: "ModelBundle", batches: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """fp32 outputs to compare an integer model with: the torch network where the model has one,
+    else (an imported ONNX graph) ONNX Runtime's CPU provider on the fp32 file."""
+    if bundle.has_torch_network:
+        return torch_outputs(bundle, batches)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle.export("onnx", precision="fp32", progress=False)),
+                                   providers=["CPUExecutionProvider"])
+    output = bundle.spec.action.output
+    return np.concatenate([session.run([output], dict(b))[0] for b in batches])
 
 
 def error_stats(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:

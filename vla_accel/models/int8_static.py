@@ -3,11 +3,18 @@
 The same ``CalibrationSet`` that calibrates the full-integer TFLite model feeds:
 
 * ONNX Runtime static quantisation (``onnxruntime.quantization.quantize_static``, QDQ format):
-  QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor int8
+  QuantizeLinear / DequantizeLinear pairs around every quantised op, int8 weights, per-tensor 8-bit
   activation ranges from min/max over the set. ``flavour="qnn"`` makes the QDQ model the Hexagon HTP
-  takes (uint8 activations, per-tensor symmetric int8 weights, every op quantised,
-  ``onnxruntime.quantization``'s QNN configuration), ``"cpu"`` the one ONNX Runtime's CPU kernels
-  run fastest (per-channel weights).
+  takes (uint8 activations, int8 weights, every op quantised, ``onnxruntime.quantization``'s QNN
+  configuration), ``"qnn-a16"`` the same with 16-bit activations (A16W8, which the HTP runs
+  natively), ``"cpu"`` the one ONNX Runtime's CPU kernels run fastest (uint8 activations,
+  per-channel int8 weights),
+  ``"cpu-a16"`` the same with int16 activations (A16W8; ONNX Runtime's CPU runs it through
+  dequantised float kernels, an accuracy reference rather than a fast path).
+  For the HTP flavours the written-out LayerNorms are first folded into ``LayerNormalization``
+  nodes (``models/onnx_rewrite.py``: the HTP's quantised ``Reciprocal`` scaled every LayerNorm by
+  ~0.57, the whole error of int8 on the HTP), with their scale vectors quantised uint8 asymmetric
+  (the HTP's LayerNorm refuses an int8 symmetric scale next to unsigned activations).
 * OpenVINO through NNCF (``nncf.quantize`` on the fp32 OpenVINO model, transformer preset), the
   maintained post-training quantisation for OpenVINO; the result is saved as IR.
 
@@ -30,9 +37,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.models.bundle import ModelBundle
     from vla_accel.models.calibration_set import CalibrationSet
 
-ORT_FLAVOURS = ("cpu", "qnn", "qnn-a16")
+ORT_FLAVOURS = ("cpu", "cpu-a16", "qnn", "qnn-a16")
 # Bumped whenever a flavour's quantiser settings change: part of the cached file's path.
-QDQ_RECIPE = 2
+QDQ_RECIPE = 4
 NNCF_HINT = "Install NNCF: pip install -r requirements/quantization.txt (nncf; works with the pinned openvino)"
 
 
@@ -64,11 +71,6 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
     target = onnx_qdq_path(bundle, calibration, flavour, batch)
     if target.is_file() and not force:
         return target
-    try:
-        import onnx
-        from onnxruntime import quantization as q
-    except ImportError as exc:
-        raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
     from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} onnx int8 static ({flavour})", progress)
@@ -76,49 +78,114 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".qdq.", dir=target.parent.parent))
     try:
-        model = onnx.load(str(source))
-        if batch:
-            for value in list(model.graph.input) + list(model.graph.output):
-                dim = value.type.tensor_type.shape.dim[0]
-                dim.ClearField("dim_param")
-                dim.dim_value = int(batch)
-        fixed = tmp_dir / "fp32.onnx"
-        onnx.save(model, str(fixed))
-        data = calibration.rebatched(batch) if batch else calibration
-
-        class Reader(q.CalibrationDataReader):
-            def __init__(self):
-                self._it = iter(data.batches)
-
-            def get_next(self):
-                return next(self._it, None)
-
-            def rewind(self):
-                self._it = iter(data.batches)
-
-        report.stage(f"calibrating on {data.samples} samples ({calibration.provenance.get('source')})")
-        out = tmp_dir / "model.onnx"
-        if flavour.startswith("qnn"):
-            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-            activations = q.QuantType.QUInt16 if flavour == "qnn-a16" else q.QuantType.QUInt8
-            config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=activations,
-                                        weight_type=q.QuantType.QInt8, per_channel=True)
-            q.quantize(str(fixed), str(out), config)
-        else:
-            q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                              per_channel=True, calibrate_method=q.CalibrationMethod.MinMax)
-        fixed.unlink()
+        info = quantize_onnx_qdq(source, tmp_dir / "model.onnx", calibration, flavour=flavour, batch=batch,
+                                 report=report)
         atomic_write_text(tmp_dir / "calibration.json",
-                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source),
-                                   quantizer="onnxruntime.quantization QDQ"))
+                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source), **info))
         _publish(tmp_dir, target.parent)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     report.stage(f"done: {target}")
     return target
+
+
+def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *, flavour: str = "cpu",
+                      batch: int | None = None, report=None, float_inputs: tuple[str, ...] = ()) -> dict:
+    """Quantise the fp32 ONNX file ``source`` into the static QDQ model ``out`` (one graph: a
+    single-pass model or one graph of a policy program) calibrated on ``calibration``, whose batches
+    are keyed by the graph's input names. ``float_inputs``: graph inputs whose own subgraph (every
+    node computed from them and constants alone) stays in float. Returns what the sidecar records
+    (quantiser, rewrites, nodes kept in float)."""
+    try:
+        import onnx
+        from onnxruntime import quantization as q
+    except ImportError as exc:
+        raise BackendUnavailableError("onnxruntime", ["onnxruntime"], "pip install onnxruntime onnx") from exc
+    if flavour not in ORT_FLAVOURS:
+        raise ModelFileError(f"ONNX static int8 flavour must be one of {ORT_FLAVOURS}, got {flavour!r}",
+                             reason="bad_precision")
+    model = onnx.load(str(source))
+    if batch:
+        for value in list(model.graph.input) + list(model.graph.output):
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.ClearField("dim_param")
+            dim.dim_value = int(batch)
+    rewrite = None
+    if flavour.startswith("qnn"):
+        from vla_accel.models.onnx_rewrite import fuse_layer_norms
+
+        rewrite = fuse_layer_norms(model)
+        if report is not None:
+            report.stage(f"layer norms folded for the HTP: {rewrite.fused}"
+                         + (f" ({len(rewrite.skipped)} left written out)" if rewrite.skipped else ""))
+    kept = float_subgraph(model, float_inputs) if float_inputs else []
+    fixed = Path(out).with_name(Path(out).stem + ".fp32.onnx")
+    onnx.save(model, str(fixed))
+    data = calibration.rebatched(batch) if batch else calibration
+    names = {i.name for i in model.graph.input}
+    unfed = sorted(names - set(data.batches[0])) if data.batches else sorted(names)
+    if unfed:
+        raise ModelFileError(f"calibration set for {Path(source).name} does not feed {unfed}", reason="bad_calibration")
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(data.batches)
+
+        def get_next(self):
+            item = next(self._it, None)
+            return None if item is None else {n: v for n, v in item.items() if n in names}
+
+        def rewind(self):
+            self._it = iter(data.batches)
+
+    if report is not None:
+        report.stage(f"calibrating on {data.samples} samples ({calibration.provenance.get('source')})")
+    try:
+        if flavour.startswith("qnn"):
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            activations = q.QuantType.QUInt16 if flavour == "qnn-a16" else q.QuantType.QUInt8
+            scales = {n.input[1]: [{"quant_type": q.QuantType.QUInt8}] for n in model.graph.node
+                      if n.op_type == "LayerNormalization" and len(n.input) > 1}
+            config = get_qnn_qdq_config(str(fixed), Reader(), activation_type=activations,
+                                        weight_type=q.QuantType.QInt8, per_channel=True,
+                                        init_overrides=scales or None, nodes_to_exclude=kept or None)
+            q.quantize(str(fixed), str(out), config)
+        else:
+            # uint8 activations with int8 weights (U8S8): what ONNX Runtime's x86 int8 kernels run
+            # fastest (measured 3.7x faster than S8S8 on the imported ACT, same mean error)
+            activations = q.QuantType.QInt16 if flavour == "cpu-a16" else q.QuantType.QUInt8
+            q.quantize_static(str(fixed), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=activations, weight_type=q.QuantType.QInt8,
+                              per_channel=True, calibrate_method=q.CalibrationMethod.MinMax,
+                              nodes_to_exclude=kept or None)
+    finally:
+        fixed.unlink(missing_ok=True)
+    return {"quantizer": "onnxruntime.quantization QDQ", "recipe": QDQ_RECIPE,
+            "rewrites": rewrite.record() if rewrite else None, "float_nodes": kept,
+            "float_node_types": [n.op_type for n in model.graph.node if n.name in set(kept)]}
+
+
+def float_subgraph(model, inputs: tuple[str, ...]) -> list[str]:
+    """Names of the nodes of ``model`` computed from ``inputs`` and constants alone (in graph order).
+    Why: a flow step graph's sinusoidal time embedding multiplies t by up to 1000 before sin / cos;
+    an 8-bit grid over those angles is several radians wide, so the embedding becomes noise. The
+    subgraph of a scalar input per row costs little in float."""
+    constants = {i.name for i in model.graph.initializer}
+    derived = set(inputs)
+    names = []
+    for index, node in enumerate(model.graph.node):
+        sources = [i for i in node.input if i]
+        if node.op_type == "Constant":
+            constants.update(node.output)
+            continue
+        if sources and any(i in derived for i in sources) and all(i in derived or i in constants for i in sources):
+            derived.update(node.output)
+            if not node.name:
+                node.name = f"float_subgraph_{index}"
+            names.append(node.name)
+    return names
 
 
 def nncf_available() -> bool:
@@ -135,29 +202,41 @@ def export_openvino_nncf(bundle: "ModelBundle", calibration: "CalibrationSet", *
         return target
     if not nncf_available():
         raise BackendUnavailableError("openvino", ["nncf"], NNCF_HINT)
-    import nncf
-    import openvino as ov
-
     from vla_accel.models.progress import ExportProgress
 
     report = ExportProgress(f"{bundle.name} openvino int8 (nncf)", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
-    core = ov.Core()
-    model = core.read_model(str(source))
-    names = [i.get_any_name() for i in model.inputs]
-    items = [{n: b[n] for n in names} for b in calibration.batches]
-    report.stage(f"nncf.quantize on {calibration.samples} samples ({calibration.provenance.get('source')})")
-    quantised = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                              preset=nncf.QuantizationPreset.MIXED, subset_size=max(1, len(items)))
     target.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".nncf.", dir=target.parent.parent))
     try:
-        ov.save_model(quantised, str(tmp_dir / "model.xml"), compress_to_fp16=False)
-        atomic_write_text(tmp_dir / "calibration.json",
-                          _sidecar(calibration, quantizer=f"nncf {nncf.__version__}", source=str(source)))
+        info = quantize_openvino_nncf(source, tmp_dir / "model.xml", calibration, report=report)
+        atomic_write_text(tmp_dir / "calibration.json", _sidecar(calibration, source=str(source), **info))
         _publish(tmp_dir, target.parent)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     report.stage(f"done: {target}")
     return target
+
+
+def quantize_openvino_nncf(source: Path, out: Path, calibration: "CalibrationSet", *, report=None) -> dict:
+    """NNCF int8 of the fp32 ONNX file ``source`` (one graph), saved as IR ``out`` (+ .bin);
+    ``calibration``'s batches are keyed by the graph's input names."""
+    if not nncf_available():
+        raise BackendUnavailableError("openvino", ["nncf"], NNCF_HINT)
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(source))
+    names = [i.get_any_name() for i in model.inputs]
+    unfed = [n for n in names if calibration.batches and n not in calibration.batches[0]]
+    if unfed or not calibration.batches:
+        raise ModelFileError(f"calibration set for {Path(source).name} does not feed {unfed or names}",
+                             reason="bad_calibration")
+    items = [{n: b[n] for n in names} for b in calibration.batches]
+    if report is not None:
+        report.stage(f"nncf.quantize on {calibration.samples} samples ({calibration.provenance.get('source')})")
+    quantised = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, subset_size=max(1, len(items)))
+    ov.save_model(quantised, str(out), compress_to_fp16=False)
+    return {"quantizer": f"nncf {nncf.__version__}"}

@@ -270,9 +270,16 @@ def parameter_tensors(modules: dict[str, nn.Module]) -> dict[str, tuple[int, ...
     return out
 
 
+_POLICY_TOKEN_TABLES = ("backbone.text.embedding.weight", "backbone.text.position")
+
+
 def generate_policy_weights(config: PolicyConfig, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Seeded weights, one numpy stream per (seed, name), with the reference network's statistics."""
-    from vla_accel.models.weights import _tensor_seed
+    """Seeded weights, one numpy stream per (seed, name), with the reference network's statistics;
+    the backbone's instruction embedding and positions at the reference network's token-source scale
+    (``weights.TOKEN_SOURCE_STD``): at the generic std their tokens were a few int8 steps wide next
+    to the image patches in the prefix graph's concatenated sequence, and its LayerNorms amplified
+    that rounding into a 25-30% error of the prefix keys and values in int8."""
+    from vla_accel.models.weights import TOKEN_SOURCE_STD, _tensor_seed
 
     std = config.weight_std
     depth = max(config.backbone.depth, config.expert_depth)
@@ -287,6 +294,8 @@ def generate_policy_weights(config: PolicyConfig, shapes: dict[str, tuple[int, .
             values = 0.5 * std * values
         elif name.endswith(("fc2.weight", "proj.weight")):
             values = (std / np.sqrt(2.0 * depth)) * values
+        elif name.endswith(_POLICY_TOKEN_TABLES):
+            values = TOKEN_SOURCE_STD * values
         else:
             values = std * values
         out[name] = np.ascontiguousarray(values, dtype=np.float32)
