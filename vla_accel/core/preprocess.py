@@ -63,7 +63,7 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _DECODE_PATHS = 16  # distinct decode paths counted (sizes rarely change; the rest go under "other")
 # Decode JPEG frames at a reduced DCT scale covering the model input (see the module doc). Off by
 # default: on the sample bag it moved the tiny model's actions by more than the fp32 parity
-# tolerance (docs/bags.md, docs/measurements/cpu_replay_jpeg.json).
+# tolerance (docs/bags.md, docs/measurements/cpu_replay_jpeg_threads1.json).
 JPEG_REDUCED_DECODE_DEFAULT = False
 
 
