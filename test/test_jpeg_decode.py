@@ -190,3 +190,26 @@ def test_sample_bag_with_a_jpeg_primary_camera(tmp_path):
         assert selection.cameras["primary"] == CAMERA_JPEG_TOPIC
         frame = next(e for e in source.events(selection) if e.kind == FRAME and e.camera == "primary")
         assert decode_image(frame.image).shape == (240, 320, 3)
+
+
+def test_replay_compares_both_decode_settings_side_by_side(tmp_path):
+    pytest.importorskip("rosbags", reason="missing: rosbags; install with pip install -r requirements/bags.txt")
+    pytest.importorskip("torch", reason="missing: torch; install with pip install -r requirements/torch.txt")
+    from vla_accel.bags.replay import ReplayOptions, deviations, run_replay
+    from vla_accel.bags.report import write_report
+    from vla_accel.bags.sample import make_sample_bag
+
+    bag = make_sample_bag(tmp_path / "jpeg", frames=6, broken=False, primary="jpeg").path
+    options = ReplayOptions(backends=("torch",), bare_iterations=2, timing_rounds=1, progress=False,
+                            jpeg_reduced_decode=(False, True))
+    result = run_replay(bag, options, tmp_path / "out")
+    labels = [run.label for run in result.runs]
+    assert labels == ["torch@jpeg-full", "torch@jpeg-reduced"]
+    full, reduced = result.runs
+    assert full.decode_paths == {"jpeg 640x480 (full)": 6}
+    assert reduced.decode_paths == {"jpeg 640x480 -> 320x240 (DCT 1/2)": 6}
+    dev = deviations(result)["torch@jpeg-reduced"]
+    assert dev.matched == 6 and 0 < dev.max_abs < 1e-2
+    write_report(result, tmp_path / "out", deviations(result), [], plots=False)
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| JPEG decode |" in text and "reduced: jpeg 640x480 -> 320x240 (DCT 1/2) x6" in text

@@ -422,7 +422,7 @@ def _replay_pass(bag: Path, bundle, backend, info, options: ReplayOptions, run: 
         snapshot = engine.metrics.snapshot()
         run.snapshot = snapshot.as_dict()
         run.dropped = dict(snapshot.dropped)
-        run.decode_paths = dict(engine.preprocessor.decode_paths)
+        run.decode_paths = engine.preprocessor.decode_counts()
         if writer is not None and last_log_ns is not None:
             _write_stats(run, engine, writer, last_log_ns, bundle.spec.name)
         if result is not None:

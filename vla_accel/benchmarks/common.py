@@ -150,7 +150,7 @@ def jpeg_setting(args: argparse.Namespace) -> bool | None:
 def decode_report(engine: "Engine") -> dict[str, Any]:
     """The JPEG decode setting and the compressed frames decoded per path, for a benchmark's JSON."""
     pre = engine.preprocessor
-    return {"jpeg_reduced_decode": pre.jpeg_reduced_decode, "decode_paths": dict(pre.decode_paths)}
+    return {"jpeg_reduced_decode": pre.jpeg_reduced_decode, "decode_paths": pre.decode_counts()}
 
 
 class Feeder:

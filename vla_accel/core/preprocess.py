@@ -49,9 +49,8 @@ import numpy as np
 
 from vla_accel.core.buffers import BufferSet, make_strategy, MEMORY_STRATEGIES
 from vla_accel.core.image import COMPRESSED_ENCODINGS, decode_image, decode_path, normalize_encoding
-from vla_accel.core.types import RawImage
 from vla_accel.core.tokenizer import load_tokenizer, validate_instruction
-from vla_accel.core.types import Observation
+from vla_accel.core.types import Observation, RawImage
 from vla_accel.errors import ConfigError, ImageError, InputError, StateError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -325,6 +324,11 @@ class Preprocessor:
     def decode_mode(self) -> str:
         """The JPEG decode setting in words (reports, diagnostics)."""
         return "reduced (DCT scale covering the input)" if self.jpeg_reduced_decode else "full"
+
+    def decode_counts(self) -> dict[str, int]:
+        """A copy of ``decode_paths`` (safe while other threads decode)."""
+        with self._lock:
+            return dict(self.decode_paths)
 
     def _count_decode(self, info: dict) -> None:
         key = decode_path(info)

@@ -166,7 +166,7 @@ class Runtime:
         engine = getattr(session, "engine", None)
         if engine is not None:
             pre = engine.preprocessor
-            reports[0] = annotate_decode(reports[0], pre.jpeg_reduced_decode, dict(pre.decode_paths))
+            reports[0] = annotate_decode(reports[0], pre.jpeg_reduced_decode, pre.decode_counts())
         if session.parity:
             reports[1] = parity.annotate(reports[1], session.parity, state.active)
         if self.health is not None and state.status == "running":
