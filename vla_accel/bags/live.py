@@ -39,8 +39,9 @@ class LiveOutcome:
     node_log: Path | None = None
 
 
-def node_parameters(selection, options, backend: str, precision: str = "") -> list[str]:
-    """``--ros-args`` for the node so it listens to the bag's topics with the replay's settings."""
+def node_parameters(selection, options, backend: str, precision: str = "", jpeg_reduced_decode: bool = False) -> list[str]:
+    """``--ros-args`` for the node so it listens to the bag's topics with the replay's settings
+    (``jpeg_reduced_decode``: the JPEG decode setting of the offline run it is compared with)."""
     topics, transports = [], []
     for topic in selection.cameras.values():
         if selection.types[topic] == messages.COMPRESSED_IMAGE:
@@ -75,6 +76,7 @@ def node_parameters(selection, options, backend: str, precision: str = "") -> li
         "warmup_iterations": "1",
         "dry_run": "true",
         "batch_size": str(options.batch_size),
+        "jpeg_reduced_decode": "true" if jpeg_reduced_decode else "false",
     }
     if selection.instruction:
         params["instruction_topic"] = text(selection.instruction)
@@ -111,7 +113,8 @@ def run_live_comparison(bag, result, options, out_dir, *, backend: str | None = 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     node_log = out_dir / "live_node.log"
     cmd = [sys.executable, "-m", "vla_accel.ros.vla_node", *node_parameters(result.selection, options, split_backend_spec(offline.requested)[0],
-                                                                         offline.precision)]
+                                                                         offline.precision,
+                                                                         offline.jpeg_reduced_decode)]
     log.info("live replay: starting the node on ROS domain %d: %s", domain, " ".join(cmd))
     with open(node_log, "wb") as log_file:
         node = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)

@@ -16,6 +16,12 @@ just finished an inference when the next frame's reading and preprocessing start
 do not warm anything for the replay that its own previous inference would not. ``timing_rounds``
 passes are made (the first one is the recorded pass; the others replay the bag again, writing
 nothing) and the report gives the median round.
+
+JPEG frames are decoded by the shared preprocessor at full size or, with ``jpeg_reduced_decode``,
+at a reduced DCT scale covering the model input (core.preprocess); each run records the setting and
+the frames per decode path, and the report prints both. Given both settings, every backend is
+replayed once per setting, so the cost and the action deviation of reduced decoding come out of one
+run side by side.
 """
 from __future__ import annotations
 
@@ -67,6 +73,9 @@ class ReplayOptions:
     timing_rounds: int = 3  # replay passes, each paired with bare calls (offline rate modes only)
     live_speed: float = 1.0  # live mode: 1.0 = recorded timing, 0.5 = half speed
     progress: bool = True
+    # JPEG decode setting(s) (core.preprocess): (None,) = the core default; two values replay every
+    # backend once per setting, side by side (labels NAME@jpeg-full / NAME@jpeg-reduced)
+    jpeg_reduced_decode: tuple[bool | None, ...] = (None,)
 
     @property
     def model(self) -> str:
@@ -157,6 +166,9 @@ class BackendRun:
     bare_infer_ms: dict[str, float] = field(default_factory=dict)  # percentiles of bare backend.infer
     batch_size: int = 1  # observations per bare backend.infer call
     rounds: list[TimingRound] = field(default_factory=list)  # interleaved bare / replay measurements
+    jpeg_reduced_decode: bool = False  # the JPEG decode setting this run used
+    decode_paths: dict[str, int] = field(default_factory=dict)  # compressed frames per decode path
+    label_suffix: str = ""  # "@jpeg-full" / "@jpeg-reduced" when one replay compares both settings
     error: str = ""
 
     @property
@@ -169,8 +181,12 @@ class BackendRun:
         precision when one was asked for explicitly (``openvino:fp16``)."""
         name, precision = split_backend_spec(self.requested)
         if precision:
-            return f"{self.backend or name}:{precision}"
-        return self.backend or name
+            return f"{self.backend or name}:{precision}{self.label_suffix}"
+        return f"{self.backend or name}{self.label_suffix}"
+
+    @property
+    def decode_mode(self) -> str:
+        return "reduced" if self.jpeg_reduced_decode else "full"
 
     def stage(self, name: str) -> dict[str, float]:
         if name == "infer":
@@ -337,9 +353,16 @@ def replay_backend(
     writer=None,
     *,
     result: ReplayResult | None = None,
+    jpeg_reduced_decode: bool | None = None,
+    label_suffix: str = "",
 ) -> BackendRun:
     """Replay ``bag`` through one backend. Backend failures are reported in ``run.error``."""
-    run = BackendRun(requested=name, precision=split_backend_spec(name)[1] or options.precision)
+    from vla_accel.core.preprocess import JPEG_REDUCED_DECODE_DEFAULT
+
+    run = BackendRun(requested=name, precision=split_backend_spec(name)[1] or options.precision,
+                     jpeg_reduced_decode=(JPEG_REDUCED_DECODE_DEFAULT if jpeg_reduced_decode is None
+                                          else bool(jpeg_reduced_decode)),
+                     label_suffix=label_suffix)
     try:
         backend = _load_backend(name, bundle, options)
     except VlaAccelError as exc:
@@ -383,7 +406,7 @@ def _timed_rounds(bag: Path, bundle, backend, info, options: ReplayOptions, run:
             _replay_pass(bag, bundle, backend, info, options, target, writer, result, f"replay {run.requested}", paired)
         else:
             target = BackendRun(requested=run.requested, backend=run.backend, device=run.device,
-                                precision=run.precision)
+                                precision=run.precision, jpeg_reduced_decode=run.jpeg_reduced_decode)
             _replay_pass(bag, bundle, backend, info, options, target, None, None, "", paired)
             if len(target.chunks) != len(run.chunks):
                 log.warning("replay %s: timing pass %d gave %d chunks, the recorded pass %d", run.requested,
@@ -409,7 +432,7 @@ def _replay_pass(bag: Path, bundle, backend, info, options: ReplayOptions, run: 
     ``bare_inputs``, a bare ``backend.infer`` on them follows each inference (see the module doc)."""
     from vla_accel.core.engine import Engine
 
-    engine = Engine(bundle, backend, max_batch=options.batch_size)
+    engine = Engine(bundle, backend, max_batch=options.batch_size, jpeg_reduced_decode=run.jpeg_reduced_decode)
     engine.metrics.set_device(info)
     with BagSource(bag) as source:
         selection = source.select_topics(
@@ -429,6 +452,7 @@ def _replay_pass(bag: Path, bundle, backend, info, options: ReplayOptions, run: 
         snapshot = engine.metrics.snapshot()
         run.snapshot = snapshot.as_dict()
         run.dropped = dict(snapshot.dropped)
+        run.decode_paths = engine.preprocessor.decode_counts()
         if writer is not None and last_log_ns is not None:
             _write_stats(run, engine, writer, last_log_ns, bundle.spec.name)
         if result is not None:
@@ -573,9 +597,13 @@ def run_replay(bag: str | Path, options: ReplayOptions, out_dir: str | Path | No
                 reason="bag_exists",
             )
         writer = ReplayBagWriter(result.output_bag)
+    settings = list(dict.fromkeys(options.jpeg_reduced_decode)) or [None]
     try:
         for name in options.backends:
-            result.runs.append(replay_backend(bag, bundle, name, options, writer, result=result))
+            for setting in settings:
+                suffix = "" if len(settings) == 1 else ("@jpeg-reduced" if setting else "@jpeg-full")
+                result.runs.append(replay_backend(bag, bundle, name, options, writer, result=result,
+                                                  jpeg_reduced_decode=setting, label_suffix=suffix))
     finally:
         if writer is not None:
             writer.close()

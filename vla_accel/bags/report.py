@@ -76,6 +76,8 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
                 "overhead_pct": run.overhead_pct,
                 "pipeline_overhead_pct": run.pipeline_overhead_pct,
                 "timing_rounds": [r.as_dict() for r in run.rounds],
+                "jpeg_reduced_decode": run.jpeg_reduced_decode,
+                "decode_paths": dict(run.decode_paths),
                 "wall_s": run.wall_s,
                 "read_s": run.read_s,
                 "write_s": run.write_s,
@@ -90,6 +92,15 @@ def backend_rows(result: "ReplayResult") -> list[dict]:
                 "steps": run.snapshot.get("program_steps", 0),
             }
     return rows
+
+
+def _decode_cell(row: dict) -> str:
+    """The run's JPEG decode setting and its frames per decode path (or that no frame was compressed)."""
+    setting = "reduced" if row.get("jpeg_reduced_decode") else "full"
+    paths = row.get("decode_paths") or {}
+    if not paths:
+        return f"{setting} (no compressed frame)"
+    return f"{setting}: " + ", ".join(f"{path} x{count}" for path, count in sorted(paths.items(), key=lambda kv: -kv[1]))
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -262,11 +273,12 @@ def render_markdown(
         "the same thread and backend (timed apart, excluded from the replay time); each pass is compared "
         "with its own bare calls, per observation, and the table shows the median pass (`rounds` lists "
         "every pass). `read + decode on top of inference` compares with the inference time of the same "
-        "pass.",
+        "pass. `JPEG decode`: the `jpeg_reduced_decode` setting of the run (full, or reduced: at a DCT "
+        "scale covering the model input) and the compressed frames per decode path.",
         "",
         "| backend | bare ms/chunk | bare Hz | replay ms/chunk | of which bag read ms | preprocess p50 ms | "
-        "on top of bare | rounds | read + decode on top of inference |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "on top of bare | rounds | read + decode on top of inference | JPEG decode |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for row in rows:
         if "error" in row:
@@ -277,7 +289,7 @@ def render_markdown(
             f"{_fmt(row['bag_read_ms_per_chunk'])} | {_fmt(row['preprocess_p50_ms'])} | "
             f"{_fmt(row['overhead_pct'], 1)} % | "
             f"{', '.join(_fmt(r['overhead_pct'], 1) for r in row['timing_rounds']) or 'n/a'} | "
-            f"{_fmt(row['pipeline_overhead_pct'], 1)} % |"
+            f"{_fmt(row['pipeline_overhead_pct'], 1)} % | {_decode_cell(row)} |"
         )
     lines += ["", "## Action deviation from the baseline", ""]
     if not deviations:

@@ -6,6 +6,11 @@ The scene is a coloured square moving across a gradient background, seen by two 
   160x120 and rgb8 641x479 with 5 bytes of row padding (step != width * 3);
 * ``/wrist_camera/image_raw/compressed`` (sensor_msgs/CompressedImage, JPEG 320x240);
 
+or, with ``primary="jpeg"``, a JPEG primary camera instead of the raw one:
+``/camera/image_raw/compressed`` (sensor_msgs/CompressedImage, 4:2:0 JPEG at ``primary_size``, 640x480
+by default, the way USB and RealSense cameras stream it); its broken frames are a JPEG cut short and a
+frame in a format the core does not decode (``tiff``);
+
 plus ``/vla/instruction`` (std_msgs/String) and ``/joint_states`` (sensor_msgs/JointState).
 
 A few messages are broken on purpose, each the way real bags break, and ``SampleManifest`` says
@@ -25,6 +30,8 @@ from vla_accel.bags import messages
 from vla_accel.bags.messages import BagError
 
 CAMERA_TOPIC = "/camera/image_raw"
+CAMERA_JPEG_TOPIC = "/camera/image_raw/compressed"  # the primary camera of a primary="jpeg" sample
+PRIMARY_KINDS = ("raw", "jpeg")
 WRIST_TOPIC = "/wrist_camera/image_raw/compressed"
 INSTRUCTION_TOPIC = "/vla/instruction"
 JOINT_STATES_TOPIC = "/joint_states"
@@ -82,18 +89,20 @@ def _raw_payload(rgb: np.ndarray, encoding: str, padding: int) -> tuple[np.ndarr
     return rows.reshape(-1), step
 
 
-def _encode_jpeg(rgb: np.ndarray) -> bytes:
+def _encode_jpeg(rgb: np.ndarray, subsampling: str = "444") -> bytes:
     try:
         import simplejpeg
 
-        return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=90, colorspace="RGB")
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=90, colorspace="RGB",
+                                      colorsubsampling=subsampling)
     except ImportError:
         import io
 
         from PIL import Image as PILImage
 
         buf = io.BytesIO()
-        PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90)
+        PILImage.fromarray(rgb).save(buf, format="JPEG", quality=90,
+                                     subsampling={"444": "4:4:4", "422": "4:2:2", "420": "4:2:0"}[subsampling])
         return buf.getvalue()
 
 
@@ -105,8 +114,13 @@ def make_sample_bag(
     storage: str = "mcap",
     broken: bool = True,
     joint_states: bool = True,
+    primary: str = "raw",
+    primary_size: tuple[int, int] = (640, 480),
 ) -> SampleManifest:
-    """Write the sample bag to ``path`` (a new directory) and return its manifest."""
+    """Write the sample bag to ``path`` (a new directory) and return its manifest.
+
+    ``primary``: ``raw`` (sensor_msgs/Image cycling through RAW_LAYOUTS) or ``jpeg`` (a
+    CompressedImage camera of ``primary_size`` = (width, height) on CAMERA_JPEG_TOPIC)."""
     from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     path = Path(path)
@@ -114,6 +128,13 @@ def make_sample_bag(
         raise BagError(f"{path} exists already; choose a new path for the sample bag", reason="bag_exists")
     if frames < 1 or rate_hz <= 0:
         raise BagError(f"sample bag needs frames >= 1 and rate > 0, got {frames}, {rate_hz}", reason="bad_argument")
+    if primary not in PRIMARY_KINDS:
+        raise BagError(f"primary camera must be one of {', '.join(PRIMARY_KINDS)}, got {primary!r}",
+                       reason="bad_argument")
+    jpeg_width, jpeg_height = (int(v) for v in primary_size)
+    if not (16 <= jpeg_width <= 8192 and 16 <= jpeg_height <= 8192):
+        raise BagError(f"primary_size must be between 16 and 8192 pixels per side, got {primary_size}",
+                       reason="bad_argument")
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
     if storage not in plugins:
         raise BagError(f"storage must be one of {sorted(plugins)}, got {storage!r}", reason="bad_argument")
@@ -142,7 +163,10 @@ def make_sample_bag(
     except WriterError as exc:
         raise BagError(f"cannot create bag {path}: {exc}", reason="bag_write_failed") from exc
     try:
-        conn_raw = writer.add_connection(CAMERA_TOPIC, messages.IMAGE, typestore=store)
+        if primary == "jpeg":
+            conn_raw = writer.add_connection(CAMERA_JPEG_TOPIC, messages.COMPRESSED_IMAGE, typestore=store)
+        else:
+            conn_raw = writer.add_connection(CAMERA_TOPIC, messages.IMAGE, typestore=store)
         conn_jpeg = writer.add_connection(WRIST_TOPIC, messages.COMPRESSED_IMAGE, typestore=store)
         conn_text = writer.add_connection(INSTRUCTION_TOPIC, messages.STRING, typestore=store)
         conn_joints = (writer.add_connection(JOINT_STATES_TOPIC, "sensor_msgs/msg/JointState", typestore=store)
@@ -186,6 +210,12 @@ def make_sample_bag(
                 ),
             )
 
+            if primary == "jpeg":
+                raw = _primary_jpeg(store, CompressedImage, scene_rgb(jpeg_width, jpeg_height, t), stamp_ns,
+                                    i, truncated_at, unknown_at, cut_cdr_at, broken_frames, broken_messages)
+                writer.write(conn_raw, stamp_ns, raw)
+                counts[CAMERA_JPEG_TOPIC] += 1
+                continue
             encoding, width, height, padding = RAW_LAYOUTS[i % len(RAW_LAYOUTS)]
             data, step = _raw_payload(scene_rgb(width, height, t), encoding, padding)
             if i == truncated_at:
@@ -215,3 +245,22 @@ def make_sample_bag(
     manifest.broken_frames = dict(broken_frames)
     manifest.broken_messages = dict(broken_messages)
     return manifest
+
+
+def _primary_jpeg(store, compressed_type, rgb: np.ndarray, stamp_ns: int, i: int, truncated_at: int, unknown_at: int,
+                  cut_cdr_at: int, broken_frames, broken_messages) -> bytes:
+    """One serialized CompressedImage of the JPEG primary camera (4:2:0, as cameras stream MJPEG)."""
+    data, fmt = _encode_jpeg(rgb, subsampling="420"), "rgb8; jpeg compressed rgb8"
+    if i == truncated_at:
+        data = data[: len(data) // 2]  # cut short: no end marker, the cheap check rejects it
+        broken_frames["corrupt_compressed"] += 1
+    if i == unknown_at:
+        fmt = "tiff"  # a format the core does not decode
+        broken_frames["unknown_encoding"] += 1
+    msg = compressed_type(header=messages.header(stamp_ns, "camera"), format=fmt,
+                          data=np.frombuffer(data, dtype=np.uint8))
+    raw = store.serialize_cdr(msg, messages.COMPRESSED_IMAGE)
+    if i == cut_cdr_at:
+        raw = raw[: len(raw) // 3]
+        broken_messages["undecodable_message"] += 1
+    return raw

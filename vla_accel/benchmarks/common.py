@@ -123,8 +123,10 @@ def build_engine(
     threads: int = 1,
     pool_size: int = 2,
     warmup: int = 3,
+    jpeg_reduced_decode: bool | None = None,
 ) -> "Engine":
-    """Load the model on a backend and wrap it in a warmed-up Engine."""
+    """Load the model on a backend and wrap it in a warmed-up Engine (``jpeg_reduced_decode``: the
+    JPEG decode setting, None = the core default; see ``jpeg_setting``)."""
     from vla_accel.backends.base import BackendOptions
     from vla_accel.backends.registry import create_backend
     from vla_accel.core.engine import Engine
@@ -133,10 +135,22 @@ def build_engine(
     bundle = load_model(model)
     options = BackendOptions(threads=threads, max_batch=max_batch)
     engine = Engine(bundle, create_backend(backend, bundle, options), max_batch=max_batch, memory=memory,
-                    pool_size=pool_size)
+                    pool_size=pool_size, jpeg_reduced_decode=jpeg_reduced_decode)
     if warmup:
         engine.warmup(warmup)
     return engine
+
+
+def jpeg_setting(args: argparse.Namespace) -> bool | None:
+    """``--jpeg-reduced-decode on|off`` -> True / False; absent -> None (the core default)."""
+    value = getattr(args, "jpeg_reduced_decode", None)
+    return None if value is None else value == "on"
+
+
+def decode_report(engine: "Engine") -> dict[str, Any]:
+    """The JPEG decode setting and the compressed frames decoded per path, for a benchmark's JSON."""
+    pre = engine.preprocessor
+    return {"jpeg_reduced_decode": pre.jpeg_reduced_decode, "decode_paths": pre.decode_counts()}
 
 
 class Feeder:

@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 from vla_accel.benchmarks.common import (
+    decode_report,
+    jpeg_setting,
     INPUT_KINDS,
     ChunkLog,
     Feeder,
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"[pipeline] model {args.model} on {backend} ({threads} intra-op thread(s)), input "
         f"{args.pipeline_input}, {rounds} x {seconds:g}s per variant")
     engine = build_engine(args.model, backend, memory="pool", threads=threads,
-                          pool_size=max(2, args.pipeline_depth + 1))
+                          pool_size=max(2, args.pipeline_depth + 1), jpeg_reduced_decode=jpeg_setting(args))
     source = FrameSource(engine.spec, args.pipeline_input)
     totals = {False: {"processed": 0, "seconds": 0.0, "runs": []}, True: {"processed": 0, "seconds": 0.0, "runs": []}}
     try:
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "stage_p50_ms": stage_p50,
         "ideal_serial_fps": 1000.0 / sum_ms if sum_ms else 0.0,
         "ideal_pipelined_fps": 1000.0 / max_ms if max_ms else 0.0,
+        "decode": decode_report(engine),
     }
     if args.pipeline_node_rate > 0:
         report["node_path"] = node_path(args.model, backend, threads, args.pipeline_input, seconds, rounds,
@@ -242,7 +245,8 @@ def _node_path_round(engine, source, decode_at_input: bool, seconds: float, rate
     assembler = build_assembler(spec, cams, InferenceMetrics(), instruction="pick up the block")
     if spec.state is not None:
         assembler.set_joint_state([], [0.0] * spec.state.dims)
-    sizes = {c.name: (2 * c.height, 2 * c.width) for c in spec.cameras}
+    reduced = engine.preprocessor.jpeg_reduced_decode
+    sizes = {c.name: (c.height, c.width) if reduced else None for c in spec.cameras}
     callback_ms: list[float] = []
     sent = decoded_at_input = 0
     engine.metrics.reset()

@@ -27,6 +27,8 @@ import time
 from typing import Any
 
 from vla_accel.benchmarks.common import (
+    decode_report,
+    jpeg_setting,
     INPUT_KINDS,
     ChunkLog,
     Feeder,
@@ -157,7 +159,8 @@ def through_ros(args: argparse.Namespace, backend: str, threads: int, rates: lis
 def run(args: argparse.Namespace) -> int:
     backend = backend_name(args)
     threads = threads_option(args)
-    engine = build_engine(args.model, backend, memory="pool" if args.rt_pipeline else "static", threads=threads)
+    engine = build_engine(args.model, backend, memory="pool" if args.rt_pipeline else "static", threads=threads,
+                          jpeg_reduced_decode=jpeg_setting(args))
     source = FrameSource(engine.spec, args.rt_input)
     report: dict[str, Any] = {"benchmark": "realtime", "model": args.model, "backend": backend, "threads": threads,
                               "input": args.rt_input, "pipeline": bool(args.rt_pipeline), "machine": machine_info()}
@@ -206,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
                                             args.rt_max_drop, args.rt_pipeline)
     finally:
         engine.close()
+    report["decode"] = decode_report(engine)
     if args.rt_ros:
         report["ros"] = through_ros(args, backend, threads, [soak_rate, *args.rt_rates], base["p50"])
     print(format_report(report))

@@ -138,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=("interleaved", "blocked"), default="interleaved",
                         help="interleaved (default): one call per backend per round; blocked: each backend's "
                              "timed calls in one block, runtimes at their defaults (ORT threads spin)")
+    parser.add_argument("--jpeg-reduced-decode", choices=("on", "off"), default=None,
+                        help="JPEG input frames: decode at a reduced DCT scale covering the model input (on) or at "
+                             "full size (off); default: the node's default (off). Reports name the decode path")
     proxy = _FirstDefinitionWins(parser)
     for mode in available_modes():
         if mode == DEFAULT_MODE:

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--make-sample", metavar="PATH", help="write the synthetic sample bag to PATH and exit")
     parser.add_argument("--sample-frames", type=int, default=24, help="frames in the sample bag (default 24)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="storage of the sample bag")
+    parser.add_argument("--sample-primary", choices=("raw", "jpeg"), default="raw",
+                        help="primary camera of the sample bag: raw sensor_msgs/Image (default) or a JPEG "
+                             "CompressedImage on /camera/image_raw/compressed")
+    parser.add_argument("--sample-size", default="640x480", metavar="WxH",
+                        help="size of the sample bag's JPEG primary camera (default 640x480)")
     parser.add_argument("--model", default="tiny", help="built-in model name or spec YAML (default tiny)")
     parser.add_argument("--backends", default="torch", help="comma-separated backends, each optionally NAME:PRECISION (e.g. torch,onnxruntime,cuda:fp16); "
                         "default torch; torch is the speedup baseline")
@@ -41,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="backend precision (default fp32)")
     parser.add_argument("--threads", type=int, default=0, help="backend intra-op threads (0 = runtime default)")
     parser.add_argument("--batch-size", type=int, default=1, help="observations per inference (default 1)")
+    parser.add_argument("--jpeg-reduced-decode", choices=("on", "off", "both"), default=None,
+                        help="decode JPEG frames at a reduced DCT scale (1/2, 1/4, 1/8) that still covers the model "
+                             "input, instead of at full size: faster, pixels differ slightly (docs/bags.md); "
+                             "both: replay every backend once per setting, side by side; default: the "
+                             "node's default (off)")
     parser.add_argument("--bare-iterations", type=int, default=30, help="iterations of the bare backend benchmark")
     parser.add_argument("--timing-rounds", type=int, default=3,
                         help="replay passes timed against interleaved bare calls; the median is reported (default: 3)")
@@ -78,8 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _make_sample(args) -> int:
     from vla_accel.bags.sample import make_sample_bag
 
+    try:
+        width, height = (int(v) for v in args.sample_size.lower().split("x"))
+    except ValueError:
+        raise VlaAccelError(f"--sample-size must be WIDTHxHEIGHT, e.g. 640x480; got {args.sample_size!r}",
+                            reason="bad_argument") from None
     manifest = make_sample_bag(args.make_sample, frames=args.sample_frames, storage=args.storage,
-                               rate_hz=args.sample_rate)
+                               rate_hz=args.sample_rate, primary=args.sample_primary, primary_size=(width, height))
     print(f"sample bag written: {manifest.path} ({args.storage})")
     for topic, count in sorted(manifest.counts.items()):
         print(f"  {topic}: {count} messages")
@@ -162,6 +177,8 @@ def run(args) -> int:
         timing_rounds=args.timing_rounds,
         live_speed=args.live_speed,
         progress=not args.no_progress,
+        jpeg_reduced_decode={None: (None,), "on": (True,), "off": (False,), "both": (False, True)}[
+            args.jpeg_reduced_decode],
     )
     out_dir = _out_dir(args)
     result = run_replay(args.bag, options, out_dir)

@@ -39,7 +39,9 @@ class Engine:
 
     ``model``: a ModelBundle (only ``.spec`` and ``.name`` are used here); ``backend``: a loaded
     Backend (loaded here if it is not yet); ``max_batch``: the largest batch ``prepare`` accepts
-    (``infer`` splits longer lists); ``memory``: static | pool | dynamic input buffers.
+    (``infer`` splits longer lists); ``memory``: static | pool | dynamic input buffers;
+    ``jpeg_reduced_decode``: decode JPEG frames at a reduced DCT scale (None: the core default, see
+    core.preprocess).
     """
 
     def __init__(
@@ -52,13 +54,15 @@ class Engine:
         metrics: InferenceMetrics | None = None,
         pool_size: int = 2,
         log_interval_s: float = 5.0,
+        jpeg_reduced_decode: bool | None = None,
     ):
         self.model = model
         self.spec = model.spec
         self.model_name = getattr(model, "name", "") or self.spec.name
         self.backend = backend
         self.max_batch = int(max_batch)
-        self.preprocessor = Preprocessor(self.spec, self.max_batch, memory=memory, pool_size=pool_size)
+        self.preprocessor = Preprocessor(self.spec, self.max_batch, memory=memory, pool_size=pool_size,
+                                         jpeg_reduced_decode=jpeg_reduced_decode)
         self.postprocessor = Postprocessor(self.spec)
         self.metrics = metrics if metrics is not None else InferenceMetrics(model=self.model_name)
         if not self.metrics.model:

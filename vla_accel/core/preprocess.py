@@ -6,9 +6,13 @@ its layout (NCHW or NHWC) and dtype (float32, float16, uint8). Then the instruct
 and tokenised (ids int32 (B, L), mask float32 (B, L)) and the robot state, if the spec has one,
 is validated, normalised and copied (float32 (B, S)).
 
-JPEG frames are decoded at the smallest DCT scale that keeps at least twice the camera's input
-size on both axes (core.image ``min_size``; for center_crop the kept window then also has at least
-twice the output size, since both axes share one scale): faster, and anti-aliased.
+JPEG frames: with ``jpeg_reduced_decode`` (see JPEG_REDUCED_DECODE_DEFAULT) a JPEG is decoded in
+the DCT domain at the largest power-of-two reduction whose size still covers the camera's input
+size on both axes (core.image ``jpeg_reduction``; for every resize mode the resize then only
+downsamples), else at full size. Reduced decoding is faster (640x480 -> 320x240 for a 128x128 input)
+but moves pixel values slightly against full decode + resize, so it is a setting, and
+``decode_paths`` counts the frames per decode path (``jpeg 640x480 -> 320x240 (DCT 1/2)``,
+``jpeg 640x480 (full)``...) for reports and diagnostics.
 
 Resizing is bilinear with half-pixel centres (the convention of OpenCV's INTER_LINEAR and torch's
 ``interpolate(mode="bilinear", align_corners=False)``), without antialiasing. For every
@@ -44,9 +48,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from vla_accel.core.buffers import BufferSet, make_strategy, MEMORY_STRATEGIES
-from vla_accel.core.image import decode_image
+from vla_accel.core.image import COMPRESSED_ENCODINGS, decode_image, decode_path, normalize_encoding
 from vla_accel.core.tokenizer import load_tokenizer, validate_instruction
-from vla_accel.core.types import Observation
+from vla_accel.core.types import Observation, RawImage
 from vla_accel.errors import ConfigError, ImageError, InputError, StateError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +59,11 @@ if TYPE_CHECKING:  # pragma: no cover
 _PLANS_PER_CAMERA = 8  # distinct (size, strides) source layouts remembered per camera
 _TOKEN_CACHE_SIZE = 64  # distinct instructions remembered (robots repeat the same few)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_DECODE_PATHS = 16  # distinct decode paths counted (sizes rarely change; the rest go under "other")
+# Decode JPEG frames at a reduced DCT scale covering the model input (see the module doc). Off by
+# default: on the sample bag it moved the tiny model's actions by more than the fp32 parity
+# tolerance (docs/bags.md, docs/measurements/cpu_replay_jpeg_threads1.json).
+JPEG_REDUCED_DECODE_DEFAULT = False
 
 
 @dataclass
@@ -267,7 +276,7 @@ class Preprocessor:
     """
 
     def __init__(self, spec: "ModelSpec", max_batch: int = 1, memory: str = "static", pool_size: int = 2,
-                 tokenizer=None):
+                 tokenizer=None, jpeg_reduced_decode: bool | None = None):
         if memory not in MEMORY_STRATEGIES:
             raise ConfigError(f"memory must be one of {', '.join(MEMORY_STRATEGIES)}; got {memory!r}")
         if max_batch < 1:
@@ -282,6 +291,12 @@ class Preprocessor:
             tokenizer = load_tokenizer(spec.instruction, base_dir)
         self.tokenizer = tokenizer
         self._writers = [(cam, _CameraWriter(cam)) for cam in spec.cameras]
+        self.jpeg_reduced_decode = (JPEG_REDUCED_DECODE_DEFAULT if jpeg_reduced_decode is None
+                                    else bool(jpeg_reduced_decode))
+        # per camera: the decode's least size, (height, width) of the input, or None (full decode)
+        self._min_sizes = [(cam.height, cam.width) if self.jpeg_reduced_decode else None for cam in spec.cameras]
+        # compressed frames decoded, per decode path (core.image.decode_path); raw frames are views
+        self.decode_paths: dict[str, int] = {}
         self._camera_names = [cam.name for cam in spec.cameras]
         self._lock = threading.Lock()
         ins = spec.instruction
@@ -305,10 +320,27 @@ class Preprocessor:
             self._state_mean = self._state_inv_std = None
 
     # --- validation (no writes) ---------------------------------------------------------------
+    @property
+    def decode_mode(self) -> str:
+        """The JPEG decode setting in words (reports, diagnostics)."""
+        return "reduced (DCT scale covering the input)" if self.jpeg_reduced_decode else "full"
+
+    def decode_counts(self) -> dict[str, int]:
+        """A copy of ``decode_paths`` (safe while other threads decode)."""
+        with self._lock:
+            return dict(self.decode_paths)
+
+    def _count_decode(self, info: dict) -> None:
+        key = decode_path(info)
+        with self._lock:
+            if key not in self.decode_paths and len(self.decode_paths) >= _DECODE_PATHS:
+                key = "other"
+            self.decode_paths[key] = self.decode_paths.get(key, 0) + 1
+
     def _decode_cameras(self, obs: Observation) -> list[np.ndarray]:
         images = obs.images
         decoded = []
-        for cam, _writer in self._writers:
+        for (cam, _writer), min_size in zip(self._writers, self._min_sizes):
             frame = images.get(cam.name) if hasattr(images, "get") else None
             if frame is None:
                 raise ImageError(
@@ -316,7 +348,12 @@ class Preprocessor:
                     f"{self._camera_names}, got {sorted(images) if hasattr(images, 'keys') else images!r}",
                     reason="missing_camera",
                 )
-            decoded.append(decode_image(frame, (2 * cam.height, 2 * cam.width)))
+            if isinstance(frame, RawImage) and normalize_encoding(frame.encoding) in COMPRESSED_ENCODINGS:
+                info: dict = {}
+                decoded.append(decode_image(frame, min_size, info))
+                self._count_decode(info)
+            else:
+                decoded.append(decode_image(frame))
         return decoded
 
     def _tokens(self, instruction: object) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,7 @@ class RuntimeConfig:
     stale_image_timeout_s: float = 1.0
     stale_instruction_timeout_s: float = 0.0
     max_image_bytes: int = 64 * 1024 * 1024
+    jpeg_reduced_decode: bool = False  # core.preprocess.JPEG_REDUCED_DECODE_DEFAULT
     # outputs
     dry_run: bool = False
     first_action_type: str = "auto"

@@ -267,7 +267,8 @@ class InferenceSession:
         memory = config.memory
         if config.pipeline and memory == "static":
             memory = "pool"  # overlapping batches cannot share one static buffer set
-        self.engine = Engine(self.bundle, chain, max_batch=config.batch_size, memory=memory, metrics=self.metrics)
+        self.engine = Engine(self.bundle, chain, max_batch=config.batch_size, memory=memory, metrics=self.metrics,
+                             jpeg_reduced_decode=config.jpeg_reduced_decode)
         self.apply_clip(list(config.action_clip_low), list(config.action_clip_high))
         target = config.target_latency_ms or None
         self.loop = InferenceLoop(

@@ -288,6 +288,14 @@ def instruction_status(ins: InstructionView, config: DiagnosticsConfig, hardware
     return StatusReport(f"{config.node_name}: input instruction", level, message, hardware_id, tuple(values))
 
 
+def annotate_decode(report: StatusReport, jpeg_reduced_decode: bool, paths: Mapping[str, int]) -> StatusReport:
+    """The JPEG decode setting and the compressed frames decoded per path (core.image.decode_path),
+    added to a report: reduced decoding moves pixel values slightly, so what ran is always shown."""
+    values = [("jpeg decode", "reduced (DCT scale covering the model input)" if jpeg_reduced_decode else "full")]
+    values += [(f"decoded: {path}", str(n)) for path, n in sorted(paths.items())]
+    return StatusReport(report.name, report.level, report.message, report.hardware_id, report.values + tuple(values))
+
+
 def build_reports(snap: MetricsSnapshot, backend: BackendState, cameras: Sequence[CameraView],
                   instruction: InstructionView | None, config: DiagnosticsConfig) -> list[StatusReport]:
     """Every status of the node, in display order."""

@@ -22,6 +22,7 @@ from vla_accel.runtime.inputs import Drop, ObservationAssembler
 from vla_accel.runtime.session import InferenceSession
 from vla_accel.runtime.speedup import annotate
 from vla_accel.runtime.status import (
+    annotate_decode,
     CameraInput,
     CameraView,
     DiagnosticsConfig,
@@ -162,6 +163,10 @@ class Runtime:
         snap = session.metrics.snapshot() if snap is None else snap
         reports = build_reports(snap, state, views, instruction, self.status_config())
         reports[0] = annotate(reports[0], snap, self.config.speedup_baseline, session.speedup_timing)
+        engine = getattr(session, "engine", None)
+        if engine is not None:
+            pre = engine.preprocessor
+            reports[0] = annotate_decode(reports[0], pre.jpeg_reduced_decode, pre.decode_counts())
         if session.parity:
             reports[1] = parity.annotate(reports[1], session.parity, state.active)
         if self.health is not None and state.status == "running":
