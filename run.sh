@@ -53,7 +53,9 @@ setup_triton_server() {
   local stamp="$venv/.vla_accel_requirements"
   local want; want=$(cat requirements/triton-server/*.txt | sha256sum | cut -c1-16)
   [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return
-  local glibc; glibc=$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$' || echo 0.0)
+  # glibc's version from Python (not `ldd --version | head -1`: under pipefail, head closing the pipe
+  # early can kill ldd with SIGPIPE and turn the version into a failure)
+  local glibc; glibc=$("$PY" -c 'import platform; print(platform.libc_ver()[1] or "0.0")' 2>/dev/null || echo 0.0)
   if [ "$(printf '%s\n2.35\n' "$glibc" | sort -V | head -1)" != "2.35" ]; then
     log "glibc $glibc < 2.35: skipping the Triton server environment (vla-accel serve will say it is missing)"; return
   fi

@@ -390,7 +390,14 @@ def test_node_runs_a_flow_program(listener, tmp_path):
     try:
         _node_ready(listener, node)
         camera = _start_camera(120.0, tmp_path / "stamps.txt")
-        listener.wait_for(lambda: len(listener.chunks) >= start + 2, 90, "2 action chunks of tiny-flow")
+        try:
+            listener.wait_for(lambda: len(listener.chunks) >= start + 2, 90, "2 action chunks of tiny-flow")
+        except AssertionError:
+            node.send_signal(signal.SIGINT)
+            out = node.communicate(timeout=20)[0]
+            camera.send_signal(signal.SIGINT)
+            cout = camera.communicate(timeout=20)
+            raise AssertionError("NODE:" + out[-4000:] + "\nCAMERA:" + str(cout)[-2000:])
         listener.wait_for(lambda: listener.stats and listener.stats[-1][1].program_steps == 10, 20,
                           "InferenceStats with program stages")
         _stop_camera(camera)

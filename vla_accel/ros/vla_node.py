@@ -20,6 +20,7 @@ messages, publishes, and maps ROS timers onto the runtime.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -537,7 +538,21 @@ def main(args: list[str] | None = None) -> int:
         return 1
     finally:
         if node is not None:
-            node.shutdown()
+            node.shutdown()  # the on_shutdown action first: what the robot must get
+        _bounded_teardown(node, executor)
+    return 0
+
+
+TEARDOWN_TIMEOUT_S = 5.0
+
+
+def _bounded_teardown(node: Any, executor: Any) -> None:
+    """Destroy the node, the executor and the context, bounded: the stop action is already out, and
+    a middleware teardown that hangs (seen once with the experimental EventsExecutor) must not keep
+    the process from exiting (launch would escalate to SIGTERM / SIGKILL). Past the bound the
+    process exits with an error line instead."""
+    def teardown() -> None:
+        if node is not None:
             if executor is not None:
                 executor.remove_node(node)
             node.destroy_node()
@@ -545,7 +560,14 @@ def main(args: list[str] | None = None) -> int:
             executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+
+    worker = threading.Thread(target=teardown, name="vla-teardown", daemon=True)
+    worker.start()
+    worker.join(TEARDOWN_TIMEOUT_S)
+    if worker.is_alive():
+        print(f"vla_node: ROS teardown did not finish within {TEARDOWN_TIMEOUT_S:g} s (the on_shutdown action was "
+              "published before it); exiting without it", file=sys.stderr, flush=True)
+        os._exit(0)
 
 
 if __name__ == "__main__":
