@@ -396,6 +396,20 @@ def onnx_batch_dims(path: Path) -> dict[str, int | str]:
     return out
 
 
+def batch_dynamic_shapes(module: Any, tensors: list[Any]) -> tuple:
+    """torch.export's ``dynamic_shapes`` for ``module(*tensors)``: dimension 0 of every input is one
+    shared dynamic batch (a ``forward(*tensors)`` signature takes them as one varargs entry)."""
+    import inspect
+
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    per_input = tuple({0: batch} for _ in tensors)
+    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL
+                  for p in inspect.signature(module.forward).parameters.values())
+    return (per_input,) if varargs else per_input
+
+
 def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names: list[str], path: Path,
                 progress: Callable[[str], None], opset: int = 18,
                 external_data_bytes: int = ONNX_EXTERNAL_DATA_BYTES) -> dict[str, Any]:
@@ -407,13 +421,7 @@ def export_onnx(module: Any, names: list[str], tensors: list[Any], output_names:
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     progress(f"exporting {path.name}: {n_params / 1e6:.1f}M parameters, {weight_bytes / 1e6:.0f} MB of weights "
              f"(opset {opset}, dynamo exporter)")
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    import inspect
-
-    per_input = tuple({0: batch} for _ in tensors)
-    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL
-                  for p in inspect.signature(module.forward).parameters.values())
-    dynamic_shapes = (per_input,) if varargs else per_input  # forward(*tensors) is one varargs entry
+    dynamic_shapes = batch_dynamic_shapes(module, tensors)
     t0 = time.perf_counter()
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # one INFO line per folded initializer otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -441,19 +449,13 @@ def export_pt2_program(module: Any, tensors: list[Any], path: Path, progress: Ca
     dynamic batch, for the ``cuda`` backend (which moves it to the GPU and captures it in CUDA graphs).
     Loaded back and run on the CPU against the module it came from; off by more than ``tolerance``
     is a ParityError. Returns the file name, the batch it was exported with and that difference."""
-    import inspect
-
     import torch
 
     from vla_accel.models.export_pt2 import load_program
 
     progress(f"exporting {path.name} (torch.export program, dynamic batch)")
     t0 = time.perf_counter()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    per_input = tuple({0: batch} for _ in tensors)
-    varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL
-                  for p in inspect.signature(module.forward).parameters.values())
-    dynamic_shapes = (per_input,) if varargs else per_input
+    dynamic_shapes = batch_dynamic_shapes(module, tensors)
     with torch.no_grad():
         try:
             program = torch.export.export(module, tuple(tensors), dynamic_shapes=dynamic_shapes, strict=False)
