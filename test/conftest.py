@@ -59,7 +59,7 @@ def triton_factory(tmp_path_factory):
         from vla_accel.backends.triton_backend import TritonBackend
         from vla_accel.serve.launch import start_policy_server
         from vla_accel.serve.repository import ServeConfig
-        from vla_accel.serve.server import ServerEnvironment, ServerError, free_port
+        from vla_accel.serve.server import ServerEnvironment, ServerError, free_ports
 
         availability = TritonBackend.probe()
         if not availability.ok:
@@ -70,9 +70,10 @@ def triton_factory(tmp_path_factory):
             pytest.skip(f"needs the Triton server environment (.venv-triton from ./run.sh setup): {exc}")
         config = ServeConfig(model="tiny", backend="onnxruntime", max_batch=TRITON_MAX_BATCH, max_queue_delay_us=1000,
                              max_image_pixels=TRITON_MAX_PIXELS, backend_options={"threads": 1})
+        fresh = iter(free_ports(3))
         server, names = start_policy_server(
-            config, grpc_port=grpc_port or free_port(), http_port=http_port or free_port(),
-            metrics_port=metrics_port or free_port(), host="127.0.0.1", workdir=tmp_path_factory.mktemp("triton"),
+            config, grpc_port=grpc_port or next(fresh), http_port=http_port or next(fresh),
+            metrics_port=metrics_port or next(fresh), host="127.0.0.1", workdir=tmp_path_factory.mktemp("triton"),
             ready_timeout_s=120)
         started.append(server)
         return server, names

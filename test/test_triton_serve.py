@@ -42,6 +42,17 @@ def _triton(bundle, url, **extra):
     return create_backend("triton", bundle, BackendOptions(max_batch=4, extra={"url": url, "timeout_s": 5.0, **extra}))
 
 
+def test_free_ports_are_distinct_and_equal_ports_are_refused(tmp_path):
+    """Three ports for one server come from one call and differ; a server given one port twice is refused before
+    it starts (tritonserver would exit with "cannot listen to HTTP and GRPC at the same address and port")."""
+    from vla_accel.serve.server import ServerError, TritonServer, free_ports
+
+    for _ in range(50):
+        assert len(set(free_ports(3))) == 3
+    with pytest.raises(ServerError, match="ports must differ"):
+        TritonServer(tmp_path, grpc_port=9001, http_port=9001, metrics_port=9002)
+
+
 def test_generated_config_carries_batching_and_the_spec(tiny_bundle):
     config = ServeConfig(max_batch=16, max_queue_delay_us=500, instances=2)
     policy = render_config("tiny", tiny_bundle.spec, config, "policy")
@@ -342,7 +353,7 @@ def test_serve_command_over_tls_starts_answers_and_stops(tmp_path, triton_server
     import subprocess
 
     from vla_accel.cli import main
-    from vla_accel.serve.server import free_port
+    from vla_accel.serve.server import free_ports
 
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate: apt-get install openssl")
@@ -350,7 +361,7 @@ def test_serve_command_over_tls_starts_answers_and_stops(tmp_path, triton_server
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     assert main(["serve", "--model", "tiny", "--max-batch", "2", "--threads", "1", "--host", "127.0.0.1",
                  "--port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2],
                  "--tls-cert", str(cert), "--tls-key", str(key), "--check"]) == 0

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from vla_accel.serve.client import RemotePolicy, batch_counts, stage_means_ms, stage_totals
     from vla_accel.serve.launch import start_policy_server
     from vla_accel.serve.repository import ServeConfig
-    from vla_accel.serve.server import free_port
+    from vla_accel.serve.server import free_ports
 
     backend = (getattr(args, "backends", None) or ["onnxruntime"])[0]
     if backend == "torch" and len(getattr(args, "backends", [])) > 1:
@@ -175,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model, backend=backend, max_batch=max(counts), max_queue_delay_us=args.remote_delay_us,
                          backend_options={"threads": threads})
     log(f"bench remote: starting the server ({args.model} on {backend}, max batch {max(counts)})")
-    server, names = start_policy_server(config, grpc_port=free_port(), http_port=free_port(),
-                                        metrics_port=free_port(), host="127.0.0.1")
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server, names = start_policy_server(config, grpc_port=grpc_port, http_port=http_port,
+                                        metrics_port=metrics_port, host="127.0.0.1")
     stats_client = RemotePolicy(server.grpc_url, names["policy"])
     report: dict[str, Any] = {
         "mode": "remote", "model": args.model, "backend": backend, "threads": threads, "rate_hz": rate,

@@ -45,10 +45,24 @@ def default_venv() -> Path:
     return Path(env).expanduser() if env else project_root() / ".venv-triton"
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free local ports. All sockets stay bound until every port is chosen, so the kernel cannot
+    hand out the same port twice (separate one-port calls can: the server then fails with "cannot listen to HTTP
+    and GRPC at the same address and port")."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,10 @@ class TritonServer:
                  tls_key: str | Path | None = None):
         self.repository = Path(repository)
         self.grpc_port, self.http_port, self.metrics_port = int(grpc_port), int(http_port), int(metrics_port)
+        ports = {"gRPC": self.grpc_port, "HTTP": self.http_port, "metrics": self.metrics_port}
+        if len(set(ports.values())) != len(ports):
+            raise ServerError("the gRPC, HTTP and metrics ports must differ; got "
+                              + ", ".join(f"{name} {port}" for name, port in ports.items()))
         self.host = host
         self.env = ServerEnvironment.find(venv)
         self.ready_timeout_s = ready_timeout_s
