@@ -7,8 +7,8 @@
 Writes a JPEG-primary sample bag (640x480, 4:2:0) and the raw sample bag, then replays, one after
 another on the same machine: the JPEG bag with the code in ``--before-root`` (a checkout of an
 earlier commit, e.g. ``git archive <commit> vla_accel msg | tar -x -C DIR``; skipped without it),
-the JPEG bag with this checkout for both ``jpeg_reduced_decode`` settings side by side, and the
-raw bag with this checkout. Each replay is `vla-accel replay` with its interleaved bare calls
+the JPEG bag with this checkout for both ``jpeg_reduced_decode`` settings side by side, in turn on
+one thread (``--read-ahead 0``) and with the replay's read-ahead, and the raw bag both ways. Each replay is `vla-accel replay` with its interleaved bare calls
 (docs/bags.md); OUT.json holds every report plus the load average around each replay, OUT.md a
 summary table. Timings on a shared machine are noisy: compare the rows of one run.
 """
@@ -73,11 +73,12 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---:|---:|---:|---:|---|---|",
     ]
     for name, report in result["replays"].items():
-        bag = "raw" if name == "raw" else "JPEG"
-        code = "before" if name == "before" else "after"
+        bag = "raw" if name.startswith("raw") else "JPEG"
+        code = {"before": "before", "in_turn": "in turn", "raw_in_turn": "in turn"}.get(
+            name, f"read-ahead {result.get('read_ahead', '')}".strip())
         load = "-".join(f"{v:.1f}" for v in report["load_avg_1min"])
         for row in summary_rows(code, report):
-            if name == "raw":
+            if bag == "raw":
                 decode = "(raw frames)"
             elif name == "before":
                 decode = "before: libjpeg scale for >= 2x the input"
@@ -107,6 +108,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jpeg-size", default="640x480")
+    parser.add_argument("--read-ahead", type=int, default=4, help="read-ahead depth of the `after` / `raw` rows")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from vla_accel.bags.sample import make_sample_bag
@@ -120,10 +122,15 @@ def main() -> int:
     replays = {}
     if args.before_root:
         replays["before"] = replay(args.before_root.resolve(), [str(work / "jpeg"), *common], work / "before")
-    replays["after"] = replay(ROOT, [str(work / "jpeg"), *common, "--jpeg-reduced-decode", "both"], work / "after")
-    replays["raw"] = replay(ROOT, [str(work / "raw"), *common], work / "raw_out")
+    # this checkout in turn (one thread) and with the read-ahead (the replay default), one after another
+    replays["in_turn"] = replay(ROOT, [str(work / "jpeg"), *common, "--jpeg-reduced-decode", "both", "--read-ahead", "0"],
+                                work / "in_turn")
+    replays["after"] = replay(ROOT, [str(work / "jpeg"), *common, "--jpeg-reduced-decode", "both",
+                                     "--read-ahead", str(args.read_ahead)], work / "after")
+    replays["raw_in_turn"] = replay(ROOT, [str(work / "raw"), *common, "--read-ahead", "0"], work / "raw_in_turn")
+    replays["raw"] = replay(ROOT, [str(work / "raw"), *common, "--read-ahead", str(args.read_ahead)], work / "raw_out")
     result = {"benchmark": "replay_jpeg", "machine": machine_description(), "threads": args.threads,
-              "frames": args.frames, "jpeg_size": args.jpeg_size,
+              "frames": args.frames, "jpeg_size": args.jpeg_size, "read_ahead": args.read_ahead,
               "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "replays": replays}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")

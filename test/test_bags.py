@@ -366,6 +366,51 @@ def test_compressed_camera_topic_replays_and_counts_the_corrupt_jpeg(sample):
     assert snap["frames_received"] == snap["frames_processed"] + snap["frames_dropped"]
 
 
+def test_read_ahead_gives_the_same_chunks_drops_and_decode_counts_as_in_turn(sample):
+    """The reader thread (observations and JPEG decodes made ahead) changes when work is done, never
+    what comes out: the same chunks bit for bit, the same drops (the corrupt JPEG is still rejected by
+    the preprocessor with its reason) and the same decode paths, for the JPEG camera."""
+    _need("onnxruntime", "pip install onnxruntime")
+    from vla_accel.bags.replay import ReplayOptions, replay_runtime, run_replay
+
+    runs = {}
+    for depth in (0, 3):
+        options = ReplayOptions(runtime=replay_runtime(model="tiny", threads=1), backends=("onnxruntime",),
+                                camera_topics=(WRIST_TOPIC,), bare_iterations=1, timing_rounds=1, progress=False,
+                                read_ahead=depth)
+        runs[depth] = run_replay(sample.path, options).runs[0]
+        assert runs[depth].ok, runs[depth].error
+    in_turn, ahead = runs[0], runs[3]
+    assert ahead.dropped == in_turn.dropped == {"corrupt_compressed": 1}
+    assert ahead.decode_paths == in_turn.decode_paths and sum(ahead.decode_paths.values()) > 0
+    assert [c.stamp_ns for c in ahead.chunks] == [c.stamp_ns for c in in_turn.chunks]
+    for a, b in zip(ahead.chunks, in_turn.chunks):
+        assert np.array_equal(a.values, b.values)
+
+
+def test_read_ahead_raises_a_reader_error_in_order_and_stops_its_thread():
+    from vla_accel.bags.observations import TimedObservation
+    from vla_accel.bags.replay import ReadAhead
+    from vla_accel.core.types import Observation
+
+    def source():
+        for i in range(3):
+            yield TimedObservation(Observation(images={}, instruction="x", stamp_ns=i), log_ns=i)
+        raise OSError("bag truncated")
+
+    seen = []
+    with pytest.raises(OSError, match="bag truncated"):
+        with ReadAhead(source(), lambda obs: obs, 2) as ahead:
+            for timed in ahead:
+                seen.append(timed.log_ns)
+    assert seen == [0, 1, 2]
+    # a consumer that stops early does not leave the reader blocked on a full queue
+    endless = (TimedObservation(Observation(images={}, instruction="x", stamp_ns=i), log_ns=i) for i in range(10**9))
+    with ReadAhead(endless, lambda obs: obs, 2) as ahead:
+        first = next(iter(ahead))
+    assert first.log_ns == 0 and not ahead._thread.is_alive()  # noqa: SLF001
+
+
 def test_unavailable_backend_is_reported_not_fatal(sample, tmp_path, capsys):
     _need("onnxruntime", "pip install onnxruntime")
     code = cli_main(["replay", str(sample.path), "--backends", "onnxruntime,tensorrt", "--no-plots",

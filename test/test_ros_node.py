@@ -151,7 +151,14 @@ def _kill_leftovers(*procs: subprocess.Popen | None) -> None:
 def _stop_camera(camera: subprocess.Popen) -> None:
     """Cameras stream until stopped; SIGINT makes them write their stamps file and exit."""
     camera.send_signal(signal.SIGINT)
-    camera.wait(30)
+    try:
+        camera.wait(30)
+    except subprocess.TimeoutExpired:
+        camera.send_signal(signal.SIGUSR1)  # the camera prints every thread's stack on SIGUSR1
+        time.sleep(1.0)
+        camera.kill()
+        _, err = camera.communicate()
+        raise AssertionError(f"the camera did not exit within 30 s of SIGINT; its stderr:\n{err[-6000:]}") from None
 
 
 def _node_ready(listener: Listener, proc: subprocess.Popen):

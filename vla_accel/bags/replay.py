@@ -76,6 +76,9 @@ class ReplayOptions:
     # JPEG decode setting(s) (core.preprocess): (None,) = the core default; two values replay every
     # backend once per setting, side by side (labels NAME@jpeg-full / NAME@jpeg-reduced)
     jpeg_reduced_decode: tuple[bool | None, ...] = (None,)
+    # offline modes: observations assembled and their JPEG frames decoded this many ahead on a reader
+    # thread while the backend runs (0: all on the inference thread, in turn)
+    read_ahead: int = 4
 
     @property
     def model(self) -> str:
@@ -305,6 +308,69 @@ def _timed_events(source: BagSource, selection: TopicSelection, run: BackendRun,
         yield event
 
 
+class ReadAhead:
+    """Observations from ``source`` made ``depth`` ahead on a reader thread: the bag read, the message
+    decoding, the assembly and ``decode`` (the preprocessor's JPEG decode) of the next frames run while
+    the backend infers the current one (decoders and runtimes release the GIL). Order is kept; an
+    exception of the reader is raised in the consumer at its place in the stream; leaving the ``with``
+    block stops and joins the reader (the bag closes after it)."""
+
+    _END = object()
+
+    def __init__(self, source: Iterator[TimedObservation], decode, depth: int):
+        import queue
+        import threading
+
+        self._source, self._decode = source, decode
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(int(depth), 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay-read-ahead", daemon=True)
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for timed in self._source:
+                timed = TimedObservation(self._decode(timed.observation), timed.log_ns)
+                if not self._put(timed):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(_ReaderFailure(exc))
+            return
+        self._put(self._END)
+
+    def __enter__(self) -> "ReadAhead":
+        self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[TimedObservation]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _ReaderFailure):
+                raise item.error
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class _ReaderFailure:
+    error: BaseException
+
+
 def bare_samples(backend, inputs: dict[str, np.ndarray], iterations: int) -> list[float]:
     """``backend.infer`` on ready tensors, timed per call (ms): the backend alone, no bag, no decode."""
     n = max(int(iterations), 1)
@@ -444,6 +510,9 @@ def _replay_pass(bag: Path, bundle, backend, info, options: ReplayOptions, run: 
         t_start = time.perf_counter()
         if options.rate.kind == "live":
             last_log_ns = _replay_live(engine, builder.observations(events), run, writer, options)
+        elif options.read_ahead > 0:
+            with ReadAhead(builder.observations(events), engine.preprocessor.decode_ahead, options.read_ahead) as ahead:
+                last_log_ns = _replay_offline(engine, iter(ahead), run, writer, options, bare_inputs)
         else:
             last_log_ns = _replay_offline(engine, builder.observations(events), run, writer, options, bare_inputs)
         run.wall_s = time.perf_counter() - t_start - run.write_s - run.bare_s

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "both: replay every backend once per setting, side by side; default: the "
                              "node's default (off)")
     parser.add_argument("--bare-iterations", type=int, default=30, help="iterations of the bare backend benchmark")
+    parser.add_argument("--read-ahead", type=int, default=4, metavar="N",
+                        help="assemble observations and decode their JPEG frames N frames ahead on a reader thread "
+                             "while the backend runs (offline rate modes; 0: in turn on one thread; default: 4)")
     parser.add_argument("--timing-rounds", type=int, default=3,
                         help="replay passes timed against interleaved bare calls; the median is reported (default: 3)")
     parser.add_argument("--out", help="output folder (default: ./replay_reports/<bag>_<time>)")
@@ -150,6 +153,8 @@ def run(args) -> int:
         raise VlaAccelError("give a BAG to replay (or --make-sample PATH to write the sample bag)", reason="bad_argument")
     if args.batch_size < 1:
         raise VlaAccelError(f"--batch-size must be >= 1, got {args.batch_size}", reason="bad_argument")
+    if args.read_ahead < 0:
+        raise VlaAccelError(f"--read-ahead must be >= 0, got {args.read_ahead}", reason="bad_argument")
     if args.execution:
         return _run_execution(args)
 
@@ -175,6 +180,7 @@ def run(args) -> int:
         state_topic=args.state_topic,
         bare_iterations=args.bare_iterations,
         timing_rounds=args.timing_rounds,
+        read_ahead=args.read_ahead,
         live_speed=args.live_speed,
         progress=not args.no_progress,
         jpeg_reduced_decode={None: (None,), "on": (True,), "off": (False,), "both": (False, True)}[

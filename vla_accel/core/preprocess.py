@@ -40,6 +40,7 @@ policy fed a fake state would command the robot from a pose it is not in.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -336,6 +337,31 @@ class Preprocessor:
             if key not in self.decode_paths and len(self.decode_paths) >= _DECODE_PATHS:
                 key = "other"
             self.decode_paths[key] = self.decode_paths.get(key, 0) + 1
+
+    def decode_ahead(self, obs: Observation) -> Observation:
+        """``obs`` with its compressed camera frames already decoded (as ``prepare`` would decode them,
+        counted in ``decode_paths`` the same way), for a reader that decodes the next frames while the
+        backend runs (replay's read-ahead). Thread-safe: decoding is stateless and the counts are
+        locked. A frame that fails to decode is left compressed, so ``prepare`` rejects it with its
+        reason and counts the drop as it would have."""
+        images = obs.images
+        if not hasattr(images, "get"):
+            return obs
+        decoded = None
+        for cam, min_size in zip(self.spec.cameras, self._min_sizes):
+            frame = images.get(cam.name)
+            if not (isinstance(frame, RawImage) and normalize_encoding(frame.encoding) in COMPRESSED_ENCODINGS):
+                continue
+            info: dict = {}
+            try:
+                array = decode_image(frame, min_size, info)
+            except ImageError:
+                continue
+            self._count_decode(info)
+            if decoded is None:
+                decoded = dict(images)
+            decoded[cam.name] = array
+        return obs if decoded is None else dataclasses.replace(obs, images=decoded)
 
     def _decode_cameras(self, obs: Observation) -> list[np.ndarray]:
         images = obs.images

@@ -123,62 +123,78 @@ def unmatched_hint(what: str, topic: str, qos: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import faulthandler
+    import signal
+    import threading
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
     import rclpy
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import CompressedImage, Image, JointState
     from std_msgs.msg import String
 
-    rclpy.init()
-    node = rclpy.create_node("synthetic_camera")
-    qos = QoSProfile(depth=5) if args.reliable else qos_profile_sensor_data
-    if args.compressed:
-        topic = args.topic if args.topic.endswith("/compressed") else args.topic + "/compressed"
-        image_pub = node.create_publisher(CompressedImage, topic, qos)
-    else:
-        image_pub = node.create_publisher(Image, args.topic, qos)
-    # Latched-like instruction: reliable + transient local, so a node started later still gets it.
-    from rclpy.qos import DurabilityPolicy
+    from vla_accel.ros.teardown import bounded_teardown
 
-    ins_qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    ins_pub = node.create_publisher(String, args.instruction_topic, ins_qos)
-    joint_pub = node.create_publisher(JointState, args.joint_states_topic, qos) if args.joints else None
-    # Like a driver that starts before its consumers, but a demo or test wants its first frames
-    # seen: wait (bounded) until both topics matched a subscriber, then send the instruction first.
-    qos_name = "reliable" if args.reliable else "sensor_data (best effort)"
-    matched_s = wait_for_match(image_pub.get_subscription_count, args.wait_subscribers, rclpy.ok)
-    if matched_s is None:
-        print("synthetic_camera: " + unmatched_hint(f"for {args.wait_subscribers:g} s the image publisher",
-                                                     image_pub.topic_name, qos_name), file=sys.stderr)
-        if args.require_subscriber:
-            node.destroy_node()
-            if rclpy.ok():
-                rclpy.shutdown()
-            return NO_SUBSCRIBER_EXIT
-    else:
-        print(f"synthetic_camera: {image_pub.topic_name} matched {image_pub.get_subscription_count()} "
-              f"subscriber(s) after {matched_s:.2f} s", file=sys.stderr)
-        # The instruction's subscriber is normally matched by now (same node); bounded anyway.
-        if wait_for_match(ins_pub.get_subscription_count, 5.0, rclpy.ok) is None:
-            print("synthetic_camera: " + unmatched_hint("the instruction publisher", ins_pub.topic_name,
-                                                         "reliable, transient local"), file=sys.stderr)
-    ins_pub.publish(String(data=args.instruction))
-    # Our side matching the image subscriber is not enough: until the subscriber's side has matched this
-    # publisher too, DDS discards the frames (volatile durability, never reported as lost). The image
-    # publisher was announced before the instruction publisher, on the same ordered discovery channel,
-    # so the instruction being acknowledged means the subscriber knows the image publisher as well.
-    # That also delivers the instruction before the first frame.
-    if matched_s is not None and not _acked(ins_pub, 5.0):
-        print("synthetic_camera: the instruction was not acknowledged within 5 s; the first frames may be "
-              "discarded by a subscriber still discovering this publisher", file=sys.stderr)
-    scene = SyntheticScene(args.width, args.height)
+    # Own signal handling: SIGINT / SIGTERM end the stream wherever the camera is (waiting for a
+    # subscriber, publishing, sleeping), then the stamps are written and the teardown is bounded. A
+    # KeyboardInterrupt raised at an arbitrary point left the node undestroyed and the interpreter's
+    # exit could hang in the middleware.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    running = lambda: not stop.is_set() and rclpy.ok()  # noqa: E731
+    node = rclpy.create_node("synthetic_camera")
     stamps: list[int] = []
-    period = 1.0 / args.rate
-    start = time.monotonic()
-    next_t = start
     sent = 0
-    instruction_sent_at = time.monotonic()
+    start = time.monotonic()
+    code = 0
     try:
-        while rclpy.ok() and (args.seconds <= 0 or time.monotonic() - start < args.seconds):
+        qos = QoSProfile(depth=5) if args.reliable else qos_profile_sensor_data
+        if args.compressed:
+            topic = args.topic if args.topic.endswith("/compressed") else args.topic + "/compressed"
+            image_pub = node.create_publisher(CompressedImage, topic, qos)
+        else:
+            image_pub = node.create_publisher(Image, args.topic, qos)
+        # Latched-like instruction: reliable + transient local, so a node started later still gets it.
+        ins_qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        ins_pub = node.create_publisher(String, args.instruction_topic, ins_qos)
+        joint_pub = node.create_publisher(JointState, args.joint_states_topic, qos) if args.joints else None
+        # Like a driver that starts before its consumers, but a demo or test wants its first frames
+        # seen: wait (bounded) until both topics matched a subscriber, then send the instruction first.
+        qos_name = "reliable" if args.reliable else "sensor_data (best effort)"
+        matched_s = wait_for_match(image_pub.get_subscription_count, args.wait_subscribers, running)
+        if stop.is_set():
+            return 0
+        if matched_s is None:
+            print("synthetic_camera: " + unmatched_hint(f"for {args.wait_subscribers:g} s the image publisher",
+                                                         image_pub.topic_name, qos_name), file=sys.stderr)
+            if args.require_subscriber:
+                code = NO_SUBSCRIBER_EXIT
+                return code
+        else:
+            print(f"synthetic_camera: {image_pub.topic_name} matched {image_pub.get_subscription_count()} "
+                  f"subscriber(s) after {matched_s:.2f} s", file=sys.stderr)
+            # The instruction's subscriber is normally matched by now (same node); bounded anyway.
+            if wait_for_match(ins_pub.get_subscription_count, 5.0, running) is None and not stop.is_set():
+                print("synthetic_camera: " + unmatched_hint("the instruction publisher", ins_pub.topic_name,
+                                                             "reliable, transient local"), file=sys.stderr)
+        ins_pub.publish(String(data=args.instruction))
+        # Our side matching the image subscriber is not enough: until the subscriber's side has matched this
+        # publisher too, DDS discards the frames (volatile durability, never reported as lost). The image
+        # publisher was announced before the instruction publisher, on the same ordered discovery channel,
+        # so the instruction being acknowledged means the subscriber knows the image publisher as well.
+        # That also delivers the instruction before the first frame.
+        if matched_s is not None and not _acked(ins_pub, 5.0) and not stop.is_set():
+            print("synthetic_camera: the instruction was not acknowledged within 5 s; the first frames may be "
+                  "discarded by a subscriber still discovering this publisher", file=sys.stderr)
+        scene = SyntheticScene(args.width, args.height)
+        period = 1.0 / args.rate
+        start = time.monotonic()
+        next_t = start
+        instruction_sent_at = time.monotonic()
+        while running() and (args.seconds <= 0 or time.monotonic() - start < args.seconds):
             now = time.monotonic()
             if now - instruction_sent_at > 1.0:  # repeat: subscribers without transient local join late
                 ins_pub.publish(String(data=args.instruction))
@@ -211,19 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                 next_t += args.pause_s  # a gap in the stream (the node's stale hold in between)
             delay = next_t - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                stop.wait(delay)
             else:
                 next_t = time.monotonic()  # running late: do not burst to catch up
-    except KeyboardInterrupt:
-        pass  # Ctrl-C ends the stream; the stamps are still written below
     finally:
         if args.stamps_out:
             with open(args.stamps_out, "w", encoding="utf-8") as handle:
                 handle.write("\n".join(str(s) for s in stamps) + ("\n" if stamps else ""))
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    print(f"synthetic_camera: sent {sent} frames in {time.monotonic() - start:.1f} s", file=sys.stderr)
+        print(f"synthetic_camera: sent {sent} frames in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+        bounded_teardown("synthetic_camera", node, exit_code=code,
+                         done=f"{sent} frames sent" + (", stamps written" if args.stamps_out else ""))
     return 0
 
 

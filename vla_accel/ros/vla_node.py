@@ -48,6 +48,7 @@ from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, params
+from vla_accel.ros.teardown import bounded_teardown
 from vla_accel.runtime import execution_output
 from vla_accel.runtime import status
 from vla_accel.runtime.conversions import compressed_msg_to_raw, resolve_first_action_type, stamp_to_ns, stop_action
@@ -539,35 +540,8 @@ def main(args: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.shutdown()  # the on_shutdown action first: what the robot must get
-        _bounded_teardown(node, executor)
+        bounded_teardown("vla_node", node, executor, done="the on_shutdown action was published before it")
     return 0
-
-
-TEARDOWN_TIMEOUT_S = 5.0
-
-
-def _bounded_teardown(node: Any, executor: Any) -> None:
-    """Destroy the node, the executor and the context, bounded: the stop action is already out, and
-    a middleware teardown that hangs (seen once with the experimental EventsExecutor) must not keep
-    the process from exiting (launch would escalate to SIGTERM / SIGKILL). Past the bound the
-    process exits with an error line instead."""
-    def teardown() -> None:
-        if node is not None:
-            if executor is not None:
-                executor.remove_node(node)
-            node.destroy_node()
-        if executor is not None:
-            executor.shutdown(timeout_sec=1.0)
-        if rclpy.ok():
-            rclpy.shutdown()
-
-    worker = threading.Thread(target=teardown, name="vla-teardown", daemon=True)
-    worker.start()
-    worker.join(TEARDOWN_TIMEOUT_S)
-    if worker.is_alive():
-        print(f"vla_node: ROS teardown did not finish within {TEARDOWN_TIMEOUT_S:g} s (the on_shutdown action was "
-              "published before it); exiting without it", file=sys.stderr, flush=True)
-        os._exit(0)
 
 
 if __name__ == "__main__":
