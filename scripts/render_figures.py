@@ -346,10 +346,10 @@ RENDERERS: dict[str, Callable[[], str]] = {
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-# Prose figures outside the rendered blocks: in these documents every decimal figure (1.39x, 26.56 ms,
+# Prose figures outside the rendered blocks: in README and every docs page, each decimal figure (1.39x, 26.56 ms,
 # 7e-3) of a paragraph that cites a file of docs/measurements/ must be a value of a cited file, as
 # shown (rounded to the digits written; a percentage may be a fraction in the file).
-CITED_DOCUMENTS = [ROOT / "README.md", *(ROOT / "docs" / f"{n}.md" for n in ("backends", "opencl", "ros", "bags", "metrics"))]
+CITED_DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _CITATION = re.compile(r"(?:docs/measurements/)?([\w.-]+\.(?:json|md))")
 _FIGURE = re.compile(r"(?<![\w.\-/])(\d+\.\d+(?:e-?\d+)?|\d+e-\d+)(?![\w.]*\d)")
 _NUMBER = re.compile(r"\d+\.\d+(?:e-?\d+)?|\d+e-\d+")

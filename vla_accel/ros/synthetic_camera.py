@@ -241,4 +241,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Everything is out (frames, stamps file, summary line) and ROS is torn down: end the process
+    # here rather than in the interpreter's finalisation, where middleware objects collected late
+    # were seen to hang a camera's exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import os
+
+    os._exit(exit_code)
