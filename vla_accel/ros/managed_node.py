@@ -29,6 +29,7 @@ from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallba
 from rclpy.signals import SignalHandlerOptions
 
 from vla_accel.errors import VlaAccelError
+from vla_accel.ros.teardown import bounded_teardown, exit_process
 from vla_accel.ros.vla_node import VlaNode
 
 log = logging.getLogger("vla_accel.managed_node")
@@ -97,14 +98,15 @@ def main(args: list[str] | None = None) -> int:
         return 1
     finally:
         if node is not None:
-            node.shutdown_once()
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
-        if rclpy.ok():
-            rclpy.shutdown()
+            node.shutdown_once()  # the on_shutdown action first: what the robot must get
+        bounded_teardown("managed_node", node, executor, done="the on_shutdown action was published before it")
     return 0
 
 
+def run() -> None:
+    """Entry point of `python -m vla_accel.ros.managed_node` and `ros2 run vla_accel managed_node`."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -13,7 +13,7 @@ import faulthandler
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 TEARDOWN_TIMEOUT_S = 5.0
 
@@ -46,3 +46,14 @@ def bounded_teardown(process: str, node: Any, executor: Any = None, *, exit_code
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
+
+
+def exit_process(code: int) -> NoReturn:
+    """``sys.exit(code)`` for a ROS process's entry point, with the interpreter's finalisation bounded:
+    a watchdog thread of faulthandler (C level, it needs no GIL) prints every stack and ends the
+    process with code 1 if finalisation still runs ``TEARDOWN_TIMEOUT_S`` later (middleware objects
+    collected late were seen to hang a process's exit)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    faulthandler.dump_traceback_later(TEARDOWN_TIMEOUT_S, exit=True)
+    sys.exit(code)

@@ -48,7 +48,7 @@ from vla_accel.errors import VlaAccelError
 from vla_accel.msg import ActionChunk as ActionChunkMsg
 from vla_accel.msg import InferenceStats
 from vla_accel.ros import conversions, params
-from vla_accel.ros.teardown import bounded_teardown
+from vla_accel.ros.teardown import bounded_teardown, exit_process
 from vla_accel.runtime import execution_output
 from vla_accel.runtime import status
 from vla_accel.runtime.conversions import compressed_msg_to_raw, resolve_first_action_type, stamp_to_ns, stop_action
@@ -544,5 +544,10 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """Entry point of `python -m vla_accel.ros.vla_node` and `ros2 run vla_accel vla_node`."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
