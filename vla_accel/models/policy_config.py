@@ -43,6 +43,9 @@ class PolicyConfig:
     action_steps: int
     action_dims: int
     time_scale: float  # t is multiplied by this before the sinusoidal embedding
+    # > 0: the step graph's time input is the runtime's (B, time_features) sinusoidal features of t
+    # (the spec's program time_features), not t: no trigonometry in the graph; 0: raw t, embedded in it
+    time_features: int
     vocab_bins: int  # ar_policy: output vocabulary (token ids 0 .. vocab_bins - 1)
     decode_tokens: int  # ar_policy: tokens per chunk (steps x dims)
     seed: int
@@ -98,6 +101,7 @@ class PolicyConfig:
                                  weight_std=std, seed=seed)
 
         kind = spec.program.kind
+        features = spec.program.step_time_features
         return cls(
             network=network,
             backbone=net(hidden, heads, pos("depth", 4)),
@@ -108,6 +112,7 @@ class PolicyConfig:
             action_steps=spec.action.steps,
             action_dims=spec.action.dims,
             time_scale=1000.0 if kind == "flow_matching" else 1.0,
+            time_features=features.dim if features is not None else 0,
             vocab_bins=pos("vocab_bins", spec.program.tokens.bins),
             decode_tokens=spec.program.tokens.tokens or spec.action.steps * spec.action.dims,
             seed=seed,
