@@ -296,7 +296,7 @@ class ProgramSpec:
         ``batch``: (B,) of the declared time dtype, or (B, dim) float32 time features."""
         features = self.step_time_features
         if features is not None:
-            return np.ascontiguousarray(np.broadcast_to(time_features(value, features), (batch, features.dim)))
+            return np.repeat(time_features(value, features), batch, axis=0)
         dtype = self.flow.time_dtype if self.kind == "flow_matching" else self.diffusion.time_dtype
         return np.full((batch,), value, dtype=dtype)
 
