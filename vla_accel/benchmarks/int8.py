@@ -188,6 +188,7 @@ PROGRAM_VARIANTS = (
     ("onnxruntime static QDQ int8, step graph A16W8", "onnx", {"step": 16}),
     ("openvino int8 (NNCF)", "openvino", {}),
     ("litert full-integer int8", "tflite", {}),
+    ("litert full-integer, step graph A16W8", "tflite", {"step": 16}),
 )
 
 

@@ -54,6 +54,13 @@ class Backbone(nn.Module):
         return self.norm(x), bias
 
 
+def expert_norm(config: PolicyConfig, width: int) -> nn.Module:
+    """The action expert's LayerNorm (``architecture.expert_norm``): torch's, or the backbone's written-out
+    one (the same function and parameter names; no SQUARED_DIFFERENCE in an exported graph)."""
+    eps = config.expert.layer_norm_eps
+    return LayerNorm(width, eps) if config.expert_norm == "written_out" else nn.LayerNorm(width, eps=eps)
+
+
 class ExpertLayer(nn.Module):
     """Pre-LN block whose queries attend to an external key/value cache followed by their own keys."""
 
@@ -62,10 +69,10 @@ class ExpertLayer(nn.Module):
         cfg = config.expert
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
-        self.norm1 = nn.LayerNorm(cfg.hidden_dim, eps=cfg.layer_norm_eps)
+        self.norm1 = expert_norm(config, cfg.hidden_dim)
         self.qkv = nn.Linear(cfg.hidden_dim, 3 * cfg.hidden_dim)
         self.proj = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
-        self.norm2 = nn.LayerNorm(cfg.hidden_dim, eps=cfg.layer_norm_eps)
+        self.norm2 = expert_norm(config, cfg.hidden_dim)
         self.mlp = Mlp(cfg)
         self.fused = False  # GPU layout: heads split once, fused scaled_dot_product_attention
 
@@ -154,7 +161,7 @@ class FlowStep(nn.Module):
         self.time_fc2 = nn.Linear(e, e)
         self.state_in = nn.Linear(config.state_dims, e) if config.state_dims else None
         self.layers = nn.ModuleList(ExpertLayer(config) for _ in range(config.expert_depth))
-        self.norm = nn.LayerNorm(e, eps=config.expert.layer_norm_eps)
+        self.norm = expert_norm(config, e)
         self.action_out = nn.Linear(e, config.action_dims)
 
     def forward(self, x, t, *rest):
