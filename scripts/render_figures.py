@@ -289,7 +289,11 @@ def int8_table() -> str:
         for label, why in model["errors"].items():
             lines.append(f"| {name} | {label} | not run: {why.split(':')[0]} | | | | | |")
     load_avg = d["machine"].get("load_average", [0])[0]
-    return ("\n".join(lines) + f"\n\n({d['machine']['cpu']}, load average {load_avg:.1f} at the end of the run; "
+    reruns = "".join(
+        f" {model['model']}: re-run alone ({model['run']['created']}, load average "
+        f"{model['run']['machine'].get('load_average', [0])[0]:.1f});"
+        for model in d["models"] if model.get("run"))
+    return ("\n".join(lines) + f"\n\n({d['machine']['cpu']}, load average {load_avg:.1f} at the end of the run;{reruns} "
             "speedups are ratios of calls interleaved side by side.)\n")
 
 

@@ -15,6 +15,11 @@ HAVE_ORT = module_available("onnx") and module_available("onnxruntime")
 # did not see: the full-integer goal. Measured: docs/measurements/int8_bench.json.
 PROGRAM_MAX_ABS = 0.05
 PROGRAM_MIN_DISPLACEMENT_CORRELATION = 0.99
+HAVE_LITERT = all(module_available(m) for m in ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"))
+# tiny-flow on LiteRT with int8 everywhere (no float op): the runtime computes the time features, so
+# the step graph has no trigonometry; its error stays near the goal (0.05 measured on the bench's
+# frames), not below it, hence this regression bound (0.15 while the graph embedded the time itself).
+LITERT_INT8_MAX_ABS = 0.08
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +106,29 @@ def test_tiny_flow_int8_program_against_fp32(flow_bundle):
     expected = program_outputs(torch_program_runner(flow_bundle), evaluation, 10_000)
     shifted = program_outputs(program_runner(flow_bundle, int8_program_sessions("onnx", graphs)), evaluation, 20_000)
     assert np.abs(shifted - expected).max() > PROGRAM_MAX_ABS
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LITERT, reason="needs litert-torch, ai-edge-quantizer and ai-edge-litert: "
+                    "pip install -r requirements/litert.txt")
+def test_tiny_flow_litert_full_integer_against_fp32(flow_bundle):
+    """The prefix graph int8 and the step graph A16W8 (16-bit activations, int8 weights): every op
+    integer, the chunk within the full-integer goal; int8 everywhere is integer too."""
+    from vla_accel.benchmarks.int8_program import (
+        capture_graph_calibration, int8_program_sessions, program_error,
+    )
+    from vla_accel.models.calibration_set import synthetic_calibration
+    from vla_accel.models.int8_export import tflite_float_ops
+    from vla_accel.models.int8_program import export_program_int8
+
+    observations = synthetic_calibration(flow_bundle.spec, 16)
+    calibrations = capture_graph_calibration(flow_bundle, observations)
+    evaluation = synthetic_calibration(flow_bundle.spec, 4, seed=424242).batches
+    for bits, bound in (({"step": 16}, PROGRAM_MAX_ABS), ({}, LITERT_INT8_MAX_ABS)):
+        graphs = export_program_int8(flow_bundle, "tflite", calibrations, activation_bits=bits)
+        assert [g.precision for g in graphs.values()] == ["int8", "a16w8" if bits else "int8"]
+        for graph in graphs.values():  # no float op: no SIN / COS, no QUANTIZE / DEQUANTIZE, no float kernel
+            assert graph.full_integer and tflite_float_ops(graph.path) == [], graph.summary()
+        stats = program_error(flow_bundle, int8_program_sessions("tflite", graphs), evaluation)
+        assert stats["max_abs"] <= bound, (bits, stats)
+        assert stats["correlation"] >= 0.99 and stats["displacement_correlation"] >= 0.99, (bits, stats)

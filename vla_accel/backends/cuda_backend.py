@@ -64,6 +64,8 @@ _EAGER_WARMUP_PASSES = 3  # eager passes before capture: cuBLAS handles, workspa
 # torch.compile modes: those with their own CUDA graphs, and those that run inside this backend's.
 _COMPILE_OWN_GRAPHS = ("reduce-overhead", "max-autotune")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", *_COMPILE_OWN_GRAPHS)
+# upload buffer of a flow program's per-step time features (when the spec declares time_features)
+_TIME_FEATURES = "<time features per step>"
 _MAX_FRAME_SHAPES = 8  # distinct (camera, frame size) upload buffers kept
 _THREADED_STAGING_BYTES = 1 << 20  # blocks at least this large are staged by several threads
 _STAGING_THREADS = 4
@@ -380,6 +382,13 @@ class CudaBackend(Backend):
                              reason="batch_too_large")
         arrays = {**{k: np.ascontiguousarray(v) for k, v in inputs.items() if k != program.noise},
                   program.noise: np.ascontiguousarray(noise, dtype=np.float32)}
+        if program.step_time_features is not None:
+            # every step's time features (core.program.time_features), uploaded with the inputs: (B, steps, dim)
+            from vla_accel.core.program import flow_times
+
+            grid = flow_times(program.flow, program.steps)[:-1] * program.flow.time_scale
+            per_step = np.stack([program.time_feed(t, batch) for t in grid], axis=1)
+            arrays[_TIME_FEATURES] = np.ascontiguousarray(per_step)
         with self._lock, torch.inference_mode(), torch.cuda.device(self.device):
             uploads = []
             for name, array in arrays.items():
@@ -413,8 +422,11 @@ class CudaBackend(Backend):
         x = env[program.noise]
         for i in range(program.steps):
             env[program.sample] = x
-            env[program.time] = torch.full((batch,), grid[i] * flow.time_scale, dtype=getattr(torch, flow.time_dtype),
-                                           device=self.device)
+            if flow.time_features is not None:  # a device copy of the uploaded step's features
+                env[program.time] = feeds[_TIME_FEATURES][:, i].contiguous()
+            else:
+                env[program.time] = torch.full((batch,), grid[i] * flow.time_scale,
+                                               dtype=getattr(torch, flow.time_dtype), device=self.device)
             if program.step_index:
                 env[program.step_index] = torch.full((batch,), i, dtype=torch.int64, device=self.device)
             v = self._sessions[step.name].run({n: env[n] for n in step.inputs})[program.prediction]

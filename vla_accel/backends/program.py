@@ -113,7 +113,10 @@ def expected_feeds(spec, graph_inputs: tuple[str, ...], produced: Mapping[str, T
     steps, dims = spec.action.steps, spec.action.dims
     runtime = {program.noise: TensorInfo("float32", (steps, dims)), program.sample: TensorInfo("float32", (steps, dims))}
     time_dtype = program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype
-    runtime[program.time] = TensorInfo(time_dtype, None)
+    features = program.step_time_features
+    # time features computed by the runtime: (batch, dim) float32; else the raw time (batch,)
+    runtime[program.time] = (TensorInfo("float32", (features.dim,)) if features is not None
+                             else TensorInfo(time_dtype, None))
     if program.step_index:
         runtime[program.step_index] = TensorInfo("int64", None)
     if program.kind == "autoregressive":
@@ -203,6 +206,15 @@ class ProgramRunner:
         # observation history: the last k values of an input, per batch row (one stream per row)
         self._history = {h.input: HistoryStack(h.frames) for h in self.program.history}
 
+    def _time(self, value: float, batch: int, like):
+        """The time input of one step: the raw time / timestep filled on the device, or the program's
+        time features of it (core.program.time_features, computed on the host and uploaded)."""
+        if self.program.step_time_features is not None:
+            return self.ops.upload(self.program.time_feed(value, batch))
+        program = self.program
+        dtype = program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype
+        return self.ops.full((batch,), value, dtype, like=like)
+
     def stack_history(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs with every history input replaced by its last k values, stacked on axis 1."""
         if not self._history:
@@ -266,7 +278,7 @@ class ProgramRunner:
                     env.update(self._call(prefix, env, prefix_times))
                 t = grid[i] * flow.time_scale
                 env[program.sample] = x
-                env[program.time] = ops.full((batch,), t, flow.time_dtype, like=x)
+                env[program.time] = self._time(t, batch, x)
                 if program.step_index:
                     env[program.step_index] = ops.full((batch,), i, "int64", like=x)
                 v = self._call(step, env, step_times)[program.prediction]
@@ -281,7 +293,7 @@ class ProgramRunner:
                 if self.recompute_prefix and prefix is not None:
                     env.update(self._call(prefix, env, prefix_times))
                 env[program.sample] = x
-                env[program.time] = ops.full((batch,), coeffs.timestep, spec.time_dtype, like=x)
+                env[program.time] = self._time(coeffs.timestep, batch, x)
                 if program.step_index:
                     env[program.step_index] = ops.full((batch,), i, "int64", like=x)
                 eps = self._call(step, env, step_times)[program.prediction]

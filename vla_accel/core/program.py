@@ -84,15 +84,85 @@ class GraphSpec:
                                 f"{', '.join(TENSOR_DTYPES)}; got {value!r}")
 
 
+TIME_FEATURE_KINDS = ("sinusoidal",)
+SINUSOIDAL_MAX_PERIOD = 10000.0
+
+
+@dataclass(frozen=True)
+class TimeFeaturesSpec:
+    """Time features the runtime computes for the step graph's time input, in place of the raw time.
+
+    ``sinusoidal``: for the time value v fed today (the flow time times ``time_scale``, or the
+    diffusion timestep), the graph receives ``[sin(v * scale * f), cos(v * scale * f)]`` (B, dim)
+    float32 with the ``dim / 2`` frequencies ``f_k = SINUSOIDAL_MAX_PERIOD ** (-k / (dim / 2))``
+    (``sinusoidal_frequencies``). The graph then holds no trigonometry and its time input lies in
+    [-1, 1], which integer accelerators quantise well (angles up to 1000 rad on one 8-bit grid do not)."""
+
+    kind: str = "sinusoidal"
+    dim: int = 0
+    scale: float = 1.0
+
+    def validate(self, what: str) -> None:
+        if self.kind not in TIME_FEATURE_KINDS:
+            raise SpecError(f"{what} time_features kind must be one of {', '.join(TIME_FEATURE_KINDS)}; "
+                            f"got {self.kind!r}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 2 or self.dim % 2:
+            raise SpecError(f"{what} time_features dim must be an even integer >= 2 (sin and cos halves); "
+                            f"got {self.dim!r}")
+        if not _num(self.scale, f"{what} time_features scale") > 0:
+            raise SpecError(f"{what} time_features scale must be > 0; got {self.scale!r}")
+
+
+def _time_features(value: Any, what: str) -> TimeFeaturesSpec | None:
+    if value is None or isinstance(value, TimeFeaturesSpec):
+        return value
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{what} time_features must be a mapping such as {{kind: sinusoidal, dim: 128, "
+                        f"scale: 1000.0}}; got {value!r}")
+    fields = set(TimeFeaturesSpec.__dataclass_fields__)
+    bad = set(value) - fields
+    if bad:
+        raise SpecError(f"unknown {what} time_features keys {sorted(bad)}; allowed: {sorted(fields)}")
+    if "dim" not in value:
+        raise SpecError(f"{what} time_features needs 'dim': the width of the features the step graph takes")
+    return TimeFeaturesSpec(**value)
+
+
+def sinusoidal_exponents(dim: int) -> np.ndarray:
+    """The ``dim // 2`` log-frequencies of sinusoidal time features, float32: ``f_k = exp(e_k)``. The one
+    definition every path uses: the runtime's features (``time_features``) and the reference network's
+    in-graph embedding of a raw t (torch exponentiates these same values)."""
+    half = dim // 2
+    return np.arange(half, dtype=np.float32) * np.float32(-math.log(SINUSOIDAL_MAX_PERIOD) / half)
+
+
+def sinusoidal_frequencies(dim: int) -> np.ndarray:
+    return np.exp(sinusoidal_exponents(dim))
+
+
+def time_features(t: Any, spec: TimeFeaturesSpec) -> np.ndarray:
+    """(B,) time values (or a scalar) -> (B, dim) float32 ``[sin(t * scale * f), cos(t * scale * f)]``.
+    The angles are formed in float64, so large angles (t * scale ~ 1000 rad) lose no precision."""
+    values = np.atleast_1d(np.asarray(t, dtype=np.float64)).reshape(-1, 1)
+    angles = values * float(spec.scale) * sinusoidal_frequencies(spec.dim).astype(np.float64).reshape(1, -1)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class FlowSpec:
     """Flow matching: ``x <- x + (t_next - t) * v`` on the grid t_start -> t_end in ``steps`` steps.
-    ``time_scale`` multiplies t before it is fed (GR00T feeds t * 1000 discretised: time_dtype int64)."""
+    ``time_scale`` multiplies t before it is fed (GR00T feeds t * 1000 discretised: time_dtype int64).
+    ``time_features``: when set, the time input receives features of the scaled t computed by the
+    runtime (``TimeFeaturesSpec``), not t itself; absent (the default), t as it is."""
 
     t_start: float = 1.0
     t_end: float = 0.0
     time_scale: float = 1.0
     time_dtype: str = "float32"
+    time_features: TimeFeaturesSpec | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "time_features", _time_features(self.time_features, "flow"))
 
     def validate(self) -> None:
         _num(self.t_start, "flow t_start")
@@ -102,6 +172,8 @@ class FlowSpec:
             raise SpecError("flow t_start and t_end must differ")
         if self.time_dtype not in ("float32", "int64"):
             raise SpecError(f"flow time_dtype must be float32 or int64, got {self.time_dtype!r}")
+        if self.time_features is not None:
+            self.time_features.validate("flow")
 
 
 @dataclass(frozen=True)
@@ -116,6 +188,10 @@ class DiffusionSpec:
     prediction: str = "epsilon"
     clip_sample: float = 0.0  # > 0: clip the predicted clean sample to [-c, c] (Diffusion Policy: 1.0)
     time_dtype: str = "int64"
+    time_features: TimeFeaturesSpec | None = None  # as FlowSpec's: features of the timestep, not it
+
+    def __post_init__(self):
+        object.__setattr__(self, "time_features", _time_features(self.time_features, "diffusion"))
 
     def validate(self) -> None:
         if self.scheduler not in DIFFUSION_SCHEDULERS:
@@ -131,6 +207,8 @@ class DiffusionSpec:
             raise SpecError("diffusion clip_sample must be >= 0")
         if self.time_dtype not in ("float32", "int64"):
             raise SpecError(f"diffusion time_dtype must be float32 or int64, got {self.time_dtype!r}")
+        if self.time_features is not None:
+            self.time_features.validate("diffusion")
 
 
 @dataclass(frozen=True)
@@ -202,6 +280,25 @@ class ProgramSpec:
     @property
     def step(self) -> GraphSpec:
         return self.graphs[-1]
+
+    @property
+    def step_time_features(self) -> TimeFeaturesSpec | None:
+        """The loop's time features (flow or diffusion section), None where the time input takes the
+        raw time / timestep."""
+        if self.kind == "flow_matching":
+            return self.flow.time_features
+        if self.kind == "diffusion":
+            return self.diffusion.time_features
+        return None
+
+    def time_feed(self, value: float, batch: int) -> np.ndarray:
+        """What the time input receives for time ``value`` (already multiplied by ``time_scale``) at
+        ``batch``: (B,) of the declared time dtype, or (B, dim) float32 time features."""
+        features = self.step_time_features
+        if features is not None:
+            return np.repeat(time_features(value, features), batch, axis=0)
+        dtype = self.flow.time_dtype if self.kind == "flow_matching" else self.diffusion.time_dtype
+        return np.full((batch,), value, dtype=dtype)
 
     def runtime_inputs(self) -> tuple[str, ...]:
         names = [self.noise]

@@ -338,6 +338,9 @@ class ModelSpec:
         for key, default in (("enabled", True), ("ids_dtype", "int32"), ("mask_dtype", "float32")):
             if d["instruction"].get(key) == default:
                 d["instruction"].pop(key)
+        for section in ("flow", "diffusion"):  # raw time (the default): older hashes stay as they were
+            if d.get("program", {}).get(section, {}).get("time_features", 0) is None:
+                d["program"][section].pop("time_features")
         for cam in d["cameras"]:
             if cam.get("pad") == "center":
                 cam.pop("pad")
@@ -468,8 +471,7 @@ def program_example_feeds(spec, batch: int, seed: int = 0) -> dict[str, np.ndarr
     runtime = {
         program.noise: call_noise(seed, 0, (batch, spec.action.steps, spec.action.dims)),
         program.sample: call_noise(seed, 1, (batch, spec.action.steps, spec.action.dims)),
-        program.time: np.full((batch,), 0.5 if program.kind == "flow_matching" else 3,
-                              dtype=program.flow.time_dtype if program.kind == "flow_matching" else program.diffusion.time_dtype),
+        program.time: program.time_feed(0.5 if program.kind == "flow_matching" else 3, batch),
         "token": np.ones((batch, 1), dtype=np.int64),
         "position": np.ones((batch, 1), dtype=np.int64),
     }

@@ -36,7 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from vla_accel.models.calibration_set import CalibrationSet
 
 PROGRAM_INT8_FORMATS = ("onnx", "openvino", "tflite")
-PROGRAM_INT8_RECIPE = 1
+# 2: LiteRT graphs calibrated on the global min/max of every tensor over the set (was ai-edge-quantizer's
+#    moving average of per-sample extremes, which clipped the step graph's velocity output)
+PROGRAM_INT8_RECIPE = 2
 SIDECAR = "program_int8.json"
 
 
@@ -238,19 +240,37 @@ def quantize_tflite_full_integer(source: Path, out: Path, calibration: "Calibrat
     quant = quantizer.Quantizer(str(source))
     name = "static_wi8_ai16" if activation_bits == 16 else "static_wi8_ai8"
     quant.load_quantization_recipe(getattr(recipe, name)())
-    ranges = _quiet_calibrate(quant, {key: samples})
+    ranges = _global_ranges(source, getattr(recipe, name)(), {key: samples})
     result = quant.quantize(ranges, enable_progress_report=False)
     with atomic_path(out, suffix=".tflite") as tmp:
         result.export_model(str(tmp))
     return f"ai-edge-quantizer {name} (full-integer)"
 
 
-def _quiet_calibrate(quant, data):
-    """ai-edge-quantizer's calibration draws a progress bar per sample on stderr; a caller with its
-    own progress report does not want thousands of lines."""
+def _global_min_max(qsv, new_qsv):
+    """Range update across calibration samples: the extremes of every sample seen (min/max)."""
+    import numpy as np
+
+    if not qsv:
+        return new_qsv
+    return {**new_qsv, "min": np.minimum(qsv["min"], new_qsv["min"]), "max": np.maximum(qsv["max"], new_qsv["max"])}
+
+
+def _global_ranges(source: Path, quant_recipe, data):
+    """Every tensor's range over the whole calibration set, as ONNX Runtime's MinMax calibrator and
+    TFLite's converter take it. ai-edge-quantizer's default keeps a moving average (0.95) of each
+    sample's extremes: with one row per sample that narrows the ranges to the last samples' typical
+    extremes, and values seen in calibration (the step graph's largest velocities) were clipped.
+    Its calibration draws a progress bar per sample on stderr: silenced (the caller reports progress)."""
     import contextlib
     import io
     import os
 
+    from ai_edge_quantizer import calibrator, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(quant_recipe)
+    calib = calibrator.Calibrator(str(source), num_threads=os.cpu_count() or 1, qsv_update_func=_global_min_max)
     with contextlib.redirect_stderr(io.StringIO()):
-        return quant.calibrate(data, num_threads=os.cpu_count() or 1)
+        calib.calibrate(data, manager)
+    return calib.get_model_qsvs()

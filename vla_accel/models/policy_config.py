@@ -29,7 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PROGRAM_NETWORKS = ("flow_policy", "ar_policy")
 _KEYS = {"network", "seed", "patch_size", "hidden_dim", "depth", "heads", "mlp_ratio", "layer_norm_eps",
-         "weight_std", "expert_dim", "expert_depth", "expert_heads", "vocab_bins"}
+         "weight_std", "expert_dim", "expert_depth", "expert_heads", "vocab_bins", "expert_norm"}
+# the action expert's LayerNorms: torch's (converters emit SQUARED_DIFFERENCE) or written out like the
+# backbone's (MEAN / SUB / MUL / RSQRT: every integer NPU compiler and LiteRT's 16-bit kernels map them)
+EXPERT_NORMS = ("torch", "written_out")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class PolicyConfig:
     action_steps: int
     action_dims: int
     time_scale: float  # t is multiplied by this before the sinusoidal embedding
+    # > 0: the step graph's time input is the runtime's (B, time_features) sinusoidal features of t
+    # (the spec's program time_features), not t: no trigonometry in the graph; 0: raw t, embedded in it
+    time_features: int
+    expert_norm: str  # one of EXPERT_NORMS
     vocab_bins: int  # ar_policy: output vocabulary (token ids 0 .. vocab_bins - 1)
     decode_tokens: int  # ar_policy: tokens per chunk (steps x dims)
     seed: int
@@ -98,6 +105,11 @@ class PolicyConfig:
                                  weight_std=std, seed=seed)
 
         kind = spec.program.kind
+        features = spec.program.step_time_features
+        expert_norm = arch.get("expert_norm", "torch")
+        if expert_norm not in EXPERT_NORMS:
+            raise SpecError(f"model '{spec.name}': architecture.expert_norm must be one of {EXPERT_NORMS}, "
+                            f"got {expert_norm!r}")
         return cls(
             network=network,
             backbone=net(hidden, heads, pos("depth", 4)),
@@ -108,6 +120,8 @@ class PolicyConfig:
             action_steps=spec.action.steps,
             action_dims=spec.action.dims,
             time_scale=1000.0 if kind == "flow_matching" else 1.0,
+            time_features=features.dim if features is not None else 0,
+            expert_norm=expert_norm,
             vocab_bins=pos("vocab_bins", spec.program.tokens.bins),
             decode_tokens=spec.program.tokens.tokens or spec.action.steps * spec.action.dims,
             seed=seed,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vla_accel.core.program import sinusoidal_exponents
 from vla_accel.models.architecture import MASK_BIAS
 from vla_accel.models.network import Attention, Block, CameraEncoder, LayerNorm, Mlp, TextEncoder
 from vla_accel.models.policy_config import PolicyConfig
@@ -53,6 +54,13 @@ class Backbone(nn.Module):
         return self.norm(x), bias
 
 
+def expert_norm(config: PolicyConfig, width: int) -> nn.Module:
+    """The action expert's LayerNorm (``architecture.expert_norm``): torch's, or the backbone's written-out
+    one (the same function and parameter names; no SQUARED_DIFFERENCE in an exported graph)."""
+    eps = config.expert.layer_norm_eps
+    return LayerNorm(width, eps) if config.expert_norm == "written_out" else nn.LayerNorm(width, eps=eps)
+
+
 class ExpertLayer(nn.Module):
     """Pre-LN block whose queries attend to an external key/value cache followed by their own keys."""
 
@@ -61,10 +69,10 @@ class ExpertLayer(nn.Module):
         cfg = config.expert
         self.heads, self.head_dim = cfg.heads, cfg.head_dim
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
-        self.norm1 = nn.LayerNorm(cfg.hidden_dim, eps=cfg.layer_norm_eps)
+        self.norm1 = expert_norm(config, cfg.hidden_dim)
         self.qkv = nn.Linear(cfg.hidden_dim, 3 * cfg.hidden_dim)
         self.proj = nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
-        self.norm2 = nn.LayerNorm(cfg.hidden_dim, eps=cfg.layer_norm_eps)
+        self.norm2 = expert_norm(config, cfg.hidden_dim)
         self.mlp = Mlp(cfg)
         self.fused = False  # GPU layout: heads split once, fused scaled_dot_product_attention
 
@@ -111,9 +119,10 @@ class KVProjection(nn.Module):
 
 
 def time_embedding(t, dim: int, scale: float):
-    """Sinusoidal embedding of t (B,) * scale -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / half))
+    """Sinusoidal embedding of t (B,) * scale -> (B, dim), in the graph (a step graph taking raw t): the
+    frequencies of ``core.program.sinusoidal_exponents``, the features the runtime computes for a
+    program that declares ``time_features`` (``core.program.time_features``)."""
+    freqs = torch.exp(torch.from_numpy(sinusoidal_exponents(dim)).to(t.device))
     angles = (t.to(torch.float32) * scale).reshape(-1, 1) * freqs.reshape(1, -1)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
@@ -138,7 +147,8 @@ class FlowPrefix(nn.Module):
 
 class FlowStep(nn.Module):
     """The action expert. forward(x_t, t, [state], prefix_keys, prefix_values, prefix_bias) -> prediction
-    (velocity for flow matching, noise for diffusion), (B, steps, dims) float32."""
+    (velocity for flow matching, noise for diffusion), (B, steps, dims) float32. ``t`` is the raw time
+    (B,), embedded here, or, when the spec declares ``time_features``, the runtime's (B, dim) features."""
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -146,11 +156,12 @@ class FlowStep(nn.Module):
         e = config.expert.hidden_dim
         self.action_in = nn.Linear(config.action_dims, e)
         self.action_position = nn.Parameter(torch.zeros(1, config.action_steps, e))
-        self.time_fc1 = nn.Linear(e, e)
+        # the runtime's time features (config.time_features wide) or the in-graph embedding (e wide)
+        self.time_fc1 = nn.Linear(config.time_features or e, e)
         self.time_fc2 = nn.Linear(e, e)
         self.state_in = nn.Linear(config.state_dims, e) if config.state_dims else None
         self.layers = nn.ModuleList(ExpertLayer(config) for _ in range(config.expert_depth))
-        self.norm = nn.LayerNorm(e, eps=config.expert.layer_norm_eps)
+        self.norm = expert_norm(config, e)
         self.action_out = nn.Linear(e, config.action_dims)
 
     def forward(self, x, t, *rest):
@@ -160,7 +171,11 @@ class FlowStep(nn.Module):
             state, (keys, values, prefix_bias) = None, rest
         dtype = self.action_out.weight.dtype
         e = self.action_in.out_features
-        temb = self.time_fc2(F.silu(self.time_fc1(time_embedding(t, e, self.config.time_scale).to(dtype))))
+        if self.config.time_features:  # (B, dim) features of t computed by the runtime
+            features = t.to(dtype)
+        else:
+            features = time_embedding(t, e, self.config.time_scale).to(dtype)
+        temb = self.time_fc2(F.silu(self.time_fc1(features)))
         h = self.action_in(x.to(dtype)) + self.action_position + temb.unsqueeze(1)
         if self.state_in is not None:
             h = torch.cat([self.state_in(state.to(dtype)).unsqueeze(1), h], dim=1)

@@ -85,11 +85,14 @@ def _graph(module, example: Sequence):
     import inspect
 
     # the batch stays dynamic so calibration and evaluation batches may differ in size;
-    # forward(*inputs) is one argument (the tuple of inputs), forward(a, b) one per input
+    # forward(a, b) one spec per input, forward(*inputs) one argument (the tuple of inputs), and
+    # forward(a, *rest) both (a program's step graph)
     per_input = tuple({0: batch} for _ in example)
-    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL
-                   for p in inspect.signature(module.forward).parameters.values())
-    dynamic = (per_input,) if variadic else per_input
+    params = list(inspect.signature(module.forward).parameters.values())
+    named = sum(p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                for p in params)
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    dynamic = (*per_input[:named], per_input[named:]) if variadic else per_input
     exported = torch.export.export(module, tuple(example), dynamic_shapes=dynamic, strict=False)
     return exported.module()
 
