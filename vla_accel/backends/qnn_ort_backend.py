@@ -18,6 +18,13 @@ of it (the ``onnxruntime-qnn`` wheel ships both), so parity is checked here for 
 * Every node must run on QNN: the session refuses CPU fallback
   (``session.disable_cpu_ep_fallback=1``) and ORT's profile of the first inferences is read back to
   report each node's provider (``device_info().detail["node_providers"]``).
+* Policy programs (flow matching, diffusion) run graph by graph through the ``ProgramRunner``: one
+  worker process and HTP session per graph, each with its own cached context binary and placement
+  (``device_info().detail["graphs"]``); the loop between graphs (noise, Euler / diffusion updates)
+  runs on the host in float32. fp16: the fp32 graphs with the fp16 flag. int8: each graph quantised
+  on what it receives while the fp32 torch program runs on the calibration observations
+  (``backends/program_calibration.py``), as a static QDQ model for the HTP with the batch fixed to 1
+  (``export_program_qdq``); ``activation_bits`` may name bits per graph, e.g. ``{"step": 16}``.
 * Runs in a worker process of the qnn venv (``qnn_worker.py``; why: its onnxruntime differs from
   the main one). ``VLA_ACCEL_QNN_PYTHON`` names that Python; default ``<repo>/.venv-qnn/bin/python``,
   made by ``./run.sh setup``.
@@ -199,8 +206,9 @@ def export_program_qdq(bundle, calibrations: Mapping[str, "CalibrationSet"], bit
                        *, progress: bool = False) -> dict[str, Path]:
     """Every graph of ``bundle``'s program as a static QDQ model the HTP takes (the ``qnn`` /
     ``qnn-a16`` flavour of ``int8_static.quantize_onnx_qdq``: LayerNorms folded, batch fixed to 1),
-    each calibrated on ``calibrations[graph]``; graph name -> file, cached per calibration sets and
-    activation bits, with a ``calibration.json`` per graph beside the files."""
+    each calibrated on ``calibrations[graph]``; graph name -> file. Cached per graph and flavour
+    under a folder keyed by every graph's calibration set (a step graph's set depends on the
+    prefix's outputs), with the graph's ``calibration.json`` beside its file."""
     import json
     import shutil
     import tempfile
@@ -211,30 +219,30 @@ def export_program_qdq(bundle, calibrations: Mapping[str, "CalibrationSet"], bit
     from vla_accel.models.progress import ExportProgress
     from vla_accel.models.publish import publish_directory
 
-    graphs = [g.name for g in bundle.spec.program.graphs]
-    tag = "".join(f"-{g}a16" for g in graphs if bits.get(g, 8) == 16)
-    final_dir = (bundle.export_dir("onnx", "int8-static")
-                 / f"program-qnn-r{QDQ_RECIPE}-{program_calibration_digest(calibrations)}{tag}-b1")
-    files = {g: final_dir / f"{g}.onnx" for g in graphs}
-    if all(f.is_file() for f in files.values()):
+    root = (bundle.export_dir("onnx", "int8-static")
+            / f"program-qnn-r{QDQ_RECIPE}-{program_calibration_digest(calibrations)}-b1")
+    flavours = {g.name: "qnn-a16" if bits.get(g.name, 8) == 16 else "qnn" for g in bundle.spec.program.graphs}
+    files = {g: root / f"{g}-{f}" / "model.onnx" for g, f in flavours.items()}
+    todo = [g for g, f in files.items() if not f.is_file()]
+    if not todo:
         return files
     report = ExportProgress(f"{bundle.name} onnx int8 per graph for the HTP", progress)
     sources = bundle.export_program("onnx", progress=progress)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".program-qnn.", dir=final_dir.parent))
-    try:
-        for name in graphs:
-            flavour = "qnn-a16" if bits.get(name, 8) == 16 else "qnn"
-            report.stage(f"graph '{name}' ({flavour}): {calibrations[name].samples} calibration samples")
-            info = quantize_onnx_qdq(sources[name], tmp_dir / f"{name}.onnx", calibrations[name], flavour=flavour,
+    root.mkdir(parents=True, exist_ok=True)
+    for name in todo:
+        flavour = flavours[name]
+        report.stage(f"graph '{name}' ({flavour}): {calibrations[name].samples} calibration samples")
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".graph-qnn.", dir=root))
+        try:
+            info = quantize_onnx_qdq(sources[name], tmp_dir / "model.onnx", calibrations[name], flavour=flavour,
                                      batch=1, report=report)
-            atomic_write_text(tmp_dir / f"{name}.calibration.json", json.dumps(
-                {"calibration": calibrations[name].record(), "flavour": flavour, "batch": 1,
+            atomic_write_text(tmp_dir / "calibration.json", json.dumps(
+                {"calibration": calibrations[name].record(), "graph": name, "flavour": flavour, "batch": 1,
                  "source": str(sources[name]), **info}, indent=2, sort_keys=True, default=str))
-        publish_directory(tmp_dir, final_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            publish_directory(tmp_dir, files[name].parent)
+        finally:
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir, ignore_errors=True)
     return files
 
 
@@ -412,7 +420,8 @@ class QnnOrtBackend(Backend):
             detail.update(self._graphs["model"].detail())
         else:
             detail["graphs"] = {name: graph.detail() for name, graph in self._graphs.items()}
-            detail["model_file"] = str(Path(next(iter(self._graph_paths.values()))).parent)
+            detail["model_file"] = os.path.commonpath(list(self._graph_paths.values()))
+            detail["model_files"] = dict(self._graph_paths)
         if self._placement is not None:
             detail["node_providers"] = self._placement.get("node_providers", {})
         if self._calibration is not None:
