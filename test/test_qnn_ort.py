@@ -225,3 +225,12 @@ def test_tiny_diffusion_graphs_on_the_emulated_htp(precision):
     bundle = _few_steps(load_model("tiny-diffusion"), 2)
     _program_on_the_htp(bundle, precision, None if precision == "fp16" else 8,
                         TOLERANCES["fp16"] if precision == "fp16" else 0.05, 0.99)
+
+
+def test_autoregressive_programs_are_refused_before_anything_loads():
+    from vla_accel.errors import BackendError
+    from vla_accel.models import load_model
+
+    with pytest.raises(BackendError, match="flow_matching, diffusion programs only") as info:
+        create_backend("qnn-ort", load_model("tiny-ar"), BackendOptions(precision="fp16")).load()
+    assert info.value.reason == "program_unsupported"
