@@ -116,6 +116,9 @@ class Worker:
             "inputs": [{"name": i.name, "type": i.type, "shape": [s if isinstance(s, int) else str(s) for s in i.shape]}
                        for i in self.session.get_inputs()],
             "outputs": [o.name for o in self.session.get_outputs()],
+            "output_info": [{"name": o.name, "type": o.type,
+                             "shape": [s if isinstance(s, int) else str(s) for s in o.shape]}
+                            for o in self.session.get_outputs()],
         }
 
     def run(self, arrays: list[np.ndarray], names: list[str]) -> list[tuple[str, np.ndarray]]:
