@@ -154,12 +154,32 @@ def test_onnxruntime_reports_active_provider_and_options(loaded):
     info = loaded("tiny", "onnxruntime").device_info()
     assert info.detail["providers"][0] == "CPUExecutionProvider"
     assert info.detail["graph_optimization"] == "all"
+    assert info.detail["allow_spinning"] == "during_run"  # threads sleep between runs by default
+
+
+@pytest.mark.parametrize("value,mode", [(True, "on"), (False, "off"), ("during_run", "during_run")])
+def test_onnxruntime_spinning_modes_load_and_agree(tiny_bundle, value, mode):
+    _require("onnxruntime")
+    from vla_accel.core.spec import example_inputs
+
+    inputs = example_inputs(tiny_bundle.spec, 1, seed=3)
+    reference = create_backend("onnxruntime", tiny_bundle, BackendOptions(threads=1)).load()
+    backend = create_backend("onnxruntime", tiny_bundle, BackendOptions(extra={"allow_spinning": value})).load()
+    try:
+        assert backend.device_info().detail["allow_spinning"] == mode
+        out = tiny_bundle.spec.action.output
+        assert np.allclose(backend.infer(inputs)[out], reference.infer(inputs)[out], atol=1e-5)
+    finally:
+        backend.close()
+        reference.close()
 
 
 def test_bad_options_are_backend_errors(tiny_bundle):
     _require("onnxruntime")
     with pytest.raises(BackendError, match="graph_optimization"):
         create_backend("onnxruntime", tiny_bundle, BackendOptions(extra={"graph_optimization": "max"})).load()
+    with pytest.raises(BackendError, match="allow_spinning"):
+        create_backend("onnxruntime", tiny_bundle, BackendOptions(extra={"allow_spinning": "sometimes"})).load()
     with pytest.raises(BackendError, match="CPU only"):
         create_backend("torch", tiny_bundle, BackendOptions(device="cuda")).load()
     with pytest.raises(BackendError, match="supports precision"):

@@ -13,9 +13,14 @@ Options:
             inter_op_threads: int (only used with execution_mode "parallel")
             execution_mode: "sequential" (default) | "parallel"
             optimized_model_path: write the graph ORT optimised (for inspection)
-            allow_spinning: bool (default True, ORT's default): idle intra-op threads busy-wait for
-              the next run. Lowest latency when ORT has the cores to itself; set False when other
-              runtimes share the cores (the side-by-side benchmark does), or their threads starve.
+            allow_spinning: "during_run" (default) | true (ORT's own default) | false. Intra-op
+              threads busy-wait for work inside a run (fast hand-over between operators); with
+              "during_run" they sleep once the run returns (session.force_spinning_stop), so the
+              decode, preprocessing and ROS callbacks between two frames get the cores (and an idle
+              robot burns no CPU). true keeps them spinning between runs too: lowest latency only for
+              back-to-back runs with the cores to themselves (replay of a JPEG bag on 2 cores: 37 % on
+              top of bare against 21 %, docs/measurements/cpu_replay_ort_spinning.json). false never
+              spins (the side-by-side benchmark uses it, so other runtimes' threads do not starve).
 Precision: fp32, or int8 (the fp32 ONNX model through ONNX Runtime's dynamic quantisation: int8
 weights, activations quantised per call; uses VNNI / AVX512-VNNI integer dot products where the CPU
 has them). A user model whose spec format is "onnx" is run from its own file (int8: quantised from
@@ -145,8 +150,11 @@ class OnnxRuntimeBackend(Backend):
             session_options.inter_op_num_threads = int(extra.get("inter_op_threads", 0))
         elif mode != "sequential":
             raise BackendError(f"execution_mode must be sequential or parallel, got {mode!r}", reason="bad_option")
-        if not bool(extra.get("allow_spinning", True)):
+        spinning = spinning_mode(extra)
+        if spinning == "off":
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        elif spinning == "during_run":
+            session_options.add_session_config_entry("session.force_spinning_stop", "1")
         if extra.get("optimized_model_path"):
             session_options.optimized_model_filepath = str(extra["optimized_model_path"])
         try:
@@ -191,7 +199,7 @@ class OnnxRuntimeBackend(Backend):
             detail={
                 "providers": list(self._active),
                 "graph_optimization": self._level,
-                "allow_spinning": bool(self.options.extra.get("allow_spinning", True)),
+                "allow_spinning": spinning_mode(self.options.extra),
                 "cpu": cpu_model_name(),
                 "model_file": str(self._path),
             },
@@ -200,6 +208,19 @@ class OnnxRuntimeBackend(Backend):
     def _close(self) -> None:
         self._session = None
         self._sessions = {}
+
+
+SPINNING_MODES = {True: "on", False: "off", "on": "on", "off": "off", "during_run": "during_run"}
+
+
+def spinning_mode(extra) -> str:
+    """``extra["allow_spinning"]`` as "on" | "off" | "during_run" (a bad value is a bad_option error)."""
+    value = extra.get("allow_spinning", "during_run")
+    try:
+        return SPINNING_MODES[value]
+    except (KeyError, TypeError):
+        raise BackendError(f"allow_spinning must be true, false or 'during_run', got {value!r}",
+                           reason="bad_option") from None
 
 
 def _ort_signature(session):
