@@ -123,12 +123,12 @@ def test_tiny_on_the_emulated_htp(tiny_bundle, precision, activation_bits):
 
 # tiny-flow's graphs on the emulated HTP against the same program on the CPU (onnxruntime fp32), the
 # same seeded noise. Measured at 2 steps on 4 unseen observations (docs/measurements/
-# qnn_program_parity_2steps.json): fp16 max |da| 0.0030; int8 with every graph A8W8 0.072 (correlation
-# 0.9999, of the displacement from the noise 0.997): inside the package's int8 tolerance, not the
-# full-integer goal of 0.05; the prefix A8W8 with the step graph A16W8 (16-bit activations, which the
-# HTP runs natively) 0.032, the goal. At the spec's 10 steps: 0.0008 / 0.044 / 0.0135
-# (qnn_program_parity.json).
-QNN_PROGRAM_MAX_ABS = {"fp16": TOLERANCES["fp16"], "a8w8": 0.1, "step-a16w8": 0.05}
+# qnn_program_parity_2steps.json, with the runtime's time features): fp16 max |da| 0.0006; int8 with
+# every graph A8W8 0.0523 (correlation 0.9999, of the displacement from the noise 0.998): inside the
+# package's int8 tolerance, just over the full-integer goal of 0.05; the prefix A8W8 with the step graph
+# A16W8 (16-bit activations, which the HTP runs natively) 0.0322, the goal. At the spec's 10 steps:
+# 0.0005 / 0.0442 / 0.0135 (qnn_program_parity.json).
+QNN_PROGRAM_MAX_ABS = {"fp16": TOLERANCES["fp16"], "a8w8": 0.08, "step-a16w8": 0.05}
 QNN_PROGRAM_MIN_CORRELATION = {"fp16": 0.999, "a8w8": 0.99, "step-a16w8": 0.99}
 assert max(QNN_PROGRAM_MAX_ABS.values()) <= TOLERANCES["int8"]
 
