@@ -170,7 +170,7 @@ def test_joint_trajectory_stream_seen_by_an_independent_subscriber(ros, tmp_path
     try:
         e2e._node_ready(listener, node)
         camera = e2e._start_camera(120.0, stamps_file)
-        listener.wait_for(lambda: len(listener.trajectories) >= 6, 90, "6 joint trajectories")
+        e2e._wait_or_report(listener, lambda: len(listener.trajectories) >= 6, 90, "6 joint trajectories", node, camera)
         listener.wait_for(lambda: any(m.limits_position_clipped > 0 for _, m in listener.stats), 20,
                           "/vla/stats counting clipped positions")
         e2e._stop_camera(camera)
@@ -323,15 +323,17 @@ def test_limits_from_the_robot_description_topic(ros, tmp_path):
         with listener.lock:
             listener.trajectories.clear()
         camera = e2e._start_camera(120.0, tmp_path / "stamps.txt")
-        listener.wait_for(lambda: (s := listener.latest_status("vla_accel: execution")) is not None
-                          and "waiting for the robot description" in s.message, 60, "execution status: waiting")
+        e2e._wait_or_report(listener, lambda: (s := listener.latest_status("vla_accel: execution")) is not None
+                            and "waiting for the robot description" in s.message, 60, "execution status: waiting",
+                            node, camera)
         time.sleep(1.0)
         with listener.lock:
             assert not listener.trajectories, "nothing may reach the robot before the robot description"
         pub = listener.node.create_publisher(String, "/robot_description",
                                              QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         pub.publish(String(data=TIGHT_URDF))
-        listener.wait_for(lambda: len(listener.trajectories) >= 2, 90, "trajectories after the robot description")
+        e2e._wait_or_report(listener, lambda: len(listener.trajectories) >= 2, 90,
+                            "trajectories after the robot description", node, camera)
         with listener.lock:
             for _, msg in listener.trajectories:
                 assert all(abs(v) <= 0.001 + 1e-9 for p in msg.points for v in list(p.positions)[:6])

@@ -35,9 +35,13 @@ def bounded_teardown(process: str, node: Any, executor: Any = None, *, exit_code
         if rclpy.ok():
             rclpy.shutdown()
 
+    # A middleware call that blocks while holding the GIL would stall this thread's join as well: a
+    # C-level watchdog (faulthandler's thread needs no GIL) ends the process then, stacks first.
+    faulthandler.dump_traceback_later(timeout_s + 2.0, exit=True)
     worker = threading.Thread(target=teardown, name=f"{process}-teardown", daemon=True)
     worker.start()
     worker.join(timeout_s)
+    faulthandler.cancel_dump_traceback_later()
     if worker.is_alive():
         after = f" ({done})" if done else ""
         print(f"{process}: ROS teardown did not finish within {timeout_s:g} s{after}; exiting without it. "
