@@ -170,7 +170,13 @@ def _node_ready(listener: Listener, proc: subprocess.Popen):
         if listener.latest_status("vla_accel: inference") is not None:
             return
         time.sleep(0.1)
-    raise AssertionError("node did not publish /diagnostics within the start-up timeout")
+    proc.send_signal(signal.SIGINT)
+    try:
+        out = proc.communicate(timeout=20)[0] or ""
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = (proc.communicate()[0] or "") + "\n(killed: no exit within 20 s of SIGINT)"
+    raise AssertionError(f"no /diagnostics from the node within {NODE_START_TIMEOUT_S:g} s; its output:\n{out[-3000:]}")
 
 
 def _wait_or_report(listener: Listener, predicate, timeout: float, what: str, node: subprocess.Popen,
