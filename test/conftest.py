@@ -23,8 +23,8 @@ def pytest_addoption(parser):
 # Modules whose tests run real ROS processes (node, camera, listener) talking over DDS on loopback.
 # On rare runs a discovery between two of those processes does not complete (no output reaches the
 # listener, or frames never reach the node; docs/ros.md). Such a test is run once more after a
-# failure, with its first failure's report kept in the output ("R" and "rerun" in pytest's summary);
-# a test that fails twice fails the run.
+# failure ("R" in the progress line, "rerun" in pytest's summary, `-rR` lists them); a test that
+# fails twice fails the run.
 ROS_PROCESS_MODULES = {"test_ros_node", "test_execution_ros", "test_triton_node", "test_ros_first_run", "test_demo_ros",
                        "test_bags_live"}
 
