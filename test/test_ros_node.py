@@ -170,13 +170,19 @@ def _node_ready(listener: Listener, proc: subprocess.Popen):
         if listener.latest_status("vla_accel: inference") is not None:
             return
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    out = _stop_and_read(proc, 0)
+    raise AssertionError(f"no /diagnostics from the node within {NODE_START_TIMEOUT_S:g} s; its output:\n{out[-3000:]}")
+
+
+def _stop_and_read(proc: subprocess.Popen, stream: int) -> str:
+    """SIGINT ``proc`` (if running), wait up to 20 s (then kill), return its stdout (0) or stderr (1)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
     try:
-        out = proc.communicate(timeout=20)[0] or ""
+        return proc.communicate(timeout=20)[stream] or ""
     except subprocess.TimeoutExpired:
         proc.kill()
-        out = (proc.communicate()[0] or "") + "\n(killed: no exit within 20 s of SIGINT)"
-    raise AssertionError(f"no /diagnostics from the node within {NODE_START_TIMEOUT_S:g} s; its output:\n{out[-3000:]}")
+        return (proc.communicate()[stream] or "") + "\n(killed: no exit within 20 s of SIGINT)"
 
 
 def _wait_or_report(listener: Listener, predicate, timeout: float, what: str, node: subprocess.Popen,
@@ -196,12 +202,7 @@ def _wait_or_report(listener: Listener, predicate, timeout: float, what: str, no
                 listener.wait_for(predicate, timeout / 2, what)
                 return camera
             except AssertionError:
-                camera.send_signal(signal.SIGINT)
-                try:
-                    earlier = camera.communicate(timeout=20)[1] or ""
-                except subprocess.TimeoutExpired:
-                    camera.kill()
-                    earlier = (camera.communicate()[1] or "") + "\n(killed: no exit within 20 s of SIGINT)"
+                earlier = _stop_and_read(camera, 1)
                 print(f"nothing within {timeout / 2:.0f} s: camera restarted; its output:\n{earlier[-1500:]}",
                       file=sys.stderr)
                 camera = restart()
@@ -217,13 +218,7 @@ def _wait_or_report(listener: Listener, predicate, timeout: float, what: str, no
         for name, proc, stream in (("camera", camera, 1), ("node", node, 0)):
             if proc is None:
                 continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                text = proc.communicate(timeout=20)[stream] or ""
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                text = (proc.communicate()[stream] or "") + "\n(killed: no exit within 20 s of SIGINT)"
+            text = _stop_and_read(proc, stream)
             outputs.append(f"--- {name} ---\n{text[-3000:]}")
         raise AssertionError(f"{exc}\n" + "\n".join(outputs)) from None
 
