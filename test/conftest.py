@@ -22,9 +22,9 @@ def pytest_addoption(parser):
 
 # Modules whose tests run real ROS processes (node, camera, listener) talking over DDS on loopback.
 # On rare runs a discovery between two of those processes does not complete (no output reaches the
-# listener, or frames never reach the node; docs/ros.md). Such a test is run once more after a
+# listener, or frames never reach the node; docs/ros.md). Such a test is run up to twice more after a
 # failure ("R" in the progress line, "rerun" in pytest's summary, `-rR` lists them); a test that
-# fails twice fails the run.
+# fails three times fails the run.
 ROS_PROCESS_MODULES = {"test_ros_node", "test_execution_ros", "test_triton_node", "test_ros_first_run", "test_demo_ros",
                        "test_bags_live"}
 
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
     if config.pluginmanager.hasplugin("rerunfailures"):
         for item in items:
             if item.module.__name__.rsplit(".", 1)[-1] in ROS_PROCESS_MODULES:
-                item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+                item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=2))
     run_slow = config.getoption("--run-slow") or os.environ.get("VLA_ACCEL_SLOW") == "1"
     if run_slow:
         return
