@@ -75,19 +75,9 @@ def export_onnx_qdq(bundle: "ModelBundle", calibration: "CalibrationSet", *, fla
 
     report = ExportProgress(f"{bundle.name} onnx int8 static ({flavour})", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
-    target.parent.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".qdq.", dir=target.parent.parent))
-    try:
-        info = quantize_onnx_qdq(source, tmp_dir / "model.onnx", calibration, flavour=flavour, batch=batch,
-                                 report=report)
-        atomic_write_text(tmp_dir / "calibration.json",
-                          _sidecar(calibration, flavour=flavour, batch=batch, source=str(source), **info))
-        _publish(tmp_dir, target.parent)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    report.stage(f"done: {target}")
-    return target
+    return _build_cached(target, ".qdq.", report, lambda tmp_dir: _sidecar(
+        calibration, flavour=flavour, batch=batch, source=str(source),
+        **quantize_onnx_qdq(source, tmp_dir / "model.onnx", calibration, flavour=flavour, batch=batch, report=report)))
 
 
 def quantize_onnx_qdq(source: Path, out: Path, calibration: "CalibrationSet", *, flavour: str = "cpu",
@@ -206,11 +196,18 @@ def export_openvino_nncf(bundle: "ModelBundle", calibration: "CalibrationSet", *
 
     report = ExportProgress(f"{bundle.name} openvino int8 (nncf)", progress)
     source = bundle.export("onnx", precision="fp32", progress=progress)
+    return _build_cached(target, ".nncf.", report, lambda tmp_dir: _sidecar(
+        calibration, source=str(source), **quantize_openvino_nncf(source, tmp_dir / "model.xml", calibration,
+                                                                   report=report)))
+
+
+def _build_cached(target: Path, prefix: str, report, build) -> Path:
+    """Make ``target``'s folder in a temporary sibling (``build(tmp_dir)`` writes the model and returns
+    its calibration sidecar) and publish it whole, so a failed or interrupted build leaves no cache entry."""
     target.parent.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".nncf.", dir=target.parent.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent.parent))
     try:
-        info = quantize_openvino_nncf(source, tmp_dir / "model.xml", calibration, report=report)
-        atomic_write_text(tmp_dir / "calibration.json", _sidecar(calibration, source=str(source), **info))
+        atomic_write_text(tmp_dir / "calibration.json", build(tmp_dir))
         _publish(tmp_dir, target.parent)
     finally:
         if tmp_dir.exists():
